@@ -1,0 +1,87 @@
+"""Whisper Transcriber: the web application factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Request, current_app, g, request
+
+from app import models
+from app.errors import register_error_handlers
+from app.extensions import limiter, sock
+from app.services.storage import Layout
+from app.settings import MIN_SECRET_LENGTH, ensure_secret_key, load_settings
+
+log = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class StreamingRequest(Request):
+    """Multipart files are written straight into ``$DATA_DIR/tmp`` so a job can take them by rename."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        path = Layout(current_app.config["DATA_DIR"]).temp_file(".upload")
+        g.setdefault("upload_temps", []).append(path)
+        return open(path, "wb+")  # noqa: SIM115  (werkzeug owns and closes the stream)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then config file and environment, then ``config`` (tests)."""
+    settings = load_settings(config)
+    if settings["ENV"] == "production" and len(settings.get("SECRET_KEY") or "") < MIN_SECRET_LENGTH:
+        raise RuntimeError(f"SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production")
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.config["SECRET_KEY"] = ensure_secret_key(settings)
+    app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
+    app.request_class = StreamingRequest
+    app.json.sort_keys = False
+
+    Layout(settings["DATA_DIR"]).ensure()
+    models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
+    from workers import queue
+
+    queue.bind(settings["DATA_DIR"])
+
+    limiter.init_app(app)
+    sock.init_app(app)
+    register_error_handlers(app)
+    _register_hooks(app)
+    _register_blueprints(app)
+
+    from app.services.users import bootstrap_admin
+
+    bootstrap_admin(app.config)
+    return app
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.before_request
+    def start_request() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        models.db.connect(reuse_if_open=True)
+
+    @app.after_request
+    def tag_response(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.teardown_request
+    def end_request(exc: BaseException | None) -> None:
+        for path in g.get("upload_temps", []):
+            path.unlink(missing_ok=True)  # an upload no job took: never leave it behind
+        if not models.db.is_closed():
+            models.db.close()
+
+
+def _register_blueprints(app: Flask) -> None:
+    from app import auth, exports, health, jobs
+
+    for module in (auth, jobs, exports, health):
+        app.register_blueprint(module.bp)

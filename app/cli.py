@@ -1,0 +1,222 @@
+"""The ``whisper-transcriber`` command: run, serve, worker, models, users and bench."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from app.settings import ROOT, load_settings
+from workers import modelstore
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=os.environ.get("WT_LOG_LEVEL", level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@click.group()
+def main() -> None:
+    """Whisper Transcriber: a self-hosted speech-to-text appliance."""
+
+
+# ------------------------------------------------------------------ processes
+
+
+@main.command()
+def serve() -> None:
+    """Run the web app under Gunicorn (gthread, one process, many threads)."""
+    settings = load_settings()
+    os.environ.setdefault("WT_HOST", str(settings["HOST"]))
+    os.environ.setdefault("WT_PORT", str(settings["PORT"]))
+    config = ROOT / "config" / "gunicorn.conf.py"
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config), "app:create_app()"])
+
+
+def _heartbeat(interval: float = 30.0) -> None:
+    from app.health import HEARTBEAT_KEY
+    from workers.queue import huey
+
+    while True:
+        try:
+            huey.storage.put_data(HEARTBEAT_KEY, str(time.time()).encode())
+        except Exception:  # a busy database must not kill the heartbeat
+            logging.getLogger(__name__).exception("heartbeat failed")
+        time.sleep(interval)
+
+
+@main.command()
+def worker() -> None:
+    """Run one Huey consumer: one process, one model, one job at a time."""
+    _setup_logging()
+    settings = load_settings()
+    from app import models
+    from app.services.storage import Layout
+    from workers import pipeline, queue, tasks  # noqa: F401  (tasks registers the task functions)
+
+    Layout(settings["DATA_DIR"]).ensure()
+    models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
+    queue.bind(settings["DATA_DIR"])
+    pipeline.configure(settings)
+    pipeline.reconcile()
+    threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
+    poll = float(settings["QUEUE_POLL_SECONDS"])
+    consumer = queue.huey.create_consumer(workers=1, worker_type="thread", periodic=True,
+                                          initial_delay=poll, max_delay=poll, backoff=1.0)
+    consumer.run()
+
+
+@main.command()
+def run() -> None:
+    """Run the web server and a worker in the foreground; restart the worker if it dies."""
+    _setup_logging()
+    log = logging.getLogger("supervisor")
+    settings = load_settings()
+    cmd = [sys.executable, "-m", "app.cli"]
+    web = subprocess.Popen([*cmd, "serve"])
+    click.echo(f"Whisper Transcriber on http://{settings['HOST']}:{settings['PORT']}  (Ctrl-C stops)")
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    backoff = 1.0
+    wk = subprocess.Popen([*cmd, "worker"])
+    started = time.monotonic()
+    while not stopping:
+        time.sleep(0.2)
+        if web.poll() is not None:
+            log.error("web server exited with %s; stopping", web.returncode)
+            break
+        if wk.poll() is not None and not stopping:
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            log.warning("worker exited with %s; restarting in %.0f s", wk.returncode, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            wk = subprocess.Popen([*cmd, "worker"])
+            started = time.monotonic()
+    # The worker finishes its current job on SIGINT; the web server stops at once.
+    for proc, sig in ((wk, signal.SIGINT), (web, signal.SIGTERM)):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    for proc in (web, wk):
+        proc.wait()
+
+
+# ---------------------------------------------------------------------- models
+
+
+@main.group()
+def models() -> None:
+    """List, install, import and quantize whisper.cpp models."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Show the installed models."""
+    folder = load_settings()["MODELS_DIR"]
+    for name in modelstore.installed(folder):
+        size = modelstore.model_path(folder, name).stat().st_size / 1e6
+        click.echo(f"{name:24} {size:8.1f} MB")
+
+
+@models.command("install")
+@click.argument("name")
+@click.option("--url", help="Download an official ggml file from this URL instead of building offline.")
+@click.option("--sha256", help="Expected SHA-256 of the download (required with --url).")
+def models_install(name: str, url: str | None, sha256: str | None) -> None:
+    """Install NAME: tiny.en and base are built offline; others need --url and --sha256."""
+    folder = load_settings()["MODELS_DIR"]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    if not modelstore.is_whisper_name(name):
+        raise click.ClickException(f"{name!r} is not a Whisper model name")
+    try:
+        if url:
+            if not sha256:
+                raise click.ClickException("--sha256 is required with --url")
+            path = modelstore.download(folder, name, url, sha256)
+        else:
+            path = modelstore.install_offline(folder, name)
+    except modelstore.ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name} installed at {path}")
+
+
+@models.command("import")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", required=True, help="Name to install it under, e.g. small.en")
+def models_import(source: str, name: str) -> None:
+    """Convert a CTranslate2 Whisper directory (e.g. a faster-whisper model) into a ggml model."""
+    folder = load_settings()["MODELS_DIR"]
+    try:
+        path = modelstore.import_ct2(folder, source, name)
+    except (modelstore.ModelError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name} installed at {path}")
+
+
+@models.command("quantize")
+@click.argument("name")
+@click.argument("qtype", default="q8_0")
+def models_quantize(name: str, qtype: str) -> None:
+    """Write a quantized copy (q8_0) of an installed model."""
+    try:
+        path = modelstore.quantize(load_settings()["MODELS_DIR"], name, qtype)
+    except (modelstore.ModelError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name}-{qtype} written to {path}")
+
+
+# ----------------------------------------------------------------------- users
+
+
+@main.group()
+def users() -> None:
+    """Manage user accounts."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--email", default=None)
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+def users_create(username: str, password: str, email: str | None, admin: bool) -> None:
+    """Create a user."""
+    from app import create_app
+    from app.errors import AppError
+    from app.models import db
+    from app.services.users import create_user
+
+    create_app()
+    try:
+        with db.connection_context():
+            user = create_user(username, password, email, role="admin" if admin else "user")
+    except AppError as exc:
+        raise click.ClickException(exc.detail) from exc
+    click.echo(f"created {user.role} {user.username} (id {user.id})")
+
+
+@main.command()
+@click.option("--model", default="tiny.en")
+@click.option("--runs", default=3, help="Runs per clip; the median is reported.")
+@click.option("--audio-dir", type=click.Path(exists=True, file_okay=False), default=None)
+def bench(model: str, runs: int, audio_dir: str | None) -> None:
+    """Time the bare engine and the running appliance on the shared clips."""
+    from workers.bench import run_bench
+
+    run_bench(model=model, runs=runs, audio_dir=Path(audio_dir) if audio_dir else None, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The one domain error type, and the handler that turns every error into the standard JSON body."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """An error a client can act on: status, machine code and a readable message."""
+
+    def __init__(self, status: int, error_code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.error_code = error_code
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def not_found(what: str = "Resource") -> AppError:
+    """The 404 used for anything missing or not visible to the caller."""
+    return AppError(404, "NOT_FOUND", f"{what} not found")
+
+
+def bad_request(detail: str, error_code: str = "BAD_REQUEST") -> AppError:
+    """A 400 for malformed input."""
+    return AppError(400, error_code, detail)
+
+
+def utc_timestamp() -> str:
+    """Now, as an ISO 8601 UTC string with a Z suffix."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def error_body(status: int, error_code: str, detail: Any) -> dict[str, Any]:
+    """The standard error body: detail, error_code, timestamp, request_id."""
+    return {
+        "detail": detail,
+        "error_code": error_code,
+        "timestamp": utc_timestamp(),
+        "request_id": getattr(g, "request_id", None),
+    }
+
+
+def _respond(status: int, error_code: str, detail: Any, headers: dict[str, str] | None = None):
+    response = jsonify(error_body(status, error_code, detail))
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+# Werkzeug's names for the statuses, as error codes.
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "UNPROCESSABLE_ENTITY",
+    429: "RATE_LIMITED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every exception through one JSON error format."""
+
+    @app.errorhandler(AppError)
+    def handle_app_error(exc: AppError):
+        return _respond(exc.status, exc.error_code, exc.detail, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def handle_http(exc: HTTPException):
+        status = exc.code or 500
+        detail = exc.description or exc.name
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"Request body is larger than the upload limit of {limit} bytes"
+        headers = {}
+        if status == 405 and getattr(exc, "valid_methods", None):
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        if status == 429:
+            retry = getattr(exc, "retry_after", None)
+            if retry:
+                headers["Retry-After"] = str(retry)
+        return _respond(status, _HTTP_CODES.get(status, exc.name.upper().replace(" ", "_")), detail, headers)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
+        return _respond(500, "INTERNAL_ERROR", "Internal server error; the request id is in the server log")

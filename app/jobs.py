@@ -1,0 +1,83 @@
+"""Job routes of the canonical dialect (seed 002): create, list, inspect, cancel, restart, delete."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from app.security import login_required
+from app.services import jobs as service
+from app.services.uploads import take_multipart_file
+from app.validation import datetime_arg, int_arg
+
+bp = Blueprint("jobs", __name__)
+
+
+def create_from_request(**overrides):
+    """Create a job from a multipart request (shared by every dialect's upload route)."""
+    path, filename = take_multipart_file()
+    form = request.form
+    params = {
+        "model": form.get("model"), "language": form.get("language"),
+        "task": form.get("task"), "prompt": form.get("prompt"),
+    }
+    params.update(overrides)
+    return service.create_job(current_app.config, g.user, path, filename, **params)
+
+
+@bp.post("/api/jobs/")
+@login_required("jobs:create")
+def create_job():
+    """Upload a file (multipart ``file``) with optional model, language, prompt and task."""
+    job = create_from_request()
+    body = service.summary(job)
+    return jsonify({k: body[k] for k in ("job_id", "status", "filename", "model", "created_at")}), 201
+
+
+@bp.get("/api/jobs/")
+@login_required("jobs:read")
+def list_jobs():
+    """The caller's jobs, newest first: ``limit``, ``offset``, ``status``, ``created_after``."""
+    limit = int_arg("limit", 50, 1, 100)
+    offset = int_arg("offset", 0, 0, 10**9)
+    jobs, total = service.list_jobs(g.user, status=request.args.get("status"),
+                                    created_after=datetime_arg("created_after"),
+                                    search=request.args.get("search"), limit=limit, offset=offset)
+    return jsonify({"jobs": [service.summary(j) for j in jobs], "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/api/jobs/<job_id>")
+@login_required("jobs:read")
+def get_job(job_id: str):
+    """A job with its transcript (completed) or error (failed)."""
+    return jsonify(service.detail(service.get_job(g.user, job_id)))
+
+
+@bp.delete("/api/jobs/<job_id>")
+@login_required("jobs:delete")
+def delete_job(job_id: str):
+    """Delete a job and its files."""
+    service.delete_job(current_app.config, service.get_job(g.user, job_id))
+    return jsonify({"message": "Job deleted successfully", "job_id": job_id})
+
+
+@bp.post("/api/jobs/<job_id>/restart")
+@login_required("jobs:create")
+def restart_job(job_id: str):
+    """Queue a failed or cancelled job again."""
+    job = service.restart_job(service.get_job(g.user, job_id))
+    return jsonify({"job_id": job.id, "status": job.status, "message": "Job re-queued"})
+
+
+@bp.post("/api/jobs/<job_id>/cancel")
+@login_required("jobs:create")
+def cancel_job(job_id: str):
+    """Cancel a queued or running job."""
+    job = service.cancel_job(service.get_job(g.user, job_id))
+    return jsonify({"job_id": job.id, "status": job.status, "cancel_requested": True})
+
+
+@bp.get("/api/progress/<job_id>")
+@login_required("jobs:read")
+def job_progress(job_id: str):
+    """Stage, percent and time remaining."""
+    return jsonify(service.progress(service.get_job(g.user, job_id)))

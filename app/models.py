@@ -1,0 +1,297 @@
+"""Database models (Peewee on SQLite in WAL mode) and their named queries.
+
+The job table is the source of truth; the Huey queue only carries job ids.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from peewee import (
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+    fn,
+)
+
+db = DatabaseProxy()
+
+PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 15000,
+    "foreign_keys": 1,
+    "synchronous": "normal",
+}
+
+JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    """Naive UTC now; every timestamp in the database is UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """Render a stored UTC timestamp as ISO 8601 with a Z suffix."""
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+class JSONField(TextField):
+    """A text column holding JSON."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+
+
+class User(BaseModel):
+    username = CharField(unique=True, max_length=150)
+    email = CharField(null=True, max_length=254)
+    password_hash = CharField()
+    role = CharField(default="user")  # "user" or "admin"
+    is_active = BooleanField(default=True)
+    created_at = DateTimeField(default=utcnow)
+
+    @classmethod
+    def by_username(cls, username: str) -> User | None:
+        """The user with this name, or None."""
+        return cls.get_or_none(cls.username == username)
+
+    @classmethod
+    def active_admins(cls):
+        """Active users with the admin role."""
+        return cls.select().where((cls.role == "admin") & (cls.is_active == True))  # noqa: E712
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public view of the user."""
+        return {
+            "id": str(self.id),
+            "username": self.username,
+            "email": self.email,
+            "created_at": isoformat(self.created_at),
+            "is_active": self.is_active,
+            "role": self.role,
+        }
+
+
+class Token(BaseModel):
+    """Every issued JWT, by its jti, so that it can be revoked (the denylist)."""
+
+    jti = CharField(primary_key=True)
+    user = ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    expires_at = DateTimeField()
+    revoked_at = DateTimeField(null=True)
+
+    @classmethod
+    def is_revoked(cls, jti: str) -> bool:
+        """True when the token was revoked or was never issued here."""
+        token = cls.get_or_none(cls.jti == jti)
+        return token is None or token.revoked_at is not None
+
+    @classmethod
+    def revoke_for_user(cls, user: User, keep_jti: str | None = None) -> int:
+        """Revoke the user's live tokens, except ``keep_jti``."""
+        query = cls.update(revoked_at=utcnow()).where((cls.user == user) & cls.revoked_at.is_null())
+        if keep_jti:
+            query = query.where(cls.jti != keep_jti)
+        return query.execute()
+
+    @classmethod
+    def purge_expired(cls) -> int:
+        """Forget tokens that have expired anyway; the denylist shrinks with them."""
+        return cls.delete().where(cls.expires_at < utcnow()).execute()
+
+
+class ApiKey(BaseModel):
+    key_id = CharField(primary_key=True)
+    user = ForeignKeyField(User, backref="api_keys", on_delete="CASCADE")
+    name = CharField(max_length=200)
+    secret_hash = CharField(unique=True)
+    preview = CharField()
+    permissions = JSONField(default=list)
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(null=True)
+    last_used = DateTimeField(null=True)
+    usage_count = IntegerField(default=0)
+    is_active = BooleanField(default=True)
+    requests_per_minute = IntegerField(null=True)
+    daily_quota = IntegerField(null=True)
+
+    @classmethod
+    def by_hash(cls, secret_hash: str) -> ApiKey | None:
+        """The key with this secret hash, or None."""
+        return cls.get_or_none(cls.secret_hash == secret_hash)
+
+
+class Job(BaseModel):
+    id = CharField(primary_key=True)
+    user = ForeignKeyField(User, backref="jobs", null=True, on_delete="SET NULL")
+    kind = CharField(default="transcribe")
+    original_filename = CharField(max_length=255)
+    upload_path = CharField(null=True)  # relative to the data dir
+    source_path = CharField(null=True)  # absolute, for media-library files we never own
+    model = CharField()
+    language = CharField(null=True)
+    task = CharField(default="transcribe")  # "transcribe" or "translate"
+    prompt = TextField(null=True)
+    options = JSONField(default=dict)
+    status = CharField(default="queued", index=True)
+    stage = CharField(default="queued")
+    progress = FloatField(default=0.0)
+    segments_done = IntegerField(default=0)
+    stages = JSONField(default=dict)
+    error = TextField(null=True)
+    attempts = IntegerField(default=0)
+    worker_id = CharField(null=True)
+    cancel_requested = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow, index=True)
+    updated_at = DateTimeField(default=utcnow)
+    started_at = DateTimeField(null=True)
+    completed_at = DateTimeField(null=True)
+    duration = FloatField(null=True)  # seconds of media
+    media_info = JSONField(default=dict)
+    detected_language = CharField(null=True)
+    text = TextField(null=True)
+    confidence = FloatField(null=True)
+    processing_seconds = FloatField(null=True)
+
+    @classmethod
+    def visible_to(cls, user: User | None):
+        """Jobs the user may see: their own, or all of them for an admin."""
+        query = cls.select()
+        if user is None or user.role != "admin":
+            query = query.where(cls.user == user)
+        return query
+
+    @classmethod
+    def claim(cls, job_id: str, worker_id: str) -> bool:
+        """Atomically move a queued job to processing for this worker; False if someone else has it."""
+        with db.atomic("IMMEDIATE"):
+            now = utcnow()
+            changed = (
+                cls.update(
+                    status="processing",
+                    stage="decoding",
+                    worker_id=worker_id,
+                    attempts=cls.attempts + 1,
+                    started_at=now,
+                    updated_at=now,
+                )
+                .where((cls.id == job_id) & (cls.status == "queued"))
+                .execute()
+            )
+        return changed == 1
+
+    @classmethod
+    def in_status(cls, *statuses: str):
+        """Jobs in any of the given statuses, oldest first."""
+        return cls.select().where(cls.status.in_(statuses)).order_by(cls.created_at)
+
+    @classmethod
+    def counts_by_status(cls, user: User | None = None) -> dict[str, int]:
+        """How many jobs are in each status (all statuses present, zeros included)."""
+        query = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).group_by(cls.status)
+        if user is not None:
+            query = query.where(cls.id.in_(cls.visible_to(user).select(cls.id)))
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        counts.update({row.status: row.n for row in query})
+        return counts
+
+    def update_fields(self, **fields: Any) -> None:
+        """Write some fields of this job in an IMMEDIATE transaction and keep the object in step."""
+        fields.setdefault("updated_at", utcnow())
+        with db.atomic("IMMEDIATE"):
+            type(self).update(**fields).where(type(self).id == self.id).execute()
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+
+class Segment(BaseModel):
+    job = ForeignKeyField(Job, backref="segments", on_delete="CASCADE")
+    idx = IntegerField()
+    start = FloatField()
+    end = FloatField()
+    text = TextField()
+    confidence = FloatField(null=True)
+
+    class Meta:
+        indexes = ((("job", "idx"), True),)
+
+    @classmethod
+    def for_job(cls, job: Job):
+        """The job's segments in order."""
+        return cls.select().where(cls.job == job).order_by(cls.idx)
+
+
+class AuditLog(BaseModel):
+    at = DateTimeField(default=utcnow, index=True)
+    user_id = IntegerField(null=True)
+    username = CharField(null=True)
+    action = CharField()
+    target = CharField(null=True)
+    ip = CharField(null=True)
+    detail = JSONField(default=dict)
+
+    @classmethod
+    def record(cls, action: str, *, user: User | None = None, username: str | None = None,
+               target: str | None = None, ip: str | None = None, **detail: Any) -> None:
+        """Append one entry."""
+        with db.atomic("IMMEDIATE"):
+            cls.create(action=action, user_id=user.id if user else None,
+                       username=username or (user.username if user else None),
+                       target=target, ip=ip, detail=detail)
+
+
+class Setting(BaseModel):
+    """Small runtime settings that admins change from the API (cleanup, concurrency)."""
+
+    key = CharField(primary_key=True)
+    value = JSONField()
+
+    @classmethod
+    def read(cls, key: str, default: Any = None) -> Any:
+        """The stored value, or ``default``."""
+        row = cls.get_or_none(cls.key == key)
+        return default if row is None else row.value
+
+    @classmethod
+    def write(cls, key: str, value: Any) -> None:
+        """Store a value, replacing the old one."""
+        with db.atomic("IMMEDIATE"):
+            cls.replace(key=key, value=value).execute()
+
+
+ALL_MODELS = [User, Token, ApiKey, Job, Segment, AuditLog, Setting]
+
+
+def open_database(path: Path | str) -> SqliteDatabase:
+    """Bind the proxy to a WAL SQLite file and create the tables. Call after fork."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    database = SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=15)
+    db.initialize(database)
+    with database.connection_context():
+        database.create_tables(ALL_MODELS, safe=True)
+    return database
+
+
+def token_expiry(seconds: int) -> datetime:
+    """When a token issued now expires."""
+    return utcnow() + timedelta(seconds=seconds)

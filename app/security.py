@@ -1,0 +1,248 @@
+"""Authentication: password hashing, JWTs, API keys, cookies with CSRF, and route guards."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from calendar import timegm
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import wraps
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app, g, request
+
+from app.errors import AppError
+from app.models import ApiKey, Token, User, db, token_expiry, utcnow
+
+SCOPES = ("jobs:read", "jobs:create", "jobs:delete", "export:download", "admin")
+USER_SCOPES = frozenset(SCOPES) - {"admin"}
+SESSION_COOKIE = "wt_session"
+CSRF_COOKIE = "wt_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+API_KEY_PREFIX = "wt_"
+ALGORITHM = "HS256"  # fixed: never read from the token
+
+_hasher = PasswordHasher()
+
+
+@dataclass
+class Principal:
+    """Who is calling, how, and what they may do."""
+
+    user: User
+    scopes: frozenset[str]
+    via: str  # "jwt", "cookie", "api_key" or "basic"
+    api_key: ApiKey | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_admin(self) -> bool:
+        """True for an admin user (and, for keys, only with the admin scope)."""
+        return self.user.role == "admin" and "admin" in self.scopes
+
+
+def unauthorized(detail: str = "Authentication required") -> AppError:
+    """The 401 every authentication failure answers with."""
+    return AppError(401, "UNAUTHORIZED", detail, {"WWW-Authenticate": "Bearer"})
+
+
+# ------------------------------------------------------------------ passwords
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """True when the password matches the hash."""
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def authenticate_password(username: str, password: str) -> User | None:
+    """The active user with these credentials, or None."""
+    user = User.by_username(username or "")
+    if user is None:
+        _hasher.hash("timing-equaliser")  # answer as slowly as for a real user
+        return None
+    if not user.is_active or not verify_password(user.password_hash, password or ""):
+        return None
+    return user
+
+
+# ----------------------------------------------------------------------- JWT
+
+
+def issue_token(user: User) -> dict[str, Any]:
+    """A signed access token, recorded so that it can be revoked."""
+    lifetime = int(current_app.config["JWT_EXPIRES_SECONDS"])
+    now = utcnow()
+    jti = uuid.uuid4().hex
+    expires = token_expiry(lifetime)
+    with db.atomic("IMMEDIATE"):
+        Token.create(jti=jti, user=user, expires_at=expires)
+    claims = {"sub": str(user.id), "jti": jti, "iat": _epoch(now),
+              "exp": _epoch(expires), "role": user.role}
+    token = jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm=ALGORITHM)
+    return {"access_token": token, "token_type": "bearer", "expires_in": lifetime}
+
+
+def _epoch(value: datetime) -> int:
+    return timegm(value.utctimetuple())
+
+
+def decode_token(token: str) -> tuple[User, dict[str, Any]]:
+    """Verify a JWT and return its user; any problem is a 401."""
+    try:
+        claims = jwt.decode(
+            token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM],
+            options={"require": ["exp", "iat", "sub", "jti"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise unauthorized("Token has expired") from exc
+    except jwt.PyJWTError as exc:
+        raise unauthorized("Invalid token") from exc
+    if Token.is_revoked(str(claims["jti"])):
+        raise unauthorized("Token has been revoked")
+    user = User.get_or_none(User.id == _int(claims["sub"]))
+    if user is None or not user.is_active:
+        raise unauthorized("User is disabled or no longer exists")
+    return user, claims
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise unauthorized("Invalid token") from exc
+
+
+# ------------------------------------------------------------------- API keys
+
+
+def hash_api_key(secret: str) -> str:
+    """SHA-256 of a key: keys are long and random, so a fast hash is enough."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh key and its preview: ``wt_<random>`` and ``wt_****_<last four>``."""
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return secret, f"{API_KEY_PREFIX}****_****_{secret[-4:]}"
+
+
+def principal_from_api_key(secret: str) -> Principal:
+    """Check a key; an unknown, revoked, expired or orphaned key is a 401."""
+    key = ApiKey.by_hash(hash_api_key(secret))
+    if key is None or not key.is_active:
+        raise unauthorized("Invalid or revoked API key")
+    if key.expires_at and key.expires_at < utcnow():
+        raise unauthorized("API key has expired")
+    if not key.user.is_active:
+        raise unauthorized("User is disabled")
+    allowed = set(SCOPES) if key.user.role == "admin" else set(USER_SCOPES)
+    with db.atomic("IMMEDIATE"):
+        ApiKey.update(last_used=utcnow(), usage_count=ApiKey.usage_count + 1).where(
+            ApiKey.key_id == key.key_id).execute()
+    return Principal(key.user, frozenset(set(key.permissions) & allowed), "api_key", api_key=key)
+
+
+# --------------------------------------------------------------- per request
+
+
+def _user_scopes(user: User) -> frozenset[str]:
+    return frozenset(SCOPES) if user.role == "admin" else USER_SCOPES
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def authenticate() -> Principal | None:
+    """Resolve the caller from the headers or the session cookie; None when anonymous."""
+    api_key = request.headers.get("X-API-Key")
+    bearer = _bearer()
+    if api_key:
+        return principal_from_api_key(api_key.strip())
+    if bearer and bearer.startswith(API_KEY_PREFIX):
+        return principal_from_api_key(bearer)
+    if bearer:
+        user, claims = decode_token(bearer)
+        return Principal(user, _user_scopes(user), "jwt", claims=claims)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        user, claims = decode_token(cookie)
+        return Principal(user, _user_scopes(user), "cookie", claims=claims)
+    return None
+
+
+def current_principal(optional: bool = False) -> Principal | None:
+    """The authenticated caller, cached for the request; 401 unless ``optional``."""
+    if "principal" not in g:
+        g.principal = authenticate()
+    if g.principal is None and not optional:
+        raise unauthorized()
+    return g.principal
+
+
+def check_csrf(principal: Principal) -> None:
+    """Cookie-authenticated requests that change state must echo the CSRF cookie in a header."""
+    if principal.via != "cookie" or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    header = request.headers.get(CSRF_HEADER, "")
+    if not cookie or not hmac.compare_digest(cookie, header):
+        raise AppError(403, "CSRF_FAILED", f"Missing or wrong {CSRF_HEADER} header for a cookie session")
+
+
+def require(scope: str | None = None) -> Principal:
+    """Authenticate the request and check one scope; 401 or 403 otherwise."""
+    principal = current_principal()
+    check_csrf(principal)
+    if scope and scope not in principal.scopes:
+        if scope == "admin":
+            raise AppError(403, "FORBIDDEN", "Administrator access required")
+        raise AppError(403, "INSUFFICIENT_SCOPE", f"This API key lacks the {scope!r} permission")
+    return principal
+
+
+def login_required(scope: str | None = None) -> Callable:
+    """Route decorator: authenticate, check ``scope``, and put the user in ``g.user``."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            g.user = require(scope).user
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+admin_required = login_required("admin")
+
+
+def limiter_identity() -> str:
+    """The rate-limit bucket of the request: key, user or client address."""
+    try:
+        principal = current_principal(optional=True)
+    except AppError:
+        principal = None
+    if principal is None:
+        return f"ip:{request.remote_addr}"
+    if principal.api_key is not None:
+        return f"key:{principal.api_key.key_id}"
+    return f"user:{principal.user.id}"

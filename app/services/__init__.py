@@ -1,0 +1,1 @@
+"""Business rules shared by every dialect's routes and by the workers."""

@@ -1,0 +1,329 @@
+"""The job lifecycle: create, list, cancel, restart, delete, and the worker's state transitions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from app.errors import AppError, not_found
+from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
+from app.services.storage import Layout, atomic_write, clean_filename
+from workers import audio, modelstore
+
+log = logging.getLogger(__name__)
+
+TASKS = ("transcribe", "translate")
+STAGES = ("queued", "decoding", "transcribing", "finalizing", "completed")
+
+
+# ----------------------------------------------------------------- validation
+
+
+def validate_model(cfg: Mapping[str, Any], name: str | None) -> str:
+    """The model to use: the default when empty; 400 for unknown or missing models."""
+    name = (name or cfg["DEFAULT_MODEL"]).strip()
+    available = modelstore.installed(cfg["MODELS_DIR"])
+    if name in available:
+        return name
+    if not modelstore.is_whisper_name(name):
+        raise AppError(400, "INVALID_MODEL", f"{name!r} is not a Whisper model name. Installed: "
+                       f"{', '.join(available) or 'none'}")
+    raise AppError(400, "MODEL_NOT_INSTALLED",
+                   f"Model {name!r} is not installed. Installed: {', '.join(available) or 'none'}. "
+                   f"Install it with: {modelstore.install_hint(name)}")
+
+
+def validate_task(task: str | None) -> str:
+    """``transcribe`` (default) or ``translate``."""
+    task = (task or "transcribe").strip().lower()
+    if task not in TASKS:
+        raise AppError(400, "INVALID_TASK", f"task must be one of {', '.join(TASKS)}")
+    return task
+
+
+def validate_language(language: str | None) -> str | None:
+    """A short language code, or None for auto-detection."""
+    language = (language or "").strip().lower()
+    if language in ("", "auto"):
+        return None
+    if not (2 <= len(language) <= 8 and language.replace("-", "").isalpha()):
+        raise AppError(400, "INVALID_LANGUAGE", f"language {language!r} is not a language code such as 'en'")
+    return language
+
+
+def probe_upload(cfg: Mapping[str, Any], path: Path) -> audio.MediaInfo:
+    """Check that a file is usable media within the length limit; turn media errors into 4xx."""
+    try:
+        info = audio.probe(path, timeout=min(120, cfg["FFMPEG_TIMEOUT_SECONDS"]))
+        audio.check_duration(info, cfg["MAX_MEDIA_SECONDS"])
+    except audio.MediaError as exc:
+        status = {"MEDIA_TOO_LONG": 413, "EMPTY_FILE": 400, "MEDIA_TIMEOUT": 400}.get(exc.error_code, 415)
+        raise AppError(status, exc.error_code, str(exc)) from exc
+    return info
+
+
+# ------------------------------------------------------------------ creation
+
+
+def create_job(
+    cfg: Mapping[str, Any],
+    user: User | None,
+    upload: Path,
+    original_filename: str,
+    *,
+    model: str | None = None,
+    language: str | None = None,
+    task: str | None = None,
+    prompt: str | None = None,
+    kind: str = "transcribe",
+    options: dict[str, Any] | None = None,
+    enqueue: bool = True,
+) -> Job:
+    """Turn a complete uploaded file into a queued job. On any error the file is removed."""
+    try:
+        model = validate_model(cfg, model)
+        task = validate_task(task)
+        language = validate_language(language)
+        if prompt is not None and len(prompt) > 2000:
+            raise AppError(400, "INVALID_PROMPT", "prompt is longer than 2000 characters")
+        info = probe_upload(cfg, upload)
+        job_id = uuid.uuid4().hex
+        name = clean_filename(original_filename)
+        final = Layout(cfg["DATA_DIR"]).upload_path(job_id, name)
+        os.replace(upload, final)
+    except BaseException:
+        upload.unlink(missing_ok=True)
+        raise
+    with db.atomic("IMMEDIATE"):
+        job = Job.create(
+            id=job_id, user=user, kind=kind, original_filename=name,
+            upload_path=str(final.relative_to(cfg["DATA_DIR"])), model=model, language=language,
+            task=task, prompt=prompt or None, options=options or {}, duration=info.duration,
+            media_info=info.to_dict(),
+        )
+    if enqueue:
+        submit(job)
+    return job
+
+
+def submit(job: Job) -> None:
+    """Put the job's id on the queue."""
+    from workers.tasks import process_job  # imported late: the queue is bound by the app factory
+
+    process_job(job.id)
+
+
+# ------------------------------------------------------------------- reading
+
+
+def get_job(user: User | None, job_id: str) -> Job:
+    """A job the user may see, or 404 (never 403, so existence does not leak)."""
+    job = Job.visible_to(user).where(Job.id == str(job_id)).first()
+    if job is None:
+        raise not_found("Job")
+    return job
+
+
+def list_jobs(user: User | None, *, status: str | None = None, created_after: datetime | None = None,
+              search: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+    """A page of the user's jobs, newest first, and the total that match."""
+    query = Job.visible_to(user)
+    if status:
+        if status not in JOB_STATUSES:
+            raise AppError(400, "INVALID_STATUS", f"status must be one of {', '.join(JOB_STATUSES)}")
+        query = query.where(Job.status == status)
+    if created_after:
+        query = query.where(Job.created_at > created_after)
+    if search:
+        like = f"%{search}%"
+        query = query.where(Job.original_filename ** like | Job.text ** like)
+    total = query.count()
+    jobs = list(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
+    return jobs, total
+
+
+def transcript(job: Job) -> dict[str, Any]:
+    """The transcript of a completed job: text, segments, language and confidence."""
+    segments = [
+        {"id": s.idx, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
+         "confidence": None if s.confidence is None else round(s.confidence, 4)}
+        for s in Segment.for_job(job)
+    ]
+    return {"text": job.text or "", "segments": segments, "language": job.detected_language,
+            "confidence": job.confidence}
+
+
+def require_transcript(job: Job) -> dict[str, Any]:
+    """The transcript, or 409 when the job has not completed."""
+    if job.status != "completed":
+        raise AppError(409, "JOB_NOT_COMPLETED", f"Job is {job.status}; the transcript is not ready")
+    return transcript(job)
+
+
+def summary(job: Job) -> dict[str, Any]:
+    """The list view of a job."""
+    preview = (job.text or "")[:200]
+    return {
+        "job_id": job.id, "status": job.status, "filename": job.original_filename, "model": job.model,
+        "task": job.task, "stage": job.stage, "progress": round(job.progress, 1),
+        "created_at": isoformat(job.created_at), "completed_at": isoformat(job.completed_at),
+        "duration": job.duration, "transcript_preview": preview or None,
+    }
+
+
+def detail(job: Job) -> dict[str, Any]:
+    """The full view of a job, with its transcript when completed and its error when failed."""
+    body = summary(job)
+    body.update({
+        "language": job.detected_language or job.language, "requested_language": job.language,
+        "prompt": job.prompt, "updated_at": isoformat(job.updated_at), "started_at": isoformat(job.started_at),
+        "attempts": job.attempts, "processing_seconds": job.processing_seconds, "media": job.media_info,
+    })
+    if job.status == "completed":
+        body["transcript"] = transcript(job)
+    if job.error:
+        body["error"] = job.error
+    return body
+
+
+def progress(job: Job) -> dict[str, Any]:
+    """Progress of a job with a rough time-remaining estimate."""
+    remaining = None
+    if job.status == "processing" and job.started_at and 0 < job.progress < 100:
+        elapsed = (utcnow() - job.started_at).total_seconds()
+        remaining = round(elapsed * (100 - job.progress) / job.progress, 1)
+    elif job.status in FINISHED:
+        remaining = 0
+    return {
+        "job_id": job.id, "status": job.status, "progress": round(job.progress, 1), "stage": job.stage,
+        "estimated_time_remaining": remaining,
+        "current_segment": job.segments_done,
+    }
+
+
+# ------------------------------------------------------------------- actions
+
+
+def cancel_job(job: Job) -> Job:
+    """Cancel a queued job at once; ask the worker to abort a running one. 409 when finished."""
+    if job.status in FINISHED:
+        raise AppError(409, "JOB_FINISHED", f"Job is already {job.status}")
+    with db.atomic("IMMEDIATE"):
+        Job.update(cancel_requested=True, updated_at=utcnow()).where(Job.id == job.id).execute()
+        Job.update(status="cancelled", stage="cancelled", completed_at=utcnow()).where(
+            (Job.id == job.id) & (Job.status == "queued")).execute()
+    return Job.get_by_id(job.id)
+
+
+def restart_job(job: Job) -> Job:
+    """Queue a failed or cancelled job again from the start. 409 for any other status."""
+    if job.status not in ("failed", "cancelled"):
+        raise AppError(409, "JOB_NOT_RESTARTABLE",
+                       f"Only failed or cancelled jobs can be restarted; job is {job.status}")
+    job.update_fields(status="queued", stage="queued", progress=0.0, error=None, attempts=0,
+                      cancel_requested=False, completed_at=None, worker_id=None)
+    submit(job)
+    return job
+
+
+def delete_job(cfg: Mapping[str, Any], job: Job) -> None:
+    """Remove the job row and every file it owns (never a media-library source file)."""
+    layout = Layout(cfg["DATA_DIR"])
+    with db.atomic("IMMEDIATE"):
+        Job.update(cancel_requested=True).where(Job.id == job.id).execute()
+        Segment.delete().where(Segment.job == job).execute()
+        Job.delete().where(Job.id == job.id).execute()
+    if job.upload_path:
+        (Path(cfg["DATA_DIR"]) / job.upload_path).unlink(missing_ok=True)
+    layout.transcript_path(job.id).unlink(missing_ok=True)
+    layout.job_log(job.id).unlink(missing_ok=True)
+    shutil.rmtree(layout.job_cache(job.id), ignore_errors=True)
+
+
+# -------------------------------------------------- worker-side transitions
+
+
+def set_progress(job_id: str, stage: str, percent: float, **extra: Any) -> None:
+    """Record stage and percent for a processing job."""
+    with db.atomic("IMMEDIATE"):
+        Job.update(stage=stage, progress=min(100.0, max(0.0, percent)), updated_at=utcnow(), **extra).where(
+            (Job.id == job_id) & (Job.status == "processing")).execute()
+
+
+def cancel_requested(job_id: str) -> bool:
+    """True when the user cancelled or deleted the job."""
+    row = Job.select(Job.cancel_requested).where(Job.id == job_id).first()
+    return row is None or row.cancel_requested
+
+
+def complete(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *, language: str | None,
+             processing_seconds: float) -> None:
+    """Store the transcript and mark the job completed, in one transaction, then write the JSON file."""
+    text = " ".join(s["text"].strip() for s in segments if s["text"].strip())
+    confidences = [s["confidence"] for s in segments if s.get("confidence") is not None]
+    confidence = round(sum(confidences) / len(confidences), 4) if confidences else None
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        if Job.get_or_none(Job.id == job.id) is None:
+            return  # deleted while running
+        Segment.delete().where(Segment.job == job.id).execute()
+        if segments:
+            Segment.insert_many([
+                {"job": job.id, "idx": i, "start": s["start"], "end": s["end"], "text": s["text"].strip(),
+                 "confidence": s.get("confidence")}
+                for i, s in enumerate(segments)
+            ]).execute()
+        Job.update(status="completed", stage="completed", progress=100.0, text=text, confidence=confidence,
+                   detected_language=language, completed_at=now, updated_at=now, error=None,
+                   processing_seconds=round(processing_seconds, 3)).where(Job.id == job.id).execute()
+    job = Job.get_by_id(job.id)
+    atomic_write(Layout(cfg["DATA_DIR"]).transcript_path(job.id),
+                 json.dumps({"job_id": job.id, "filename": job.original_filename, "model": job.model,
+                             **transcript(job)}, ensure_ascii=False))
+
+
+def fail(job_id: str, reason: str) -> None:
+    """Mark a job failed with a reason the user can read."""
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="failed", stage="failed", error=reason, completed_at=now, updated_at=now).where(
+            Job.id == job_id).execute()
+
+
+def mark_cancelled(job_id: str) -> None:
+    """Record that a running job stopped on request; partial text is discarded."""
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        Segment.delete().where(Segment.job == job_id).execute()
+        Job.update(status="cancelled", stage="cancelled", text=None, completed_at=now, updated_at=now).where(
+            Job.id == job_id).execute()
+
+
+def requeue_orphans(cfg: Mapping[str, Any], is_alive, pending_ids: set[str]) -> list[str]:
+    """Re-queue jobs whose worker died; fail those that already used up their attempts.
+
+    Queued jobs missing from the queue (``pending_ids``) are submitted again: Huey drops
+    a task taken by a consumer that is then killed. Claiming is atomic, so a duplicate is harmless.
+    """
+    requeued: list[str] = []
+    for job in Job.in_status("processing"):
+        if job.worker_id and is_alive(job.worker_id):
+            continue
+        if job.attempts >= cfg["MAX_ATTEMPTS"]:
+            fail(job.id, f"The worker stopped {job.attempts} times while processing this job; giving up")
+            continue
+        with db.atomic("IMMEDIATE"):
+            Job.update(status="queued", stage="queued", progress=0.0, worker_id=None, updated_at=utcnow()).where(
+                (Job.id == job.id) & (Job.status == "processing")).execute()
+        requeued.append(job.id)
+    for job in Job.in_status("queued"):
+        if job.id not in pending_ids:
+            submit(job)
+    return requeued

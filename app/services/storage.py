@@ -1,0 +1,79 @@
+"""Where things live under the data dir, and how files get there safely."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+FOLDERS = ("uploads", "transcripts", "logs", "tmp", "cache", "models")
+_EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+class Layout:
+    """The data dir's folders. Uploads are stored under generated names, never the client's."""
+
+    def __init__(self, data_dir: Path | str):
+        self.root = Path(data_dir)
+
+    def folder(self, name: str) -> Path:
+        """One of the known folders."""
+        return self.root / name
+
+    def ensure(self) -> None:
+        """Create every folder."""
+        for name in FOLDERS:
+            self.folder(name).mkdir(parents=True, exist_ok=True)
+        (self.folder("logs") / "jobs").mkdir(exist_ok=True)
+
+    def upload_path(self, job_id: str, original_filename: str) -> Path:
+        """Where a job's input file is kept: ``uploads/<job id><safe extension>``."""
+        return self.folder("uploads") / f"{job_id}{safe_extension(original_filename)}"
+
+    def transcript_path(self, job_id: str) -> Path:
+        """The finished transcript as JSON."""
+        return self.folder("transcripts") / f"{job_id}.json"
+
+    def job_log(self, job_id: str) -> Path:
+        """The worker's log for one job."""
+        return self.folder("logs") / "jobs" / f"{job_id}.log"
+
+    def job_cache(self, job_id: str) -> Path:
+        """The folder for a job's cached stage outputs."""
+        return self.folder("cache") / job_id
+
+    def temp_file(self, suffix: str = ".part") -> Path:
+        """A new empty file in ``tmp/`` on the same filesystem as the data, so a rename is atomic."""
+        self.folder("tmp").mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.folder("tmp"), suffix=suffix)
+        os.close(fd)
+        return Path(name)
+
+
+def safe_extension(filename: str | None) -> str:
+    """The lower-cased extension of a client file name if it is plain, else ``.bin``."""
+    ext = Path(filename or "").suffix.lower()
+    return ext if _EXT.match(ext) else ".bin"
+
+
+def clean_filename(filename: str | None) -> str:
+    """A display name: the last path component, without control characters, at most 255 chars."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return (name or "upload")[:255]
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see either the old content or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

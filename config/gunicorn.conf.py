@@ -1,0 +1,22 @@
+"""Gunicorn settings for ``whisper-transcriber serve``.
+
+One process keeps rate-limit counters and circuit-breaker state in one place; gthread
+with many threads lets WebSockets (one thread each) and HTTP share it.
+"""
+
+import os
+
+bind = f"{os.environ.get('WT_HOST', '127.0.0.1')}:{os.environ.get('WT_PORT', '8000')}"
+worker_class = "gthread"
+workers = 1
+threads = int(os.environ.get("WT_WEB_THREADS", "64"))
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+# Big uploads are streamed straight to disk by the app, so no request-size cap here.
+limit_request_line = 8190
+accesslog = os.environ.get("WT_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("WT_LOG_LEVEL", "info")
+# The app opens its database connections after fork; never preload it.
+preload_app = False

@@ -1,0 +1,183 @@
+"""Fixtures: an app with its own data dir and SQLite file per test, a stub engine, and a live server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import MODELS_DIR, OUTPUT, ROOT, wait_for
+from workers import engine
+
+ADMIN_PASSWORD = "admin-password-123"
+
+
+@pytest.fixture
+def app(tmp_path):
+    """A fresh app: temp data dir, its own SQLite and queue files, the shared models."""
+    from app import create_app
+
+    app = create_app({
+        "TESTING": True,
+        "DATA_DIR": str(tmp_path / "data"),
+        "MODELS_DIR": str(MODELS_DIR),
+        "ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "RATELIMIT_STORAGE_URI": "memory://",
+    })
+    yield app
+
+
+@pytest.fixture
+def client(app):
+    """A test client for ``app``."""
+    return app.test_client()
+
+
+def login(client, username: str = "admin", password: str = ADMIN_PASSWORD) -> dict[str, str]:
+    """Bearer headers for a user."""
+    response = client.post("/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+@pytest.fixture
+def admin_headers(client):
+    """Bearer headers of the bootstrap admin."""
+    return login(client)
+
+
+class StubEngine:
+    """Stands in for whisper.cpp: one segment per second of audio, with a fixed text."""
+
+    calls: list[dict] = []
+
+    def __init__(self, model_path, threads=0):
+        self.model_path = model_path
+
+    def transcribe(self, audio, *, language=None, translate=False, prompt=None, on_segment=None,
+                   should_abort=None):
+        StubEngine.calls.append({"language": language, "translate": translate, "prompt": prompt})
+        seconds = max(1, int(audio.size / 16000))
+        segments = []
+        for i in range(seconds):
+            if should_abort and should_abort():
+                raise engine.Aborted()
+            seg = engine.EngineSegment(float(i), float(i + 1), f"word{i}", 0.9)
+            segments.append(seg)
+            if on_segment:
+                on_segment(seg)
+        return engine.EngineResult(segments, language or "en")
+
+
+@pytest.fixture
+def stub_engine(monkeypatch):
+    """Replace the engine with :class:`StubEngine` for this test."""
+    StubEngine.calls = []
+    monkeypatch.setattr(engine, "_build", StubEngine)
+    engine._cache.clear()
+    yield StubEngine
+    engine._cache.clear()
+
+
+@pytest.fixture
+def drain(app):
+    """Run every queued job through the real pipeline, in this process."""
+    from app.models import Job
+    from workers import pipeline
+
+    def run() -> None:
+        pipeline.configure(dict(app.config))
+        with app.app_context():
+            for job in list(Job.in_status("queued")):
+                pipeline.run(job.id)
+
+    return run
+
+
+# ------------------------------------------------------------------ live server
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+    token: str
+
+    def headers(self) -> dict[str, str]:
+        """Admin bearer headers."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **kw) -> requests.Response:
+        """GET with admin credentials."""
+        kw.setdefault("headers", self.headers())
+        return requests.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        """POST with admin credentials."""
+        kw.setdefault("headers", self.headers())
+        return requests.post(self.url + path, timeout=60, **kw)
+
+    def submit(self, path: Path, **data) -> str:
+        """Upload a file as a job; return its id."""
+        with open(path, "rb") as f:
+            response = self.post("/api/jobs/", files={"file": (path.name, f)}, data=data)
+        assert response.status_code == 201, response.text
+        return response.json()["job_id"]
+
+    def wait(self, job_id: str, timeout: float = 180) -> dict:
+        """Wait for a job to finish; return its details."""
+        def finished():
+            job = self.get(f"/api/jobs/{job_id}").json()
+            return job if job["status"] in ("completed", "failed", "cancelled") else None
+
+        return wait_for(finished, timeout=timeout, interval=0.25)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """``whisper-transcriber run`` (Gunicorn and a real Huey consumer) on a free port."""
+    data_dir = tmp_path_factory.mktemp("live") / "data"
+    port = free_port()
+    env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
+           "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+           "ENABLE_SERVER_CONTROL": "false", "WT_QUEUE_POLL_SECONDS": "0.1"}
+    OUTPUT.mkdir(exist_ok=True)
+    log = open(OUTPUT / "live-server.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            body = requests.get(url + "/health", timeout=2).json()
+            return body.get("worker_alive")
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60)
+        token = requests.post(url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
+                              timeout=10).json()["access_token"]
+        yield LiveServer(url, data_dir, process, token)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -1,0 +1,70 @@
+"""Helpers shared by the tests: reference audio, word error rate, media fixtures, polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jiwer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("WT_SHARED_DIR", ROOT.parent / "shared"))
+AUDIO = SHARED / "audio"
+MODELS_DIR = Path(os.environ.get("WT_MODELS_DIR", ROOT / "data" / "models"))
+OUTPUT = ROOT / "test-output"
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    """The shared clips by file name."""
+    data = json.loads((AUDIO / "manifest.json").read_text())
+    return {clip["file"]: clip for clip in data["clips"]}
+
+
+def reference(name: str, key: str = "reference") -> str:
+    """The published reference transcript of a clip."""
+    return manifest()[name][key]
+
+
+def _normalise(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    return " ".join(re.sub(r"[^\w\s']", " ", text).split())
+
+
+def wer(ref: str, hyp: str) -> float:
+    """Word error rate after lower-casing and dropping punctuation."""
+    return jiwer.wer(_normalise(ref), _normalise(hyp) or "<empty>")
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly; raise on failure."""
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", *args], check=True, timeout=120)
+
+
+def make_video(source: Path, out: Path) -> Path:
+    """A small mp4: a colour source with ``source`` as its audio track."""
+    ffmpeg("-f", "lavfi", "-i", "color=c=blue:s=160x120:r=10", "-i", str(source), "-shortest",
+           "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(out))
+    return out
+
+
+def make_long_audio(source: Path, out: Path, repeats: int) -> Path:
+    """``source`` played ``repeats`` times in a row (for jobs that take a while)."""
+    ffmpeg("-stream_loop", str(repeats - 1), "-i", str(source), "-ac", "1", "-ar", "16000", str(out))
+    return out
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.2) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -1,0 +1,1 @@
+"""Queue tasks, the media pipeline and the whisper.cpp engine."""

@@ -1,0 +1,109 @@
+"""Probe and decode media with ffmpeg: anything ffmpeg reads becomes 16 kHz mono float32."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class MediaError(Exception):
+    """The media cannot be used; the message says why in words a user understands."""
+
+    def __init__(self, message: str, error_code: str = "INVALID_MEDIA"):
+        super().__init__(message)
+        self.error_code = error_code
+
+
+@dataclass
+class MediaInfo:
+    """What ffprobe says about a file."""
+
+    duration: float
+    format_name: str
+    codec: str | None
+    sample_rate: int | None
+    channels: int | None
+    has_video: bool
+    audio_streams: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy."""
+        return asdict(self)
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"ffmpeg took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT") from exc
+    except FileNotFoundError as exc:
+        raise MediaError(f"{cmd[0]} is not installed", "FFMPEG_MISSING") from exc
+
+
+def probe(path: Path | str, timeout: float = 60) -> MediaInfo:
+    """Read duration, streams and audio properties; raise MediaError if there is no usable audio."""
+    if Path(path).stat().st_size == 0:
+        raise MediaError("The file is empty", "EMPTY_FILE")
+    result = _run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+        timeout,
+    )
+    if result.returncode != 0:
+        raise MediaError("The file is not audio or video that ffmpeg can read", "UNSUPPORTED_MEDIA")
+    data = json.loads(result.stdout or b"{}")
+    streams = data.get("streams", [])
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    if not audio:
+        raise MediaError("The file has no audio track", "NO_AUDIO")
+    video = any(s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+                for s in streams)
+    duration = float(data.get("format", {}).get("duration") or audio[0].get("duration") or 0)
+    if duration <= 0:
+        raise MediaError("The file's duration cannot be read; it may be truncated", "UNSUPPORTED_MEDIA")
+    first = audio[0]
+    return MediaInfo(
+        duration=duration,
+        format_name=data.get("format", {}).get("format_name", ""),
+        codec=first.get("codec_name"),
+        sample_rate=int(first["sample_rate"]) if first.get("sample_rate") else None,
+        channels=first.get("channels"),
+        has_video=video,
+        audio_streams=[
+            {"index": s.get("index"), "codec": s.get("codec_name"), "channels": s.get("channels"),
+             "language": (s.get("tags") or {}).get("language")}
+            for s in audio
+        ],
+    )
+
+
+def check_duration(info: MediaInfo, max_seconds: float) -> None:
+    """Refuse media longer than the configured maximum."""
+    if info.duration > max_seconds:
+        raise MediaError(
+            f"The media is {info.duration / 3600:.1f} h long; the limit is {max_seconds / 3600:.1f} h "
+            "(WT_MAX_MEDIA_SECONDS)",
+            "MEDIA_TOO_LONG",
+        )
+
+
+def decode(path: Path | str, timeout: float = 900) -> np.ndarray:
+    """Decode the first audio track to 16 kHz mono float32 in [-1, 1]."""
+    result = _run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
+         "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
+        timeout,
+    )
+    stderr = result.stderr.decode("utf-8", "replace").strip()
+    if result.returncode != 0:
+        raise MediaError(f"The media could not be decoded: {stderr.splitlines()[-1] if stderr else 'unknown'}")
+    audio = np.frombuffer(result.stdout, dtype=np.float32)
+    if audio.size == 0:
+        raise MediaError("The media decoded to no audio; it may be truncated or damaged")
+    return audio

