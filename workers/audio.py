@@ -93,8 +93,12 @@ def check_duration(info: MediaInfo, max_seconds: float) -> None:
         )
 
 
-def decode(path: Path | str, timeout: float = 900) -> np.ndarray:
-    """Decode the first audio track to 16 kHz mono float32 in [-1, 1]."""
+def decode(path: Path | str, timeout: float = 900, expected_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio track to 16 kHz mono float32 in [-1, 1].
+
+    When ffmpeg reports errors and yields much less audio than ``expected_seconds`` (the
+    probed duration), the file is truncated or damaged and a MediaError says so.
+    """
     result = _run(
         ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
          "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
@@ -102,8 +106,13 @@ def decode(path: Path | str, timeout: float = 900) -> np.ndarray:
     )
     stderr = result.stderr.decode("utf-8", "replace").strip()
     if result.returncode != 0:
-        raise MediaError(f"The media could not be decoded: {stderr.splitlines()[-1] if stderr else 'unknown'}")
-    audio = np.frombuffer(result.stdout, dtype=np.float32)
-    if audio.size == 0:
+        reason = stderr.splitlines()[-1] if stderr else "unknown error"
+        raise MediaError(f"The media could not be decoded: {reason}")
+    samples = np.frombuffer(result.stdout, dtype=np.float32)
+    if samples.size == 0:
         raise MediaError("The media decoded to no audio; it may be truncated or damaged")
-    return audio
+    decoded = samples.size / SAMPLE_RATE
+    if stderr and expected_seconds and decoded < 0.9 * expected_seconds - 0.5:
+        raise MediaError(f"The media is truncated or damaged: only {decoded:.1f} s of "
+                         f"{expected_seconds:.1f} s could be decoded")
+    return samples

@@ -103,7 +103,7 @@ def run(job_id: str) -> None:
     started = time.monotonic()
     try:
         source = Path(job.source_path) if job.source_path else Path(cfg["DATA_DIR"]) / job.upload_path
-        samples = audio.decode(source, timeout=cfg["FFMPEG_TIMEOUT_SECONDS"])
+        samples = audio.decode(source, timeout=cfg["FFMPEG_TIMEOUT_SECONDS"], expected_seconds=job.duration)
         duration = samples.size / audio.SAMPLE_RATE
         joblog.write("INFO", f"decoded {duration:.1f} s of audio")
         lifecycle.set_progress(job_id, "transcribing", 0.0)

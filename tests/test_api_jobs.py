@@ -1,0 +1,258 @@
+"""The canonical jobs API through HTTP (Flask client, stub engine): happy paths and bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import AUDIO
+
+ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    """The response is the standard JSON error with this status (and code)."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) >= ERROR_KEYS, body
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    if code:
+        assert body["error_code"] == code, body
+    return body
+
+
+def upload(client, headers, data: bytes | None = None, name: str = "jfk.flac", **form):
+    """POST a file to /api/jobs/."""
+    payload = data if data is not None else (AUDIO / "jfk.flac").read_bytes()
+    return client.post("/api/jobs/", headers=headers, data={"file": (io.BytesIO(payload), name), **form})
+
+
+def leftovers(app) -> list[Path]:
+    """Files in tmp/ and uploads/ of the test's data dir."""
+    root = Path(app.config["DATA_DIR"])
+    return [p for folder in ("tmp", "uploads") for p in (root / folder).iterdir()]
+
+
+def test_create_job_returns_201_with_the_seed_fields(client, admin_headers):
+    """The response carries job_id, status, filename, model and created_at."""
+    response = upload(client, admin_headers, model="tiny.en", language="en", task="transcribe", prompt="JFK")
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["status"] == "queued" and body["filename"] == "jfk.flac" and body["model"] == "tiny.en"
+    assert body["created_at"].endswith("Z") and len(body["job_id"]) == 32
+
+
+def test_job_completes_and_exports_every_format(client, admin_headers, stub_engine, drain):
+    """After the worker runs, the transcript downloads as txt, srt, vtt, json and tsv."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    drain()
+    for fmt, mime in [("txt", "text/plain"), ("srt", "application/x-subrip"), ("vtt", "text/vtt"),
+                      ("json", "application/json"), ("tsv", "text/tab-separated-values")]:
+        response = client.get(f"/api/export/download/{job_id}/{fmt}", headers=admin_headers)
+        assert response.status_code == 200 and response.content_type.startswith(mime)
+        assert f'filename="jfk.{fmt}"' in response.headers["Content-Disposition"]
+    assert client.get("/api/export/formats", headers=admin_headers).get_json()["formats"][0]["name"] == "txt"
+
+
+def test_export_before_completion_is_409_and_unknown_format_400(client, admin_headers, stub_engine, drain):
+    """A queued job has nothing to export; a bad format names the choices."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    assert_error(client.get(f"/api/export/download/{job_id}/srt", headers=admin_headers), 409)
+    drain()
+    assert_error(client.get(f"/api/export/download/{job_id}/docx", headers=admin_headers), 400,
+                 "UNSUPPORTED_FORMAT")
+
+
+def test_list_pages_filters_and_previews(client, admin_headers, stub_engine, drain):
+    """limit/offset page newest first; status and created_after filter."""
+    ids = [upload(client, admin_headers).get_json()["job_id"] for _ in range(3)]
+    drain()
+    body = client.get("/api/jobs/?limit=2&offset=0", headers=admin_headers).get_json()
+    assert body["total"] == 3 and body["limit"] == 2 and len(body["jobs"]) == 2
+    assert body["jobs"][0]["job_id"] == ids[-1]
+    job = body["jobs"][0]
+    assert set(job) >= {"job_id", "status", "filename", "model", "created_at", "completed_at", "duration",
+                        "transcript_preview"}
+    assert job["transcript_preview"].startswith("word0")
+    assert client.get("/api/jobs/?status=failed", headers=admin_headers).get_json()["total"] == 0
+    later = client.get("/api/jobs/?created_after=2999-01-01T00:00:00Z", headers=admin_headers).get_json()
+    assert later["total"] == 0
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "offset=-1", "status=done",
+                                   "created_after=yesterday"])
+def test_list_rejects_bad_query_parameters(client, admin_headers, query):
+    """Out-of-range or malformed parameters are a 400."""
+    assert_error(client.get(f"/api/jobs/?{query}", headers=admin_headers), 400)
+
+
+def test_progress_reports_stage_and_percent(client, admin_headers, stub_engine, drain):
+    """Queued, then completed at 100 %."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    body = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
+    assert (body["status"], body["stage"], body["progress"]) == ("queued", "queued", 0.0)
+    drain()
+    body = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
+    assert (body["status"], body["stage"], body["progress"]) == ("completed", "completed", 100.0)
+    assert set(body) >= {"job_id", "estimated_time_remaining", "current_segment"}
+
+
+def test_delete_removes_row_and_files(client, admin_headers, stub_engine, drain, app):
+    """Nothing of a deleted job stays on disk."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    drain()
+    root = Path(app.config["DATA_DIR"])
+    assert (root / "transcripts" / f"{job_id}.json").exists()
+    assert client.delete(f"/api/jobs/{job_id}", headers=admin_headers).status_code == 200
+    assert_error(client.get(f"/api/jobs/{job_id}", headers=admin_headers), 404, "NOT_FOUND")
+    assert not list(root.glob(f"**/{job_id}*"))
+
+
+def test_restart_only_for_failed_or_cancelled_jobs(client, admin_headers, stub_engine, drain):
+    """A queued or completed job gives 409; a cancelled one is queued again and completes."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    assert_error(client.post(f"/api/jobs/{job_id}/restart", headers=admin_headers), 409, "JOB_NOT_RESTARTABLE")
+    cancelled = client.post(f"/api/jobs/{job_id}/cancel", headers=admin_headers).get_json()
+    assert cancelled["status"] == "cancelled"
+    assert_error(client.post(f"/api/jobs/{job_id}/cancel", headers=admin_headers), 409)
+    assert client.post(f"/api/jobs/{job_id}/restart", headers=admin_headers).get_json()["status"] == "queued"
+    drain()
+    assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()["status"] == "completed"
+
+
+def test_restart_requeues_failed_job(client, admin_headers, stub_engine, drain, app):
+    """A job that failed (here: its model vanished) can be restarted."""
+    from app.models import Job
+
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    with app.app_context():
+        Job.update(model="small").where(Job.id == job_id).execute()
+    drain()
+    failed = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
+    assert failed["status"] == "failed" and "no longer installed" in failed["error"]
+    with app.app_context():
+        Job.update(model="tiny.en").where(Job.id == job_id).execute()
+    assert client.post(f"/api/jobs/{job_id}/restart", headers=admin_headers).status_code == 200
+    drain()
+    assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()["status"] == "completed"
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_non_audio_file_is_415_and_leaves_nothing(client, admin_headers, app):
+    """A text file is refused and its upload removed."""
+    assert_error(upload(client, admin_headers, b"just some text\n" * 100, "notes.mp3"), 415, "UNSUPPORTED_MEDIA")
+    assert leftovers(app) == []
+
+
+def test_zero_byte_file_is_400_and_leaves_nothing(client, admin_headers, app):
+    """An empty upload is refused."""
+    assert_error(upload(client, admin_headers, b"", "empty.wav"), 400, "EMPTY_FILE")
+    assert leftovers(app) == []
+
+
+def test_file_truncated_in_its_header_is_refused(client, admin_headers, app):
+    """ffprobe cannot read it: 415 and nothing left."""
+    data = (AUDIO / "jfk.flac").read_bytes()[:3000]
+    assert_error(upload(client, admin_headers, data, "cut.flac"), 415)
+    assert leftovers(app) == []
+
+
+def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(client, admin_headers, stub_engine, drain):
+    """The header promises 11 s but the data stops early: the job fails and says why."""
+    data = (AUDIO / "jfk.flac").read_bytes()[:60000]
+    job_id = upload(client, admin_headers, data, "cut.flac").get_json()["job_id"]
+    drain()
+    job = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
+    assert job["status"] == "failed" and "truncated" in job["error"]
+
+
+def test_oversized_body_is_413(app, admin_headers, client):
+    """A body over MAX_CONTENT_LENGTH is refused before it is stored."""
+    app.config["MAX_CONTENT_LENGTH"] = 50_000
+    body = assert_error(upload(client, admin_headers), 413, "PAYLOAD_TOO_LARGE")
+    assert "50000" in body["detail"]
+    assert leftovers(app) == []
+
+
+def test_path_like_file_name_is_stored_under_a_generated_name(client, admin_headers, app):
+    """The client's name is kept for display only."""
+    response = upload(client, admin_headers, name="../../etc/passwd.flac")
+    assert response.status_code == 201
+    job_id = response.get_json()["job_id"]
+    assert response.get_json()["filename"] == "passwd.flac"
+    stored = [p.name for p in (Path(app.config["DATA_DIR"]) / "uploads").iterdir()]
+    assert stored == [f"{job_id}.flac"]
+
+
+def test_media_longer_than_the_limit_is_refused(app, client, admin_headers):
+    """The maximum duration is configurable."""
+    app.config["MAX_MEDIA_SECONDS"] = 5
+    body = assert_error(upload(client, admin_headers), 413, "MEDIA_TOO_LONG")
+    assert "limit" in body["detail"]
+    assert leftovers(app) == []
+
+
+def test_missing_file_field_is_400(client, admin_headers):
+    """A form without ``file``."""
+    assert_error(client.post("/api/jobs/", headers=admin_headers, data={"model": "tiny.en"}), 400, "MISSING_FILE")
+
+
+def test_uninstalled_whisper_model_is_400_with_install_hint(client, admin_headers):
+    """The message lists installed models and the command to install the missing one."""
+    body = assert_error(upload(client, admin_headers, model="medium.en"), 400, "MODEL_NOT_INSTALLED")
+    assert "tiny.en" in body["detail"] and "whisper-transcriber models install medium.en" in body["detail"]
+
+
+def test_non_whisper_model_name_is_400(client, admin_headers):
+    """A name that is no Whisper model."""
+    assert_error(upload(client, admin_headers, model="gpt-4o"), 400, "INVALID_MODEL")
+
+
+@pytest.mark.parametrize(("field", "value"), [("task", "summarise"), ("language", "english!"),
+                                              ("prompt", "x" * 2001)])
+def test_invalid_job_options_are_400(client, admin_headers, field, value, app):
+    """Task, language and prompt are validated before anything is stored."""
+    assert_error(upload(client, admin_headers, **{field: value}), 400)
+    assert leftovers(app) == []
+
+
+# ------------------------------------------------------------ error format
+
+
+def test_unknown_route_405_and_unknown_job_use_the_error_format(client, admin_headers):
+    """404, 405 and unknown ids all answer with the standard body."""
+    assert_error(client.get("/no/such/route"), 404)
+    assert_error(client.put("/api/jobs/", headers=admin_headers), 405, "METHOD_NOT_ALLOWED")
+    assert_error(client.get("/api/jobs/0123", headers=admin_headers), 404)
+    assert_error(client.get("/api/progress/0123", headers=admin_headers), 404)
+
+
+def test_unauthenticated_request_is_401(client):
+    """Every jobs route needs credentials."""
+    assert_error(client.get("/api/jobs/"), 401, "UNAUTHORIZED")
+
+
+def test_unexpected_exception_is_a_json_500(app, client, admin_headers, monkeypatch):
+    """A bug answers with the standard body and no traceback."""
+    from app.services import jobs
+
+    monkeypatch.setattr(jobs, "list_jobs", lambda *a, **k: 1 / 0)
+    body = assert_error(client.get("/api/jobs/", headers=admin_headers), 500, "INTERNAL_ERROR")
+    assert "Traceback" not in body["detail"]
+
+
+def test_request_id_is_echoed_or_generated(client):
+    """A sane incoming X-Request-ID is kept; a hostile one is replaced."""
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    replaced = client.get("/health", headers={"X-Request-ID": "<script>"}).headers["X-Request-ID"]
+    assert replaced != "<script>" and len(replaced) == 32
+
+
+def test_health_reports_database_and_worker(client):
+    """No auth; status ok."""
+    body = client.get("/health").get_json()
+    assert body["status"] == "ok" and body["database"] == "ok" and body["worker_alive"] is False

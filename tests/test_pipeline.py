@@ -1,0 +1,123 @@
+"""Progress throttling, cancellation and crash recovery of the pipeline (stub engine)."""
+
+from __future__ import annotations
+
+import os
+
+from app.models import Job
+from tests.helpers import AUDIO
+from workers import engine, pipeline
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_writes_at_most_once_per_second():
+    """Many segments within a second give a single database write."""
+    clock, writes = Clock(), []
+    progress = pipeline.Progress("job", 100.0, clock=clock, write=lambda *a, **k: writes.append((a, k)),
+                                 cancelled=lambda _: False)
+    for i in range(10):
+        clock.now = i * 0.1
+        progress.on_segment(engine.EngineSegment(i, i + 1, "x"))
+    assert len(writes) == 1
+    clock.now = 1.05
+    progress.on_segment(engine.EngineSegment(10, 11, "x"))
+    assert len(writes) == 2
+    (job_id, stage, percent), extra = writes[-1]
+    assert (job_id, stage, percent, extra["segments_done"]) == ("job", "transcribing", 11.0, 11)
+
+
+def test_progress_never_reports_100_before_finalizing():
+    """Only a completed job shows 100 %."""
+    progress = pipeline.Progress("job", 10.0, write=lambda *a, **k: None, cancelled=lambda _: False)
+    progress.on_segment(engine.EngineSegment(9, 12, "x"))
+    assert progress.percent == 99.0
+
+
+def test_cancel_checks_are_throttled_and_sticky():
+    """The database is polled at most every half second, and a cancel stays set."""
+    clock, polls = Clock(), []
+
+    def cancelled(job_id: str) -> bool:
+        polls.append(clock.now)
+        return clock.now >= 1.0
+
+    progress = pipeline.Progress("job", 10.0, clock=clock, write=lambda *a, **k: None, cancelled=cancelled)
+    for step in range(30):
+        clock.now = step * 0.05
+        progress.should_abort()
+    assert len(polls) == 3  # at 0.0, 0.5 and 1.0
+    assert progress.should_abort() is True
+
+
+def _queued_job(client, headers, name: str = "jfk.flac") -> str:
+    with open(AUDIO / name, "rb") as f:
+        response = client.post("/api/jobs/", headers=headers, data={"file": (f, name)})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["job_id"]
+
+
+def test_pipeline_stores_segments_and_marks_completed(client, admin_headers, stub_engine, drain):
+    """A queued job runs through decode, transcribe and finalize."""
+    job_id = _queued_job(client, admin_headers)
+    drain()
+    body = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
+    assert body["status"] == "completed" and body["progress"] == 100.0 and body["stage"] == "completed"
+    assert len(body["transcript"]["segments"]) == 11  # the stub makes one per second of audio
+    assert body["transcript"]["confidence"] == 0.9
+
+
+def test_cancelled_job_never_completes_with_partial_text(client, admin_headers, stub_engine, drain, app):
+    """A cancel request seen mid-run discards the partial segments."""
+    job_id = _queued_job(client, admin_headers)
+    with app.app_context():
+        # The flag a cancel of a running job sets; the status is still queued, so the worker claims it.
+        Job.update(cancel_requested=True).where(Job.id == job_id).execute()
+    drain()
+    body = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
+    assert body["status"] == "cancelled"
+    assert "transcript" not in body and body["transcript_preview"] is None
+
+
+def test_reconcile_requeues_job_of_dead_worker_and_fails_after_three_attempts(app, client, admin_headers,
+                                                                             stub_engine):
+    """A job left in processing by a dead worker goes back to the queue; the third death fails it."""
+    job_id = _queued_job(client, admin_headers)
+    pipeline.configure(dict(app.config))
+    dead = "999999:1.00"
+    with app.app_context():
+        Job.update(status="processing", worker_id=dead, attempts=1).where(Job.id == job_id).execute()
+        assert pipeline.reconcile() == [job_id]
+        assert Job.get_by_id(job_id).status == "queued"
+        Job.update(status="processing", worker_id=dead, attempts=3).where(Job.id == job_id).execute()
+        assert pipeline.reconcile() == []
+        job = Job.get_by_id(job_id)
+    assert job.status == "failed" and "3 times" in job.error
+
+
+def test_reconcile_leaves_jobs_of_live_workers_alone(app, client, admin_headers, stub_engine):
+    """A job whose worker still runs is not taken from it."""
+    job_id = _queued_job(client, admin_headers)
+    pipeline.configure(dict(app.config))
+    with app.app_context():
+        Job.update(status="processing", worker_id=pipeline.worker_id(), attempts=1).where(Job.id == job_id).execute()
+        assert pipeline.reconcile() == []
+        assert Job.get_by_id(job_id).status == "processing"
+
+
+def test_worker_identity_survives_pid_reuse():
+    """The identity includes the process start time, so a recycled pid is not alive."""
+    me = pipeline.worker_id()
+    assert pipeline.worker_alive(me)
+    pid, _ = me.split(":")
+    assert not pipeline.worker_alive(f"{pid}:1.00")
+    assert not pipeline.worker_alive("garbage")
+    assert str(os.getpid()) == pid
