@@ -225,6 +225,9 @@ def map_tensors(variables: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndar
         array = variables[name]
         if array.ndim == 0 or name == "decoder/projection/weight":
             continue
+        if name.endswith("_scale") or array.dtype.kind != "f":
+            raise ConversionError(f"{name}: quantized CTranslate2 models (int8) are not supported; "
+                                  "use a float16 or float32 model")
         if name in _SIMPLE:
             yield _SIMPLE[name], array
             continue
@@ -356,6 +359,13 @@ def _tensor_nbytes(ttype: int, count: int) -> int:
     return count // block * size
 
 
+def _read_exact(f: BinaryIO, size: int) -> bytes:
+    data = f.read(size)
+    if len(data) != size:
+        raise ConversionError("model file is truncated")
+    return data
+
+
 def _copy_header(src: BinaryIO, dst: BinaryIO, ftype: int) -> list[int]:
     magic, *params = _read(src, "<12i")
     if magic != GGML_MAGIC:
@@ -365,12 +375,12 @@ def _copy_header(src: BinaryIO, dst: BinaryIO, ftype: int) -> list[int]:
     params[10] = ftype
     dst.write(struct.pack("<12i", magic, *params))
     n_mel, n_fft = _read(src, "<ii")
-    dst.write(struct.pack("<ii", n_mel, n_fft) + src.read(4 * n_mel * n_fft))
+    dst.write(struct.pack("<ii", n_mel, n_fft) + _read_exact(src, 4 * n_mel * n_fft))
     (n_tokens,) = _read(src, "<i")
     dst.write(struct.pack("<i", n_tokens))
     for _ in range(n_tokens):
         (length,) = _read(src, "<i")
-        dst.write(struct.pack("<i", length) + src.read(length))
+        dst.write(struct.pack("<i", length) + _read_exact(src, length))
     return params
 
 
@@ -386,11 +396,12 @@ def quantize_ggml(src_path: Path, dst_path: Path) -> Path:
                     raise ConversionError("model ends in the middle of a tensor header")
                 ndim, name_len, ttype = struct.unpack("<iii", header)
                 dims = _read(src, f"<{ndim}i")
-                name = src.read(name_len).decode()
+                name = _read_exact(src, name_len).decode()
                 count = int(np.prod(dims))
-                data = src.read(_tensor_nbytes(ttype, count))
-                if ndim == 2 and ttype == GGML_F16 and name not in F32_TENSORS and dims[0] % QK8_0 == 0:
-                    array = np.frombuffer(data, dtype="<f2").reshape(tuple(reversed(dims)))
+                data = _read_exact(src, _tensor_nbytes(ttype, count))
+                if ndim == 2 and ttype in (GGML_F16, GGML_F32) and name not in F32_TENSORS and dims[0] % QK8_0 == 0:
+                    dtype = "<f2" if ttype == GGML_F16 else "<f4"
+                    array = np.frombuffer(data, dtype=dtype).reshape(tuple(reversed(dims)))
                     ttype, data = GGML_Q8_0, quantize_q8_0(array)
                 dst.write(struct.pack(f"<iii{ndim}i", ndim, name_len, ttype, *dims))
                 dst.write(name.encode() + data)

@@ -31,11 +31,16 @@ class ModelError(Exception):
 
 def is_whisper_name(name: str) -> bool:
     """True for official whisper.cpp model names such as ``base.en`` or ``small-q8_0``."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def model_path(models_dir: Path | str, name: str) -> Path:
-    """Where the ggml file for ``name`` lives."""
+    """Where the ggml file for ``name`` lives; a name that could leave the folder is refused."""
+    if not _SAFE_NAME.fullmatch(name or "") or ".." in name:
+        raise ModelError(f"{name!r} is not a usable model name (letters, digits, '.', '-', '_')")
     return Path(models_dir) / f"ggml-{name}.bin"
 
 
@@ -84,6 +89,7 @@ def install_offline(models_dir: Path | str, name: str) -> Path:
     target = model_path(models_dir, name)
     if target.exists():
         return target
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
     if name not in OFFLINE_SOURCES:
         raise ModelError(f"{name} has no offline source; use --url and --sha256")
     if name == "base":
@@ -116,9 +122,13 @@ def download(models_dir: Path | str, name: str, url: str, sha256: str, timeout: 
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
-        with requests.get(url, stream=True, timeout=timeout) as response, open(fd, "wb") as out:
+        # identity encoding: Content-Length then counts the bytes we hash and store
+        with open(fd, "wb") as out, requests.get(url, stream=True, timeout=timeout,
+                                                 headers={"Accept-Encoding": "identity"}) as response:
             response.raise_for_status()
-            expected = response.headers.get("Content-Length")
+            # With a Content-Encoding the length counts compressed bytes; the checksum still guards.
+            encoded = response.headers.get("Content-Encoding")
+            expected = None if encoded else response.headers.get("Content-Length")
             size = 0
             for chunk in response.iter_content(CHUNK):
                 out.write(chunk)
