@@ -34,6 +34,8 @@ def main() -> None:
 def serve() -> None:
     """Run the web app under Gunicorn (gthread, one process, many threads)."""
     settings = load_settings()
+    Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # Gunicorn writes its pid file there
+    os.environ["WT_DATA_DIR"] = settings["DATA_DIR"]  # the Gunicorn config reads it
     os.environ.setdefault("WT_HOST", str(settings["HOST"]))
     os.environ.setdefault("WT_PORT", str(settings["PORT"]))
     config = ROOT / "config" / "gunicorn.conf.py"
@@ -148,7 +150,7 @@ def models_install(name: str, url: str | None, sha256: str | None) -> None:
             path = modelstore.download(folder, name, url, sha256)
         else:
             path = modelstore.install_offline(folder, name)
-    except modelstore.ModelError as exc:
+    except (modelstore.ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name} installed at {path}")
 

@@ -13,6 +13,10 @@ threads = int(os.environ.get("WT_WEB_THREADS", "64"))
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
+# Per-instance files live in the data dir, so several appliances (or tests) never share them.
+_data_dir = os.environ.get("WT_DATA_DIR", "./data")
+pidfile = os.path.join(_data_dir, "gunicorn.pid")
+control_socket = os.path.join(_data_dir, "gunicorn.ctl")
 # Big uploads are streamed straight to disk by the app, so no request-size cap here.
 limit_request_line = 8190
 accesslog = os.environ.get("WT_ACCESS_LOG") or None
