@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request, current_app, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import models
+from app import logging_setup, models
 from app.errors import register_error_handlers
-from app.extensions import limiter, sock
+from app.extensions import configure_breaker, limiter, sock
 from app.services.storage import Layout
 from app.settings import MIN_SECRET_LENGTH, ensure_secret_key, load_settings
 
@@ -39,19 +40,27 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SECRET_KEY"] = ensure_secret_key(settings)
     app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
     app.request_class = StreamingRequest
+    if settings["TRUSTED_PROXIES"] > 0:  # only then is X-Forwarded-For the client address
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings["TRUSTED_PROXIES"], x_proto=settings["TRUSTED_PROXIES"])
     app.json.sort_keys = False
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": settings["WS_PING_INTERVAL"] or None})
 
     Layout(settings["DATA_DIR"]).ensure()
+    logging_setup.init_app(app)  # JSON logs in $DATA_DIR/logs and the access log
     models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
     from workers import queue
 
     queue.bind(settings["DATA_DIR"])
 
+    configure_breaker(settings)
     limiter.init_app(app)
     sock.init_app(app)
     register_error_handlers(app)
     _register_hooks(app)
     _register_blueprints(app)
+    from app.ratelimit import setup_rate_limits
+
+    setup_rate_limits(app)
 
     from app.services.users import bootstrap_admin
 
@@ -81,7 +90,46 @@ def _register_hooks(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from app import auth, exports, health, jobs
+    from app import (
+        admin,
+        apikeys,
+        auth,
+        compat_legacy,
+        compat_v1,
+        dashboard,
+        dubarr,
+        exports,
+        health,
+        jobs,
+        logs,
+        metrics,
+        openai_compat,
+        openapi,
+        search,
+        uploads,
+        users,
+        voxis,
+    )
 
-    for module in (auth, jobs, exports, health):
+    for module in (
+        auth,
+        jobs,
+        exports,
+        health,
+        apikeys,
+        users,
+        openai_compat,
+        logs,
+        admin,
+        uploads,
+        search,
+        metrics,
+        openapi,
+        dubarr,
+        voxis,
+        compat_legacy,
+        compat_v1,
+        dashboard,
+    ):
         app.register_blueprint(module.bp)
+    metrics.install(app)

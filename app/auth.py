@@ -1,13 +1,14 @@
-"""Authentication routes: log in and out, and who am I."""
+"""Authentication routes: register, log in and out, who am I, change password."""
 
 from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, g, jsonify, request
 
+from app import ratelimit
 from app.errors import AppError
-from app.models import AuditLog, Token, utcnow
+from app.models import AuditLog, Token
 from app.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -15,34 +16,47 @@ from app.security import (
     issue_token,
     login_required,
     require,
+    require_session,
 )
-from app.validation import form_or_json
+from app.services import users
+from app.validation import form_or_json, json_body
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 
 def login_response(data: dict) -> tuple:
     """Check credentials and answer with a token, the session cookie and the CSRF cookie."""
-    from flask import request
-
     username = data.get("username")
     password = data.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise AppError(422, "MISSING_CREDENTIALS", "username and password are required")
+    ratelimit.check_login_allowed(username)
     user = authenticate_password(username, password)
     if user is None:
+        ratelimit.record_login_failure(username)
         AuditLog.record("login_failed", username=username[:150], ip=request.remote_addr)
         raise AppError(401, "INVALID_CREDENTIALS", "Incorrect username or password")
     AuditLog.record("login", user=user, ip=request.remote_addr)
     token = issue_token(user)
     body = {**token, "user": {"id": str(user.id), "username": user.username, "email": user.email}}
     response = jsonify(body)
-    secure = current_app.config["ENV"] == "production"
+    # Home LANs are mostly plain HTTP; a Secure cookie would make the browser drop the session there.
+    secure = bool(current_app.config["COOKIE_SECURE"])
     response.set_cookie(SESSION_COOKIE, token["access_token"], max_age=token["expires_in"], httponly=True,
                         samesite="Lax", secure=secure)
     response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), max_age=token["expires_in"], httponly=False,
                         samesite="Lax", secure=secure)
     return response, 200
+
+
+@bp.post("/register")
+def register():
+    """Create an account (only when ALLOW_REGISTRATION is on)."""
+    data = form_or_json()
+    user = users.register_user(current_app.config, data.get("username"), data.get("password"), data.get("email"),
+                               ip=request.remote_addr)
+    return jsonify({"message": "User registered successfully", "user_id": str(user.id),
+                    "username": user.username}), 201
 
 
 @bp.post("/login")
@@ -57,7 +71,8 @@ def logout():
     principal = require()
     jti = principal.claims.get("jti")
     if jti:
-        Token.update(revoked_at=utcnow()).where(Token.jti == jti).execute()
+        Token.revoke(jti)
+        AuditLog.record("logout", user=principal.user, ip=request.remote_addr)
     response = jsonify({"message": "Successfully logged out"})
     response.delete_cookie(SESSION_COOKIE)
     response.delete_cookie(CSRF_COOKIE)
@@ -68,6 +83,14 @@ def logout():
 @login_required()
 def me():
     """The current user."""
-    from flask import g
-
     return jsonify(g.user.to_dict())
+
+
+@bp.post("/change-password")
+def change_password():
+    """Replace the password (``current_password``, ``new_password``); other sessions are signed out."""
+    principal = require_session()
+    data = json_body()
+    users.change_password(principal.user, data.get("current_password"), data.get("new_password"),
+                          keep_jti=principal.claims.get("jti"), ip=request.remote_addr)
+    return jsonify({"message": "Password changed successfully"})

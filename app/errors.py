@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, g, jsonify
+from flask import Flask, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,11 @@ def error_body(status: int, error_code: str, detail: Any) -> dict[str, Any]:
 
 
 def _respond(status: int, error_code: str, detail: Any, headers: dict[str, str] | None = None):
-    response = jsonify(error_body(status, error_code, detail))
+    body = error_body(status, error_code, detail)
+    if has_request_context() and request.path.startswith("/v1/"):
+        # OpenAI's clients read error.message; the standard keys stay alongside.
+        body["error"] = {"message": str(detail), "type": error_code.lower(), "param": None, "code": error_code}
+    response = jsonify(body)
     response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value

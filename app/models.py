@@ -80,6 +80,11 @@ class User(BaseModel):
         """Active users with the admin role."""
         return cls.select().where((cls.role == "admin") & (cls.is_active == True))  # noqa: E712
 
+    @classmethod
+    def name_taken(cls, username: str) -> bool:
+        """True when a user has this name, ignoring case ("Admin" must not shadow "admin")."""
+        return cls.select().where(fn.LOWER(cls.username) == username.lower()).exists()
+
     def to_dict(self) -> dict[str, Any]:
         """The public view of the user."""
         return {
@@ -105,6 +110,17 @@ class Token(BaseModel):
         """True when the token was revoked or was never issued here."""
         token = cls.get_or_none(cls.jti == jti)
         return token is None or token.revoked_at is not None
+
+    @classmethod
+    def find_live(cls, jti: str) -> Token | None:
+        """The issued, unrevoked token with this jti, or None."""
+        return cls.get_or_none((cls.jti == jti) & cls.revoked_at.is_null())
+
+    @classmethod
+    def revoke(cls, jti: str) -> int:
+        """Revoke one token."""
+        with db.atomic("IMMEDIATE"):
+            return cls.update(revoked_at=utcnow()).where((cls.jti == jti) & cls.revoked_at.is_null()).execute()
 
     @classmethod
     def revoke_for_user(cls, user: User, keep_jti: str | None = None) -> int:
@@ -139,6 +155,14 @@ class ApiKey(BaseModel):
     def by_hash(cls, secret_hash: str) -> ApiKey | None:
         """The key with this secret hash, or None."""
         return cls.get_or_none(cls.secret_hash == secret_hash)
+
+    @classmethod
+    def visible_to(cls, user: User, everyone: bool = False):
+        """The user's keys, newest first; every key when ``everyone`` and the user is an admin."""
+        query = cls.select().order_by(cls.created_at.desc(), cls.key_id)
+        if not (everyone and user.role == "admin"):
+            query = query.where(cls.user == user)
+        return query
 
 
 class Job(BaseModel):
@@ -231,6 +255,7 @@ class Segment(BaseModel):
     end = FloatField()
     text = TextField()
     confidence = FloatField(null=True)
+    words = JSONField(null=True)  # word timestamps, only when a job asked for them
 
     class Meta:
         indexes = ((("job", "idx"), True),)
@@ -259,6 +284,18 @@ class AuditLog(BaseModel):
                        username=username or (user.username if user else None),
                        target=target, ip=ip, detail=detail)
 
+    @classmethod
+    def search(cls, *, action: str | None = None, user_id: int | None = None, since: datetime | None = None):
+        """Entries, newest first, optionally of one action, one user, or after a time."""
+        query = cls.select().order_by(cls.at.desc(), cls.id.desc())
+        if action:
+            query = query.where(cls.action == action)
+        if user_id is not None:
+            query = query.where(cls.user_id == user_id)
+        if since is not None:
+            query = query.where(cls.at > since)
+        return query
+
 
 class Setting(BaseModel):
     """Small runtime settings that admins change from the API (cleanup, concurrency)."""
@@ -279,7 +316,54 @@ class Setting(BaseModel):
             cls.replace(key=key, value=value).execute()
 
 
-ALL_MODELS = [User, Token, ApiKey, Job, Segment, AuditLog, Setting]
+class UploadSession(BaseModel):
+    """A chunked upload in progress; its chunks live in ``tmp/chunks/<id>/``."""
+
+    id = CharField(primary_key=True)
+    user = ForeignKeyField(User, backref="upload_sessions", on_delete="CASCADE")
+    filename = CharField(max_length=255)
+    file_size = IntegerField()
+    chunk_size = IntegerField()
+    total_chunks = IntegerField()
+    content_type = CharField(null=True, max_length=255)
+    status = CharField(default="open")  # "open", or "finalizing" while the file is assembled
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+
+
+class UploadChunk(BaseModel):
+    """One received chunk: a row exists only once its file is complete on disk."""
+
+    session = ForeignKeyField(UploadSession, backref="chunks", on_delete="CASCADE")
+    number = IntegerField()
+    size = IntegerField()
+    checksum = CharField()  # sha256, hex
+
+    class Meta:
+        indexes = ((("session", "number"), True),)
+
+
+class MediaFile(BaseModel):
+    """A file uploaded through the VOXIS API (``POST /api/upload``); jobs take a hard link to it."""
+
+    id = CharField(primary_key=True)  # the VOXIS file_id, a UUID
+    user = ForeignKeyField(User, backref="media_files", null=True, on_delete="CASCADE")
+    filename = CharField(max_length=255)  # the client's name, for display only
+    path = CharField()  # relative to the data dir
+    size = IntegerField()
+    content_type = CharField(null=True, max_length=255)
+    uploaded_at = DateTimeField(default=utcnow, index=True)
+
+    @classmethod
+    def visible_to(cls, user: User | None):
+        """Files the user may use: their own, or all of them for an admin."""
+        query = cls.select()
+        if user is None or user.role != "admin":
+            query = query.where(cls.user == user)
+        return query
+
+
+ALL_MODELS = [User, Token, ApiKey, Job, Segment, AuditLog, Setting, UploadSession, UploadChunk, MediaFile]
 
 
 def open_database(path: Path | str) -> SqliteDatabase:
@@ -289,7 +373,51 @@ def open_database(path: Path | str) -> SqliteDatabase:
     db.initialize(database)
     with database.connection_context():
         database.create_tables(ALL_MODELS, safe=True)
+        _add_missing_columns(database)
+        _create_search_index(database)
     return database
+
+
+# Full-text index over segment text: an external-content FTS5 table (no second copy of the text),
+# kept in step by triggers, so the job pipeline writes segments as before and search sees them.
+_SEARCH_INDEX_SQL = (
+    "CREATE VIRTUAL TABLE segment_fts USING fts5(text, content='segment', content_rowid='id', "
+    "tokenize='porter unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS segment_fts_ai AFTER INSERT ON segment BEGIN "
+    "INSERT INTO segment_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS segment_fts_ad AFTER DELETE ON segment BEGIN "
+    "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS segment_fts_au AFTER UPDATE OF text ON segment BEGIN "
+    "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO segment_fts(rowid, text) VALUES (new.id, new.text); END",
+)
+
+
+def _create_search_index(database: SqliteDatabase) -> None:
+    """Create the segment search index once; index the segments written before it existed."""
+    # IMMEDIATE: the web app and the worker open the database at the same time on start.
+    with database.atomic("IMMEDIATE"):
+        exists = database.execute_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'segment_fts'").fetchone()
+        if exists:
+            return
+        for statement in _SEARCH_INDEX_SQL:
+            database.execute_sql(statement)
+        database.execute_sql("INSERT INTO segment_fts(segment_fts) VALUES ('rebuild')")
+
+
+def _add_missing_columns(database: SqliteDatabase) -> None:
+    """Upgrade an older database in place: add columns that newer models define (all have defaults or NULL)."""
+    from playhouse.migrate import SqliteMigrator, migrate
+
+    migrator = SqliteMigrator(database)
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        existing = {column.name for column in database.get_columns(table)}
+        missing = [f for f in model._meta.sorted_fields if f.column_name not in existing]
+        if missing:
+            with database.atomic("IMMEDIATE"):
+                migrate(*(migrator.add_column(table, f.column_name, f) for f in missing))
 
 
 def token_expiry(seconds: int) -> datetime:

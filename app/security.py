@@ -75,7 +75,8 @@ def authenticate_password(username: str, password: str) -> User | None:
     if user is None:
         _hasher.hash("timing-equaliser")  # answer as slowly as for a real user
         return None
-    if not user.is_active or not verify_password(user.password_hash, password or ""):
+    # Verify before looking at is_active, so a disabled account answers as slowly as any other.
+    if not verify_password(user.password_hash, password or "") or not user.is_active:
         return None
     return user
 
@@ -89,6 +90,7 @@ def issue_token(user: User) -> dict[str, Any]:
     now = utcnow()
     jti = uuid.uuid4().hex
     expires = token_expiry(lifetime)
+    Token.purge_expired()  # the denylist only needs tokens that could still be used
     with db.atomic("IMMEDIATE"):
         Token.create(jti=jti, user=user, expires_at=expires)
     claims = {"sub": str(user.id), "jti": jti, "iat": _epoch(now),
@@ -112,9 +114,11 @@ def decode_token(token: str) -> tuple[User, dict[str, Any]]:
         raise unauthorized("Token has expired") from exc
     except jwt.PyJWTError as exc:
         raise unauthorized("Invalid token") from exc
-    if Token.is_revoked(str(claims["jti"])):
+    record = Token.find_live(claims["jti"])
+    # Tokens are recorded when issued, so an unknown jti is treated like a revoked one.
+    if record is None or record.user_id != _int(claims["sub"]):
         raise unauthorized("Token has been revoked")
-    user = User.get_or_none(User.id == _int(claims["sub"]))
+    user = User.get_or_none(User.id == record.user_id)
     if user is None or not user.is_active:
         raise unauthorized("User is disabled or no longer exists")
     return user, claims
@@ -170,10 +174,36 @@ def _bearer() -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def principal_from_basic(username: str, password: str) -> Principal:
+    """HTTP Basic: the seed-003 ``API_USER``/``API_PASS`` account (acting as the first admin) or a user's password.
+
+    Failures count against the same failed-login limit as ``/auth/login``.
+    """
+    from app import ratelimit  # imported late: ratelimit imports this module
+
+    ratelimit.check_login_allowed(username)
+    cfg = current_app.config
+    api_user, api_pass = cfg.get("API_USER") or "", cfg.get("API_PASS") or ""
+    if api_user and api_pass and hmac.compare_digest(username.encode(), api_user.encode()) \
+            and hmac.compare_digest(password.encode(), api_pass.encode()):
+        admin = User.active_admins().order_by(User.id).first()
+        if admin is None:
+            raise unauthorized("No active admin account to act as")
+        return Principal(admin, frozenset(SCOPES), "basic")
+    user = authenticate_password(username, password)
+    if user is None:
+        ratelimit.record_login_failure(username)
+        raise unauthorized("Invalid username or password")
+    return Principal(user, _user_scopes(user), "basic")
+
+
 def authenticate() -> Principal | None:
     """Resolve the caller from the headers or the session cookie; None when anonymous."""
     api_key = request.headers.get("X-API-Key")
     bearer = _bearer()
+    basic = request.authorization if request.authorization and request.authorization.type == "basic" else None
+    if basic is not None:
+        return principal_from_basic(basic.username or "", basic.password or "")
     if api_key:
         return principal_from_api_key(api_key.strip())
     if bearer and bearer.startswith(API_KEY_PREFIX):
@@ -224,7 +254,13 @@ def login_required(scope: str | None = None) -> Callable:
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            g.user = require(scope).user
+            principal = require(scope)
+            g.user = principal.user
+            if principal.user.role == "admin" and not principal.is_admin:
+                # An admin's key without the admin scope sees only the admin's own jobs and files:
+                # services decide visibility by role, so the role is lowered for this request only.
+                g.user = User.get_by_id(principal.user.id)
+                g.user.role = "user"
             return view(*args, **kwargs)
 
         return wrapped
@@ -235,14 +271,10 @@ def login_required(scope: str | None = None) -> Callable:
 admin_required = login_required("admin")
 
 
-def limiter_identity() -> str:
-    """The rate-limit bucket of the request: key, user or client address."""
-    try:
-        principal = current_principal(optional=True)
-    except AppError:
-        principal = None
-    if principal is None:
-        return f"ip:{request.remote_addr}"
+
+def require_session() -> Principal:
+    """Authenticate a signed-in user (JWT or cookie): API keys may not manage accounts or keys."""
+    principal = require()
     if principal.api_key is not None:
-        return f"key:{principal.api_key.key_id}"
-    return f"user:{principal.user.id}"
+        raise AppError(403, "FORBIDDEN", "API keys cannot manage accounts or API keys; sign in as the user")
+    return principal

@@ -17,12 +17,47 @@ ALLOW_REGISTRATION = False
 ENABLE_SERVER_CONTROL = False
 
 MAX_CONTENT_LENGTH = 2 * 1024**3  # bytes per request
+MAX_CHUNK_SIZE = 64 * 1024**2  # bytes per chunk of a chunked upload (the file itself: MAX_CONTENT_LENGTH)
+CHUNK_SESSION_TTL_SECONDS = 3600  # a chunked upload expires this long after its last chunk
+MAX_UPLOAD_SESSIONS_PER_USER = 10  # open chunked uploads per user; each reserves disk until finished
 MAX_MEDIA_SECONDS = 4 * 3600
 FFMPEG_TIMEOUT_SECONDS = 900
 DEFAULT_MODEL = "tiny.en"
 ENGINE_THREADS = 0  # 0: all cores
+WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/concurrency
 MAX_ATTEMPTS = 3
-QUEUE_POLL_SECONDS = 0.25
+QUEUE_POLL_SECONDS = 0.1  # idle queue check; one cheap SQLite read
 
+# Rate limits (flask-limiter strings, "N per minute;M per day"). memory:// suits the single Gunicorn
+# process; with more processes point RATELIMIT_STORAGE_URI at shared storage such as redis://host:6379.
 RATELIMIT_STORAGE_URI = "memory://"
-TRUSTED_PROXIES = 0
+RATELIMIT_ENABLED = True
+RATELIMIT_ANON = "60 per minute"  # per client address
+RATELIMIT_USER = "300 per minute"  # per user; also API keys without their own limit
+RATELIMIT_ADMIN = "100 per minute"  # /admin/* per caller, on top of the above
+RATELIMIT_LOGIN_FAILURES = "10 per minute"  # failed logins per client address and username
+RATELIMIT_VOXIS = "30 per minute"  # the VOXIS API (/api/upload, /api/process, ...) per client address, shared
+TRUSTED_PROXIES = 0  # reverse proxies in front of the app; X-Forwarded-For is honoured only when > 0
+
+OPENAI_TIMEOUT_SECONDS = 600  # /v1/audio/* waits this long, then answers 504 with the job id
+# POST /jobs/{id}/analyze (seed 000): a chat-completions endpoint when a key is set, else a local analysis.
+OPENAI_API_KEY = None  # sent to OPENAI_BASE_URL only, never logged
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # any OpenAI-compatible server (.../chat/completions)
+OPENAI_MODEL = "gpt-4o-mini"
+ANALYSIS_TIMEOUT_SECONDS = 60  # per request to the chat model
+
+# Logs: JSON lines in $DATA_DIR/logs (system.log, processing.log, access.log), rotated by size.
+LOG_LEVEL = "INFO"
+ACCESS_LOG = True  # one line per HTTP request in access.log
+LOG_MAX_BYTES = 10 * 1024**2  # per file, before it is renamed to .1
+LOG_BACKUPS = 5  # rotated files kept per log
+WS_PING_INTERVAL = 25  # seconds between WebSocket pings (0: none)
+WS_MAX_CONNECTIONS = 32  # live-log sockets per web process; keep below WT_WEB_THREADS so HTTP keeps threads
+BREAKER_FAIL_MAX = 3  # consecutive engine failures that pause new work
+BREAKER_RESET_SECONDS = 60  # how long new work is refused before a trial job runs
+SIDECAR_OVERWRITE = False  # replace an existing <name>.<lang>.srt next to library media
+MEDIA_ROOTS = ""  # library folders webhooks may name, separated by ":" or ","
+WATCH_DIRS = ""  # library folders scanned every minute for new media (sidecar subtitles)
+API_USER = ""  # Dubarr-style Basic auth account (acts as the first admin); empty: off
+API_PASS = ""
+COOKIE_SECURE = False  # set true when the dashboard is served over HTTPS (e.g. behind a TLS proxy)

@@ -61,15 +61,17 @@ class StubEngine:
     def __init__(self, model_path, threads=0):
         self.model_path = model_path
 
-    def transcribe(self, audio, *, language=None, translate=False, prompt=None, on_segment=None,
+    def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False, on_segment=None,
                    should_abort=None):
-        StubEngine.calls.append({"language": language, "translate": translate, "prompt": prompt})
+        StubEngine.calls.append({"language": language, "translate": translate, "prompt": prompt, "words": words})
         seconds = max(1, int(audio.size / 16000))
         segments = []
         for i in range(seconds):
             if should_abort and should_abort():
                 raise engine.Aborted()
-            seg = engine.EngineSegment(float(i), float(i + 1), f"word{i}", 0.9)
+            seg = engine.EngineSegment(float(i), float(i + 1), f"word{i}", 0.9,
+                                       [{"word": f"word{i}", "start": float(i), "end": i + 0.5,
+                                         "probability": 0.9}] if words else None)
             segments.append(seg)
             if on_segment:
                 on_segment(seg)
@@ -117,6 +119,7 @@ class LiveServer:
     data_dir: Path
     process: subprocess.Popen
     token: str
+    library: Path  # a media root (WT_MEDIA_ROOTS) for webhook tests
 
     def headers(self) -> dict[str, str]:
         """Admin bearer headers."""
@@ -152,10 +155,15 @@ class LiveServer:
 def live_server(tmp_path_factory):
     """``whisper-transcriber run`` (Gunicorn and a real Huey consumer) on a free port."""
     data_dir = tmp_path_factory.mktemp("live") / "data"
+    library = data_dir.parent / "library"
+    library.mkdir()
     port = free_port()
     env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
+           "WT_MEDIA_ROOTS": str(library),
            "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
-           "ENABLE_SERVER_CONTROL": "false", "WT_QUEUE_POLL_SECONDS": "0.1"}
+           "ENABLE_SERVER_CONTROL": "false", "WT_QUEUE_POLL_SECONDS": "0.1",
+           # Tests poll as one admin for minutes; the limits themselves are tested with the Flask client.
+           "WT_RATELIMIT_USER": "100000 per minute", "WT_RATELIMIT_ADMIN": "100000 per minute"}
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / "live-server.log", "wb")  # noqa: SIM115
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env,
@@ -173,7 +181,7 @@ def live_server(tmp_path_factory):
         wait_for(healthy, timeout=60)
         token = requests.post(url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
                               timeout=10).json()["access_token"]
-        yield LiveServer(url, data_dir, process, token)
+        yield LiveServer(url, data_dir, process, token, library)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
