@@ -1,0 +1,108 @@
+"""Prometheus metrics at ``/metrics/``: HTTP requests by route template, and job figures read at scrape time.
+
+The registry belongs to this module, not prometheus_client's global one, and every metric in it
+is created once at import: apps created later (one per test) share the counters and never
+register a metric twice. Job, queue and worker figures come from the database when scraped, so
+the worker process needs no metrics server of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from app.models import Job, db
+
+log = logging.getLogger(__name__)
+bp = Blueprint("metrics", __name__)
+
+REGISTRY = CollectorRegistry()
+# Methods outside this set share one label value, so made-up methods cannot grow the series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+
+HTTP_REQUESTS = Counter(
+    "whisper_http_requests_total", "Total number of HTTP requests processed",
+    ["method", "endpoint", "status_code"], registry=REGISTRY)
+HTTP_DURATION = Histogram(
+    "whisper_http_request_duration_seconds", "Time spent answering HTTP requests",
+    ["method", "endpoint"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+
+
+class JobCollector(Collector):
+    """Jobs by status, queue depth, worker liveness, audio transcribed and real-time factors, from the database."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the figures now; a database error leaves the job metrics out of this scrape."""
+        from app.health import worker_alive  # late: app.health imports the queue, bound by the app factory
+
+        yield GaugeMetricFamily("whisper_worker_up", "1 when a worker wrote its heartbeat recently",
+                                value=1.0 if worker_alive() else 0.0)
+        try:
+            counts = Job.counts_by_status()
+            audio, rtf_count, rtf_sum, *cumulative = db.execute_sql(_TOTALS_SQL).fetchone()
+        except Exception:
+            log.exception("metrics: cannot read jobs")
+            return
+        jobs = GaugeMetricFamily("whisper_jobs", "Jobs on record by status", labels=["status"])
+        for status, n in counts.items():
+            jobs.add_metric([status], n)
+        yield jobs
+        yield GaugeMetricFamily("whisper_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0))
+        # Sums over completed jobs still on record: deleting old jobs lowers them (seen as a counter reset).
+        yield CounterMetricFamily("whisper_audio_seconds_transcribed", "Seconds of media in completed jobs",
+                                  value=audio or 0.0)
+        buckets = [(str(le), float(n or 0)) for le, n in zip(RTF_BUCKETS, cumulative, strict=True)]
+        buckets.append(("+Inf", float(rtf_count or 0)))
+        yield HistogramMetricFamily("whisper_realtime_factor",
+                                    "Processing seconds per second of media, per completed job",
+                                    buckets=buckets, sum_value=rtf_sum or 0.0)
+
+
+_TOTALS_SQL = (
+    "SELECT SUM(duration), COUNT(rtf), SUM(rtf), "
+    + ", ".join(f"SUM(rtf <= {le})" for le in RTF_BUCKETS)
+    + " FROM (SELECT duration, CASE WHEN duration > 0 AND processing_seconds IS NOT NULL "
+    "THEN processing_seconds / duration END AS rtf FROM job WHERE status = 'completed')"
+)
+
+REGISTRY.register(JobCollector())
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _count_request(response: Response) -> Response:
+    # The route template, never the raw path: /api/jobs/<job_id> is one series, not one per job.
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    method = request.method if request.method in METHODS else "OTHER"
+    HTTP_REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
+    started = g.get("metrics_started")
+    if started is not None:
+        HTTP_DURATION.labels(method, endpoint).observe(time.perf_counter() - started)
+    return response
+
+
+def install(app: Flask) -> None:
+    """Count and time every request of ``app``."""
+    app.before_request(_start_timer)
+    app.after_request(_count_request)
+
+
+@bp.get("/metrics")
+@bp.get("/metrics/")
+def metrics():
+    """Prometheus metrics in the text exposition format (or OpenMetrics when asked for)."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(REGISTRY), content_type=content_type)

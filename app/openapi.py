@@ -1,0 +1,297 @@
+"""The OpenAPI document, generated from the routes, and Swagger UI (``/docs``) and ReDoc (``/redoc``).
+
+Every rule of the URL map is described, so each dialect's routes appear without listing them
+here: path parameters from the rule, methods, the summary from the view's docstring, the
+blueprint as tag. A few routes get request and response hints. The UI assets come from Python
+packages (flask-swagger-ui, openapi-ui-bundles) and are served from here; a Content-Security-Policy
+keeps the pages from loading anything from elsewhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from functools import cache
+from html import escape
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory, url_for
+from werkzeug.routing import Rule
+
+bp = Blueprint("openapi", __name__)
+
+OPENAPI_VERSION = "3.0.3"  # what both bundled UIs render completely
+SWAGGER_DIR = Path(str(resources.files("flask_swagger_ui") / "dist"))
+REDOC_DIR = Path(str(resources.files("openapi_ui_bundles") / "redoc" / "vendor"))
+SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
+REDOC_FILES = frozenset({"redoc.standalone.js", "logo-mini.svg"})
+REDOC_REMOTE_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+ASSET_MAX_AGE = 86400
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+       "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; "
+       "form-action 'none'; frame-ancestors 'none'")
+PUBLIC_BLUEPRINTS = frozenset({"health", "metrics", "openapi"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register"})
+_PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "uuid": {"type": "string", "format": "uuid"}}
+
+
+# ------------------------------------------------------------------- schemas
+
+
+def _obj(required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+STR, INT, NUM = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+STR_LIST = {"type": "array", "items": STR}
+_JOB_OPTIONS = {"model": STR, "language": STR, "task": {"type": "string", "enum": ["transcribe", "translate"]},
+                "prompt": STR}
+_CREATED_JOB = _obj(job_id=STR, status=STR, message=STR, filename=STR, model=STR, created_at=STR)
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _ok(status: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {status: {"description": description, **_json(schema)}}
+
+
+HINTS: dict[str, dict[str, Any]] = {
+    "auth.login": {
+        "requestBody": {"required": True, **_json(_obj(("username", "password"), username=STR, password=STR))},
+        "responses": _ok("200", "A bearer token", _obj(access_token=STR, token_type=STR, expires_in=INT)),
+    },
+    "jobs.create_job": {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _obj(
+            ("file",), file={"type": "string", "format": "binary"}, **_JOB_OPTIONS)}}},
+        "responses": _ok("201", "The queued job", _CREATED_JOB),
+    },
+    "chunked_uploads.initialize": {
+        "requestBody": {"required": True, **_json(_obj(("filename", "file_size", "chunk_size"), filename=STR,
+                                                       file_size=INT, chunk_size=INT, content_type=STR))},
+        "responses": _ok("201", "The upload session", _obj(session_id=STR, upload_url=STR, expires_at=STR,
+                                                            total_chunks=INT)),
+    },
+    "chunked_uploads.upload_chunk": {
+        "requestBody": {"required": True, "content": {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}}},
+        "responses": _ok("200", "The chunk was stored", _obj(chunk_number=INT, received_size=INT, checksum=STR,
+                                                              progress=NUM)),
+    },
+    "chunked_uploads.session_status": {
+        "responses": _ok("200", "Chunks received so far", _obj(
+            session_id=STR, total_chunks=INT, received_chunks={"type": "array", "items": INT},
+            missing_chunks={"type": "array", "items": INT}, progress=NUM, expires_at=STR)),
+    },
+    "chunked_uploads.finalize": {
+        "requestBody": {"required": True, **_json(_obj(("chunk_checksums",), chunk_checksums=STR_LIST,
+                                                       **_JOB_OPTIONS))},
+        "responses": _ok("201", "The queued job", _CREATED_JOB),
+    },
+    "search.search": {
+        "requestBody": {"required": True, **_json(_obj(
+            ("query",), query=STR, limit=INT, offset=INT,
+            filters=_obj(date_range=_obj(start=STR, end=STR), models=STR_LIST, languages=STR_LIST)))},
+        "responses": _ok("200", "Matching jobs, best first", _obj(
+            total=INT, query_time=STR, results={"type": "array", "items": _obj(
+                job_id=STR, filename=STR, relevance_score=NUM, created_at=STR,
+                matches={"type": "array", "items": _obj(text=STR, timestamp=NUM, confidence=NUM)})})),
+    },
+    "metrics.metrics": {
+        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STR}}}},
+    },
+}
+
+
+# ----------------------------------------------------------------- generator
+
+
+def openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    """A Werkzeug rule as an OpenAPI path (``<int:x>`` becomes ``{x}``) and its path parameters."""
+    parameters = []
+    for match in _PARAM.finditer(rule):
+        schema = _TYPES.get(match.group("converter") or "", STR)
+        parameters.append({"name": match.group("name"), "in": "path", "required": True, "schema": dict(schema)})
+    return _PARAM.sub(lambda m: "{" + m.group("name") + "}", rule), parameters
+
+
+def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
+    doc = (inspect.getdoc(view) or "").replace("``", "`")  # reST literals to Markdown, which the UIs render
+    summary, _, description = doc.partition("\n")
+    blueprint = rule.endpoint.rsplit(".", 1)[0] if "." in rule.endpoint else "app"
+    _, parameters = openapi_path(rule.rule)
+    operation: dict[str, Any] = {
+        "tags": [blueprint], "summary": summary.strip() or rule.endpoint,
+        "operationId": re.sub(r"\W", "_", f"{rule.endpoint}_{method}"),
+    }
+    if description.strip():
+        operation["description"] = description.strip()
+    if getattr(rule, "websocket", False):
+        operation["description"] = ("WebSocket: connect with ws:// or wss://. " + operation.get("description", ""))
+        operation["x-websocket"] = True
+    if parameters:
+        operation["parameters"] = parameters
+    hints = HINTS.get(rule.endpoint, {})
+    if "requestBody" in hints and method in ("post", "put", "patch"):
+        operation["requestBody"] = hints["requestBody"]
+    operation["responses"] = {**hints.get("responses", {"200": {"description": "Success"}}),
+                              "default": {"$ref": "#/components/responses/Error"}}
+    if blueprint in PUBLIC_BLUEPRINTS or rule.endpoint in PUBLIC_ENDPOINTS:
+        operation["security"] = []
+    return operation
+
+
+def _tags() -> list[dict[str, str]]:
+    """One tag per blueprint, described by the first line of its module's docstring."""
+    tags = []
+    for name, blueprint in sorted(current_app.blueprints.items()):
+        module = sys.modules.get(blueprint.import_name)
+        doc = (inspect.getdoc(module) or "").partition("\n")[0].replace("``", "`") if module else ""
+        tags.append({"name": name, "description": doc} if doc else {"name": name})
+    return tags
+
+
+def _version() -> str:
+    try:
+        return metadata.version("whisper-transcriber")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI document for every route of the current app except static files."""
+    paths: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for rule in current_app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
+            continue
+        view = current_app.view_functions.get(rule.endpoint)
+        path, _ = openapi_path(rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation = _operation(rule, method.lower(), view)
+            # One view can serve several rules (/metrics and /metrics/); operation ids must stay unique.
+            base, n = operation["operationId"], 1
+            while operation["operationId"] in seen:
+                n += 1
+                operation["operationId"] = f"{base}_{n}"
+            seen.add(operation["operationId"])
+            paths.setdefault(path, {})[method.lower()] = operation
+    error = _obj(("detail", "error_code", "timestamp", "request_id"), detail=STR, error_code=STR, timestamp=STR,
+                 request_id=STR)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "Whisper Transcriber API", "version": _version(),
+                 "description": "Self-hosted speech-to-text. Every error has the body of the Error schema."},
+        "servers": [{"url": request.script_root or "/"}],
+        "tags": _tags(),
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key"},
+                "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {"Error": error},
+            "responses": {"Error": {"description": "The standard error body",
+                                    **_json({"$ref": "#/components/schemas/Error"})}},
+        },
+        "security": [{"bearerAuth": []}, {"apiKeyAuth": []}],
+    }
+
+
+# ---------------------------------------------------------------------- pages
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """The OpenAPI 3 document of this API, generated from its routes."""
+    return jsonify(build_spec())
+
+
+def _page(title: str, head: str, body: str) -> Response:
+    html = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escape(title)}</title>\n'
+            f"{head}</head>\n<body>\n{body}</body>\n</html>\n")
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CSP
+    return response
+
+
+@bp.get("/docs")
+def swagger_ui():
+    """Swagger UI for this API, from local assets."""
+    asset = lambda name: escape(url_for("openapi.swagger_asset", filename=name))  # noqa: E731
+    head = (f'<link rel="stylesheet" href="{asset("swagger-ui.css")}">\n'
+            f'<link rel="icon" type="image/png" href="{asset("favicon-32x32.png")}">\n')
+    body = (f'<div id="swagger-ui" data-spec-url="{escape(url_for("openapi.openapi_json"))}"></div>\n'
+            f'<script src="{asset("swagger-ui-bundle.js")}"></script>\n'
+            f'<script src="{escape(url_for("openapi.swagger_init"))}"></script>\n')
+    return _page("Whisper Transcriber API - Swagger UI", head, body)
+
+
+@bp.get("/redoc")
+def redoc():
+    """ReDoc for this API, from local assets."""
+    icon = escape(url_for("openapi.swagger_asset", filename="favicon-32x32.png"))
+    head = f'<link rel="icon" type="image/png" href="{icon}">\n<style>body {{ margin: 0; padding: 0; }}</style>\n'
+    body = (f'<redoc spec-url="{escape(url_for("openapi.openapi_json"))}"></redoc>\n'
+            f'<script src="{escape(url_for("openapi.redoc_asset", filename="redoc.standalone.js"))}"></script>\n')
+    return _page("Whisper Transcriber API - ReDoc", head, body)
+
+
+SWAGGER_INIT = """window.addEventListener("load", function () {
+  var root = document.getElementById("swagger-ui");
+  window.ui = SwaggerUIBundle({
+    url: root.dataset.specUrl,
+    domNode: root,
+    deepLinking: true,
+    validatorUrl: null,
+    queryConfigEnabled: false,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout"
+  });
+});
+"""
+
+
+@bp.get("/docs/assets/swagger-init.js")
+def swagger_init():
+    """Starts Swagger UI on /openapi.json (a file, so the page needs no inline script)."""
+    response = Response(SWAGGER_INIT, mimetype="text/javascript")
+    response.cache_control.max_age = ASSET_MAX_AGE
+    return response
+
+
+@bp.get("/docs/assets/swagger/<filename>")
+def swagger_asset(filename: str):
+    """A Swagger UI asset."""
+    if filename not in SWAGGER_FILES:
+        abort(404)
+    return send_from_directory(SWAGGER_DIR, filename, max_age=ASSET_MAX_AGE)
+
+
+@cache
+def _redoc_script(logo_url: str) -> bytes:
+    # ReDoc shows its logo from a CDN; point it at the copy shipped beside the script.
+    return (REDOC_DIR / "redoc.standalone.js").read_bytes().replace(REDOC_REMOTE_LOGO, logo_url.encode())
+
+
+@bp.get("/docs/assets/redoc/<filename>")
+def redoc_asset(filename: str):
+    """A ReDoc asset."""
+    if filename not in REDOC_FILES:
+        abort(404)
+    if filename == "redoc.standalone.js":
+        response = Response(_redoc_script(url_for("openapi.redoc_asset", filename="logo-mini.svg")),
+                            mimetype="text/javascript")
+        response.cache_control.max_age = ASSET_MAX_AGE
+        response.cache_control.public = True
+        return response
+    return send_from_directory(REDOC_DIR, filename, max_age=ASSET_MAX_AGE)
