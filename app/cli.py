@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,11 +42,13 @@ def serve() -> None:
 
 def _heartbeat(interval: float = 30.0) -> None:
     from app.health import HEARTBEAT_KEY
+    from app.supervisor import record_worker
     from workers.queue import huey
 
     while True:
         try:
             huey.storage.put_data(HEARTBEAT_KEY, str(time.time()).encode())
+            record_worker()  # per-pid entry: the web process reports and signals workers by it
         except Exception:  # a busy database must not kill the heartbeat
             logging.getLogger(__name__).exception("heartbeat failed")
         time.sleep(interval)
@@ -60,60 +60,41 @@ def worker() -> None:
     _setup_logging()
     settings = load_settings()
     from app import models
+    from app.extensions import configure_breaker
+    from app.logging_setup import configure_logging
     from app.services.storage import Layout
     from workers import pipeline, queue, tasks  # noqa: F401  (tasks registers the task functions)
 
     Layout(settings["DATA_DIR"]).ensure()
+    configure_logging(settings, "worker")
     models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
     queue.bind(settings["DATA_DIR"])
+    from app.supervisor import prepare_worker
+
+    prepare_worker(settings)  # standby if unwanted; ENGINE_THREADS from the saved concurrency
     pipeline.configure(settings)
+    configure_breaker(settings)
     pipeline.reconcile()
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
     poll = float(settings["QUEUE_POLL_SECONDS"])
     consumer = queue.huey.create_consumer(workers=1, worker_type="thread", periodic=True,
                                           initial_delay=poll, max_delay=poll, backoff=1.0)
+    from app.supervisor import watch_concurrency
+
+    watch_concurrency(consumer, settings)  # threads changed: SIGHUP self, Huey restarts after the job
     consumer.run()
 
 
 @main.command()
 def run() -> None:
-    """Run the web server and a worker in the foreground; restart the worker if it dies."""
+    """Run the web server and the saved number of workers; apply concurrency changes; stop cleanly."""
     _setup_logging()
-    log = logging.getLogger("supervisor")
     settings = load_settings()
-    cmd = [sys.executable, "-m", "app.cli"]
-    web = subprocess.Popen([*cmd, "serve"])
+    from app.supervisor import Supervisor
+
+    Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     click.echo(f"Whisper Transcriber on http://{settings['HOST']}:{settings['PORT']}  (Ctrl-C stops)")
-    stopping = False
-
-    def stop(signum, frame) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    backoff = 1.0
-    wk = subprocess.Popen([*cmd, "worker"])
-    started = time.monotonic()
-    while not stopping:
-        time.sleep(0.2)
-        if web.poll() is not None:
-            log.error("web server exited with %s; stopping", web.returncode)
-            break
-        if wk.poll() is not None and not stopping:
-            if time.monotonic() - started > 60:
-                backoff = 1.0
-            log.warning("worker exited with %s; restarting in %.0f s", wk.returncode, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
-            wk = subprocess.Popen([*cmd, "worker"])
-            started = time.monotonic()
-    # The worker finishes its current job on SIGINT; the web server stops at once.
-    for proc, sig in ((wk, signal.SIGINT), (web, signal.SIGTERM)):
-        if proc.poll() is None:
-            proc.send_signal(sig)
-    for proc in (web, wk):
-        proc.wait()
+    sys.exit(Supervisor(settings).run())
 
 
 # ---------------------------------------------------------------------- models

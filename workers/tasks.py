@@ -25,3 +25,20 @@ def reconcile() -> None:
     from workers import pipeline
 
     pipeline.reconcile()
+
+
+@huey.periodic_task(crontab(minute="*/10"))
+def cleanup() -> None:
+    """Every ten minutes, apply the admin's retention rules and disk ceiling (app/services/cleanup.py)."""
+    from app.services import cleanup as rules
+    from app.settings import load_settings
+
+    rules.run_cleanup(load_settings())
+
+
+@huey.periodic_task(crontab(minute="*"))
+def watch_folders() -> None:
+    """Every minute, queue new media found in WT_WATCH_DIRS (like a webhook would)."""
+    from workers import pipeline
+
+    pipeline.scan_watch_dirs()

@@ -1,0 +1,407 @@
+"""Administration: statistics, health, reset, worker concurrency and server control.
+
+Server control and systemd: restart sends SIGHUP to the Gunicorn master (it starts a new worker and
+stops the old one gracefully) and to every registered Huey worker (it finishes the running job, then
+re-executes itself), which is what ``systemctl reload`` does too. Shutdown under ``whisper-transcriber
+run`` asks the supervisor to stop (SIGTERM: workers finish their job, Gunicorn stops, ``run`` exits 0).
+Under systemd there is no supervisor: workers get SIGINT and the Gunicorn master SIGTERM, but
+``Restart=always`` brings the workers back; the clean way there is
+``systemctl stop whisper-transcriber.target``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from peewee import fn
+
+from app import models
+from app.errors import AppError
+from app.health import worker_alive
+from app.models import ApiKey, AuditLog, Job, Segment, Setting, User, db, utcnow
+from app.services import files
+from app.services.storage import FOLDERS, Layout
+from app.supervisor import (
+    CONCURRENCY_KEY,
+    gunicorn_master,
+    live_workers,
+    read_concurrency,
+    supervisor_process,
+)
+from workers import modelstore
+from workers.queue import huey
+
+MAX_WORKERS = 16
+MAX_THREADS = 64
+MB = 1024**2
+GB = 1024**3
+RESET_FOLDERS = ("uploads", "transcripts", "logs", "cache", "tmp")
+
+_cpu_lock = threading.Lock()
+_cpu_last: list = [psutil.cpu_times()]
+
+
+def cpu_percent() -> float:
+    """System CPU use since the previous call, from any thread.
+
+    psutil.cpu_percent(interval=None) keeps its baseline per thread, so under Gunicorn's
+    thread pool each new thread read 0.0; one shared baseline fixes that.
+    """
+    with _cpu_lock:
+        now = psutil.cpu_times()
+        before, _cpu_last[0] = _cpu_last[0], now
+    busy = lambda t: sum(t) - t.idle - getattr(t, "iowait", 0.0)  # noqa: E731
+    total = sum(now) - sum(before)
+    if total <= 0.05:  # called twice within a few ms: measure a short window instead
+        return psutil.cpu_percent(interval=0.1)
+    return max(0.0, round(100.0 * (busy(now) - busy(before)) / total, 1))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _mb(value: float) -> float:
+    return round(value / MB, 1)
+
+
+def duration_text(seconds: float | None) -> str | None:
+    """A short human duration: ``2m 15s``, ``5d 12h 30m``."""
+    if seconds is None:
+        return None
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def _rss(proc: psutil.Process | None) -> float | None:
+    try:
+        return _mb(proc.memory_info().rss) if proc else None
+    except psutil.Error:
+        return None
+
+
+def _queue_depth() -> int:
+    try:
+        return huey.pending_count()
+    except Exception:
+        return 0
+
+
+def folder_usage(data_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Files and bytes per data-dir folder, plus the database and queue files."""
+    usage = {}
+    for name in FOLDERS:
+        root = Path(os.path.realpath(Path(data_dir) / name))
+        sizes = [st.st_size for _, st in files.walk(root)] if root.is_dir() else []
+        usage[name] = {"files": len(sizes), "size_mb": _mb(sum(sizes)), "bytes": sum(sizes)}
+    dbs = [p for p in Path(data_dir).glob("*.db*") if p.is_file()]
+    total = sum(p.stat().st_size for p in dbs)
+    usage["database"] = {"files": len(dbs), "size_mb": _mb(total), "bytes": total}
+    return usage
+
+
+# ------------------------------------------------------------------ stats
+
+
+def _job_stats() -> tuple[dict[str, int], dict[str, Any], float | None]:
+    counts = Job.counts_by_status()
+    jobs = {"total": sum(counts.values()), **counts}
+    done = Job.select(fn.AVG(Job.processing_seconds), fn.SUM(Job.processing_seconds), fn.SUM(Job.duration)).where(
+        (Job.status == "completed") & Job.processing_seconds.is_null(False) & (Job.duration > 0)).scalar(
+        as_tuple=True)
+    avg, spent, media = done if done else (None, None, None)
+    finished = counts["completed"] + counts["failed"]
+    hour_ago = utcnow() - timedelta(hours=1)
+    performance = {
+        "avg_processing_time": duration_text(avg),
+        "avg_processing_seconds": round(avg, 2) if avg is not None else None,
+        "success_rate": round(100.0 * counts["completed"] / finished, 1) if finished else None,
+        "throughput_per_hour": Job.select().where((Job.status == "completed") & (Job.completed_at >= hour_ago)).count(),
+    }
+    rtf = round(spent / media, 3) if spent and media else None
+    return jobs, performance, rtf
+
+
+def _user_stats() -> dict[str, int]:
+    """Totals; a user is active when they created a job, used a key or appear in the audit log in 24 h."""
+    day, week = utcnow() - timedelta(hours=24), utcnow() - timedelta(days=7)
+    active = {row.user_id for row in Job.select(Job.user).where((Job.created_at >= day) & Job.user.is_null(False))}
+    active |= {row.user_id for row in ApiKey.select(ApiKey.user).where(ApiKey.last_used >= day)}
+    active |= {row.user_id for row in AuditLog.select(AuditLog.user_id).where(
+        (AuditLog.at >= day) & AuditLog.user_id.is_null(False))}
+    return {"total": User.select().count(), "active_last_24h": len(active),
+            "new_last_7d": User.select().where(User.created_at >= week).count()}
+
+
+def _system(data_dir: str) -> dict[str, Any]:
+    memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(data_dir)
+    return {
+        "cpu_percent": cpu_percent(),
+        "cpu_count": psutil.cpu_count(),
+        "memory": {"total_mb": _mb(memory.total), "used_mb": _mb(memory.total - memory.available),
+                   "available_mb": _mb(memory.available), "percent": memory.percent},
+        "disk": {"total_gb": round(disk.total / GB, 2), "used_gb": round(disk.used / GB, 2),
+                 "free_gb": round(disk.free / GB, 2), "percent": disk.percent},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _processes(data_dir: str) -> dict[str, Any]:
+    web = psutil.Process()
+    master = gunicorn_master(data_dir)
+    workers = []
+    for entry in live_workers():
+        wid = f"{entry['pid']}:{float(entry['created']):.2f}"
+        job = Job.select(Job.id).where((Job.worker_id == wid) & (Job.status == "processing")).first()
+        try:
+            proc = psutil.Process(entry["pid"])
+        except psutil.Error:
+            continue
+        workers.append({"pid": entry["pid"], "rss_mb": _rss(proc), "threads": entry.get("threads"),
+                        "uptime_seconds": round(time.time() - float(entry["created"])),
+                        "job_id": job.id if job else None})
+    return {"web_pid": web.pid, "web_rss_mb": _rss(web), "web_master_pid": master.pid if master else None,
+            "web_master_rss_mb": _rss(master), "workers": workers}
+
+
+def stats(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The seed-002 statistics plus system, process, queue and per-folder figures."""
+    data_dir = str(cfg["DATA_DIR"])
+    jobs, performance, rtf = _job_stats()
+    by_folder = folder_usage(data_dir)
+    user_files = [by_folder[name] for name in files.LISTED]
+    count, size = sum(f["files"] for f in user_files), sum(f["bytes"] for f in user_files)
+    return {
+        "jobs": jobs,
+        "users": _user_stats(),
+        "storage": {"total_files": count, "total_size_gb": round(size / GB, 3),
+                    "avg_file_size_mb": round(size / count / MB, 2) if count else 0.0},
+        "performance": performance,
+        "system": _system(data_dir),
+        "processes": _processes(data_dir),
+        "queue_depth": _queue_depth(),
+        "real_time_factor": rtf,
+        "storage_by_folder": by_folder,
+    }
+
+
+# ------------------------------------------------------------------ health
+
+
+def _database() -> str:
+    try:
+        db.execute_sql("SELECT 1")
+        return "healthy"
+    except Exception:
+        return "unhealthy"
+
+
+def _redis(cfg: Mapping[str, Any]) -> str:
+    """Redis is only used as optional rate-limit storage; say so when it is not configured."""
+    if not str(cfg.get("RATELIMIT_STORAGE_URI") or "").startswith("redis"):
+        return "not_configured"
+    try:
+        from app.extensions import limiter
+
+        return "healthy" if limiter.storage.check() else "unhealthy"
+    except Exception:
+        return "unhealthy"
+
+
+def _storage(data_dir: str) -> tuple[str, float]:
+    percent = psutil.disk_usage(data_dir).percent
+    if not os.access(data_dir, os.W_OK):
+        return "unhealthy", percent
+    return ("degraded" if percent >= 95 else "healthy"), percent
+
+
+def health(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The seed-002 health body with measured values; services that do not exist are ``not_configured``."""
+    data_dir = str(cfg["DATA_DIR"])
+    storage, _ = _storage(data_dir)
+    database = _database()
+    workers = live_workers()
+    installed = modelstore.installed(cfg["MODELS_DIR"])
+    whisper = "healthy" if installed and (workers or worker_alive()) else "unhealthy"
+    details = {"workers": len(workers), "models": installed}
+    if not installed:
+        details["whisper"] = "no model is installed"
+    elif whisper != "healthy":
+        details["whisper"] = "no worker has reported in the last 90 s"
+    services = {"database": database, "redis": _redis(cfg), "whisper": whisper, "storage": storage}
+    states = {v for v in services.values() if v != "not_configured"}
+    status = "unhealthy" if database != "healthy" else "healthy" if states == {"healthy"} else "degraded"
+    counts = Job.counts_by_status() if database == "healthy" else {}
+    master = gunicorn_master(data_dir)
+    started = (master or psutil.Process()).create_time()
+    return {
+        "status": status,
+        "timestamp": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "services": services,
+        "metrics": {
+            "uptime": duration_text(time.time() - started),
+            "uptime_seconds": round(time.time() - started),
+            "active_jobs": counts.get("processing", 0),
+            "queue_size": counts.get("queued", 0),
+            "memory_usage": f"{psutil.virtual_memory().percent:.0f}%",
+            "cpu_usage": f"{cpu_percent():.0f}%",
+        },
+        "details": details,
+    }
+
+
+# ------------------------------------------------------------------ reset
+
+
+def _empty(root: Path, keep_logs_open: bool) -> int:
+    """Remove everything inside ``root`` without following symlinks; live ``*.log`` files are emptied."""
+    removed = 0
+    if not root.is_dir() or root.is_symlink():
+        return 0
+    for entry in os.scandir(root):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                removed += sum(len(names) for _, _, names in os.walk(entry.path))
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif keep_logs_open and entry.name.endswith(".log") and entry.is_file(follow_symlinks=False):
+                os.truncate(entry.path, 0)  # processes keep appending to the same (now empty) file
+                removed += 1
+            else:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def reset(cfg: Mapping[str, Any], confirm: Any, *, actor: User, ip: str | None) -> dict[str, Any]:
+    """Remove every job, file and queue entry; keep users, keys, settings and the audit log."""
+    if confirm != "RESET":
+        raise AppError(400, "CONFIRMATION_REQUIRED", 'Send {"confirm": "RESET"} to remove all jobs and files')
+    with db.atomic("IMMEDIATE"):
+        # A running worker sees its row gone, aborts at the next check and writes nothing.
+        segments = Segment.delete().execute()
+        jobs = Job.delete().execute()
+        for name in ("UploadChunk", "UploadSession"):
+            if hasattr(models, name):
+                getattr(models, name).delete().execute()
+    queued = _queue_depth()
+    huey.storage.flush_queue()
+    huey.storage.flush_schedule()  # the key-value store (worker registry, heartbeats) stays
+    data = Path(cfg["DATA_DIR"])
+    removed = sum(_empty(data / name, keep_logs_open=name == "logs") for name in RESET_FOLDERS)
+    Layout(data).ensure()
+    result = {"jobs_deleted": jobs, "segments_deleted": segments, "queue_entries_removed": queued,
+              "files_removed": removed}
+    AuditLog.record("admin_reset", user=actor, ip=ip, **result)
+    return result
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def get_concurrency(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved worker count and threads per worker, and what runs now."""
+    value = read_concurrency(dict(cfg))
+    running = live_workers()
+    return {"workers": value["workers"], "threads_per_worker": value["threads"], "cpu_count": os.cpu_count(),
+            "running_workers": len(running), "running": [{"pid": w["pid"], "threads": w.get("threads")}
+                                                          for w in running],
+            "supervisor": "run" if supervisor_process(cfg["DATA_DIR"]) else None,
+            "limits": {"workers": [1, MAX_WORKERS], "threads_per_worker": [0, MAX_THREADS]}}
+
+
+def set_concurrency(cfg: Mapping[str, Any], data: dict[str, Any], *, actor: User, ip: str | None) -> dict[str, Any]:
+    """Save workers (1-16) and threads per worker (0 = all cores, up to 64); the processes apply it."""
+    if "threads" in data and "threads_per_worker" not in data:
+        data = {**data, "threads_per_worker": data["threads"]}
+    if "workers" not in data and "threads_per_worker" not in data:
+        raise AppError(422, "MISSING_FIELD", "Give workers and/or threads_per_worker")
+    current = read_concurrency(dict(cfg))
+    new = {"workers": data.get("workers", current["workers"]),
+           "threads": data.get("threads_per_worker", current["threads"])}
+    for name, key, hi, lo in (("workers", "workers", MAX_WORKERS, 1),
+                              ("threads_per_worker", "threads", MAX_THREADS, 0)):
+        value = new[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise AppError(422, "INVALID_FIELD", f"{name} must be an integer from {lo} to {hi}")
+    Setting.write(CONCURRENCY_KEY, new)
+    AuditLog.record("admin_concurrency_changed", user=actor, ip=ip, old=current, new=new)
+    return {**get_concurrency(cfg), "message": "Saved; workers apply it after their running job"}
+
+
+# ------------------------------------------------------------------ server control
+
+
+def _control(cfg: Mapping[str, Any]) -> psutil.Process:
+    """The Gunicorn master, when server control is enabled and the appliance runs under Gunicorn."""
+    if not cfg.get("ENABLE_SERVER_CONTROL"):
+        raise AppError(403, "SERVER_CONTROL_DISABLED",
+                       "Server control is disabled; set ENABLE_SERVER_CONTROL=true to allow it")
+    master = gunicorn_master(cfg["DATA_DIR"])
+    if master is None:
+        raise AppError(503, "SERVER_CONTROL_UNAVAILABLE",
+                       "No running Gunicorn master found ($DATA_DIR/gunicorn.pid is missing or stale); "
+                       "server control works under `whisper-transcriber run` or `serve`")
+    return master
+
+
+def _send(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def restart(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Graceful reload: SIGHUP to Gunicorn and to each worker. Returns the body and the action to run.
+
+    Under ``run`` the supervisor forwards the SIGHUP, so workers it is retiring are not restarted.
+    """
+    master = _control(cfg)
+    supervisor = supervisor_process(cfg["DATA_DIR"])
+    workers = [w["pid"] for w in live_workers()]
+    mode = "supervisor" if supervisor else "direct"
+    AuditLog.record("admin_restart", user=actor, ip=ip, mode=mode, web_master_pid=master.pid, workers=workers)
+
+    def action() -> None:
+        for pid in [supervisor.pid] if supervisor else [master.pid, *workers]:
+            _send(pid, signal.SIGHUP)
+
+    return {"message": "Restart initiated: the web server reloads, workers restart after their running job",
+            "mode": mode, "web_master_pid": master.pid, "workers": workers}, action
+
+
+def shutdown(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Clean stop: workers finish their running job, queued jobs stay queued, the web server stops."""
+    master = _control(cfg)
+    supervisor = supervisor_process(cfg["DATA_DIR"])
+    workers = [w["pid"] for w in live_workers()]
+    mode = "supervisor" if supervisor else "direct"
+    AuditLog.record("admin_shutdown", user=actor, ip=ip, mode=mode, web_master_pid=master.pid, workers=workers)
+
+    def action() -> None:
+        if supervisor is not None:
+            _send(supervisor.pid, signal.SIGTERM)  # it stops the workers (SIGINT) and Gunicorn, then exits 0
+            return
+        for pid in workers:
+            _send(pid, signal.SIGINT)
+        _send(master.pid, signal.SIGTERM)
+
+    return {"message": "Shutdown initiated: running jobs finish first, queued jobs stay queued",
+            "mode": mode, "web_master_pid": master.pid, "workers": workers}, action

@@ -1,0 +1,289 @@
+"""Processes of one appliance: the worker registry, the ``run`` supervisor, and worker self-management.
+
+Workers announce themselves in the queue's key-value store (``worker:<pid>``), so the web process can
+report and signal them. The saved concurrency (``Setting`` "concurrency", ``{"workers": N, "threads": T}``)
+is applied in two places:
+
+- ``whisper-transcriber run`` (:class:`Supervisor`) polls it and keeps N worker processes, starting new
+  ones at once and retiring extra ones with SIGINT (Huey finishes the running job; queued jobs stay queued).
+- every worker (:func:`prepare_worker`) starts with T whisper.cpp threads and, when T changes, sends itself
+  SIGHUP: Huey finishes the running job and re-executes the worker, which then reads the new T.
+  Under systemd a worker unit that sets ``WT_WORKER_INDEX`` (e.g. ``%i``) waits on standby while its
+  index is above N, so enabling a few worker units lets the saved N apply there too.
+
+Signals to the supervisor: SIGHUP reloads (Gunicorn reloads its worker, workers restart gracefully);
+SIGINT or SIGTERM stop everything cleanly (workers finish their job) and ``run`` exits with 0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from app.models import Job, Setting, db
+from workers.queue import huey
+
+log = logging.getLogger("supervisor")
+
+CONCURRENCY_KEY = "concurrency"
+WORKER_KEY_PREFIX = "worker:"
+WORKER_MAX_AGE = 90.0  # seconds without a heartbeat before a registry entry is ignored
+SUPERVISOR_PIDFILE = "supervisor.pid"
+GUNICORN_PIDFILE = "gunicorn.pid"
+POLL_SECONDS = 2.0  # how often the supervisor and the workers read the saved concurrency
+
+_threads: int = 0  # whisper.cpp threads of this worker process, reported in its heartbeat
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def _in_connection(query: Callable[[], Any]) -> Any:
+    """Run a query on this thread's open connection, or on a short-lived one (never closing a request's)."""
+    if not db.is_closed():
+        return query()
+    with db.connection_context():
+        return query()
+
+
+def read_concurrency(settings: dict[str, Any]) -> dict[str, int]:
+    """The saved worker count and threads per worker, or the configured defaults."""
+    try:
+        value = _in_connection(lambda: Setting.read(CONCURRENCY_KEY)) or {}
+    except Exception:  # a locked or missing database must not stop a process; use the defaults
+        log.exception("could not read the concurrency setting")
+        value = {}
+    return {"workers": int(value.get("workers", settings.get("WORKERS", 1))),
+            "threads": int(value.get("threads", settings.get("ENGINE_THREADS", 0)))}
+
+
+# ------------------------------------------------------------------ worker registry
+
+
+def record_worker() -> None:
+    """Write this worker's registry entry: pid, start time, threads and the time of this beat."""
+    proc = psutil.Process()
+    entry = {"pid": proc.pid, "created": round(proc.create_time(), 2), "beat": time.time(), "threads": _threads}
+    huey.storage.put_data(f"{WORKER_KEY_PREFIX}{proc.pid}", json.dumps(entry).encode())
+
+
+def forget_worker(pid: int | None = None) -> None:
+    """Remove a worker's registry entry (this process by default)."""
+    try:
+        huey.storage.pop_data(f"{WORKER_KEY_PREFIX}{pid or os.getpid()}")
+    except Exception:
+        log.debug("could not remove the registry entry of %s", pid, exc_info=True)
+
+
+def live_workers() -> list[dict[str, Any]]:
+    """Registered workers whose process still runs and beat recently; stale entries are removed."""
+    try:
+        items = huey.storage.result_items()
+    except Exception:
+        return []
+    found = []
+    for key, raw in items.items():
+        if not str(key).startswith(WORKER_KEY_PREFIX):
+            continue
+        try:
+            entry = json.loads(bytes(raw))
+            alive = f"{psutil.Process(int(entry['pid'])).create_time():.2f}" == f"{float(entry['created']):.2f}"
+        except (ValueError, KeyError, TypeError, psutil.Error):
+            alive, entry = False, {"pid": str(key)[len(WORKER_KEY_PREFIX):]}
+        if not alive:
+            forget_worker(entry["pid"])
+        elif time.time() - float(entry["beat"]) < WORKER_MAX_AGE:
+            found.append(entry)
+    return sorted(found, key=lambda e: e["pid"])
+
+
+# ------------------------------------------------------------------ pid files
+
+
+def _process_from_pidfile(path: Path, looks_right: Callable[[list[str]], bool]) -> psutil.Process | None:
+    """The running process named by a pid file, if its command line looks like the expected one."""
+    try:
+        fields = path.read_text().split()
+        proc = psutil.Process(int(fields[0]))
+        if len(fields) > 1 and f"{proc.create_time():.2f}" != fields[1]:
+            return None  # the pid was reused by another process
+        return proc if looks_right(proc.cmdline()) else None
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+
+
+def gunicorn_master(data_dir: Path | str) -> psutil.Process | None:
+    """The Gunicorn master of this appliance, from ``$DATA_DIR/gunicorn.pid``."""
+    return _process_from_pidfile(Path(data_dir) / GUNICORN_PIDFILE, lambda cmd: "gunicorn" in " ".join(cmd))
+
+
+def supervisor_process(data_dir: Path | str) -> psutil.Process | None:
+    """The ``run`` supervisor of this appliance, or None (systemd, or ``serve`` alone)."""
+    return _process_from_pidfile(Path(data_dir) / SUPERVISOR_PIDFILE, lambda cmd: cmd[-1:] == ["run"])
+
+
+# ------------------------------------------------------------------ worker side
+
+
+def prepare_worker(settings: dict[str, Any]) -> dict[str, int]:
+    """Wait on standby while unwanted, then set ENGINE_THREADS from the saved value."""
+    global _threads
+    index = int(os.environ.get("WT_WORKER_INDEX") or 0)
+    wanted = read_concurrency(settings)
+    if index and index > wanted["workers"]:
+        log.info("worker %d on standby: %d worker(s) wanted", index, wanted["workers"])
+        while index > wanted["workers"]:
+            time.sleep(POLL_SECONDS)
+            wanted = read_concurrency(settings)
+    settings["ENGINE_THREADS"] = _threads = wanted["threads"]
+    if sys.argv and sys.argv[0].endswith(os.path.join("app", "cli.py")):
+        sys.argv[:1] = ["-m", "app.cli"]  # Huey re-executes ``python *sys.argv``: keep it a module run
+    atexit.register(forget_worker)
+    return wanted
+
+
+def watch_concurrency(consumer: Any, settings: dict[str, Any]) -> None:
+    """Restart this worker gracefully (SIGHUP to Huey) when its threads change or it is no longer wanted."""
+    index = int(os.environ.get("WT_WORKER_INDEX") or 0)
+
+    def watch() -> None:
+        while not consumer.stop_flag.wait(POLL_SECONDS):
+            if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+                continue  # Huey has not installed its handlers yet; SIGHUP would kill the process
+            now = read_concurrency(settings)
+            # Never once stopping: a SIGHUP would turn a requested exit (SIGINT) into a restart.
+            if not consumer.stop_flag.is_set() and (
+                    now["threads"] != _threads or (index and index > now["workers"])):
+                log.info("concurrency changed to %s; restarting after the running job", now)
+                os.kill(os.getpid(), signal.SIGHUP)
+                return
+
+    threading.Thread(target=watch, daemon=True, name="concurrency").start()
+
+
+# ------------------------------------------------------------------ supervisor
+
+
+class Supervisor:
+    """Runs Gunicorn and N workers, applies the saved worker count, and stops cleanly."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+        self.cmd = [sys.executable, "-m", "app.cli"]
+        self.pidfile = Path(settings["DATA_DIR"]) / SUPERVISOR_PIDFILE
+        self.active: list[subprocess.Popen] = []
+        self.retiring: list[subprocess.Popen] = []
+        self.started: dict[int, float] = {}
+        self.signals: list[int] = []
+        self.backoff = 1.0
+        self.next_spawn = 0.0
+        self.wanted = 1
+
+    def run(self) -> int:
+        """Supervise until stopped; 0 after a clean stop, 1 when the web server died."""
+        from app import models
+
+        models.open_database(Path(self.settings["DATA_DIR"]) / "whisper.db")
+        proc = psutil.Process()
+        self.pidfile.write_text(f"{proc.pid} {proc.create_time():.2f}\n")
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda signum, frame: self.signals.append(signum))
+        self.web = subprocess.Popen([*self.cmd, "serve"])
+        code, next_poll = 0, 0.0
+        try:
+            while True:
+                time.sleep(0.2)
+                if signal.SIGHUP in self.signals:
+                    self.signals.remove(signal.SIGHUP)
+                    self.reload()
+                if self.signals:
+                    break
+                if self.web.poll() is not None:
+                    log.error("web server exited with %s; stopping", self.web.returncode)
+                    code = 1
+                    break
+                if time.monotonic() >= next_poll:
+                    self.wanted = max(0, read_concurrency(self.settings)["workers"])
+                    next_poll = time.monotonic() + POLL_SECONDS
+                self._reap()
+                self._scale()
+        finally:
+            self.stop()
+            self.pidfile.unlink(missing_ok=True)
+        return code
+
+    def _spawn(self) -> None:
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor, which forwards one SIGINT
+        # (a second SIGINT would make Huey abandon the running job).
+        proc = subprocess.Popen([*self.cmd, "worker"], process_group=0)
+        self.started[proc.pid] = time.monotonic()
+        self.active.append(proc)
+        log.info("worker %s started (%d of %d)", proc.pid, len(self.active), self.wanted)
+
+    def _reap(self) -> None:
+        """Forget exited workers; an active worker that exited is replaced after a growing delay."""
+        self.retiring = [p for p in self.retiring if p.poll() is None]
+        for proc in [p for p in self.active if p.poll() is not None]:
+            self.active.remove(proc)
+            if time.monotonic() - self.started.pop(proc.pid, 0.0) > 60:
+                self.backoff = 1.0
+            log.warning("worker %s exited with %s; replacing it in %.0f s", proc.pid, proc.returncode, self.backoff)
+            self.next_spawn = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, 30.0)
+
+    def _busy(self) -> set[int]:
+        """Pids of workers that are running a job now."""
+        try:
+            rows = _in_connection(lambda: list(Job.select(Job.worker_id).where(Job.status == "processing")))
+            return {int(str(row.worker_id).split(":")[0]) for row in rows if row.worker_id}
+        except Exception:
+            return set()
+
+    def _scale(self) -> None:
+        """Retire extra workers (idle ones first) with SIGINT; start missing ones once retiring workers left."""
+        if len(self.active) > self.wanted:
+            busy = self._busy()
+            self.active.sort(key=lambda p: p.pid in busy, reverse=True)  # idle ones at the end
+        while len(self.active) > self.wanted:
+            proc = self.active.pop()
+            log.info("retiring worker %s after its running job", proc.pid)
+            proc.send_signal(signal.SIGINT)
+            self.retiring.append(proc)
+        while len(self.active) + len(self.retiring) < self.wanted and time.monotonic() >= self.next_spawn:
+            self._spawn()
+
+    def reload(self) -> None:
+        """SIGHUP: Gunicorn replaces its worker; each Huey worker restarts after its running job."""
+        log.info("reloading: SIGHUP to the web server and %d worker(s)", len(self.active))
+        for proc in [self.web, *self.active]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        """Workers finish their running job (SIGINT); the web server stops (SIGTERM); wait for all."""
+        workers = [*self.active, *self.retiring]
+        # Retiring workers already had their SIGINT: a second one would make Huey abandon the job.
+        for proc, sig in [*((w, signal.SIGINT) for w in self.active), (self.web, signal.SIGTERM)]:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        handled = len(self.signals)
+        for proc in [self.web, *workers]:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if len(self.signals) > handled:  # asked again: interrupt; reconcile re-queues the job
+                    handled = len(self.signals)
+                    for worker in workers:
+                        if worker.poll() is None:
+                            worker.send_signal(signal.SIGTERM)

@@ -1,0 +1,296 @@
+"""The dashboard in headless Chromium: Debian's chromium driven by Playwright against the live server.
+
+Waits are event-driven (``expect``, ``wait_for_function``) with generous timeouts: the machine is slow
+and shared. Screenshots land in ``test-output/screenshots`` as artifacts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ADMIN_PASSWORD
+from tests.helpers import AUDIO, OUTPUT, reference, wer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install .[test])")
+expect = sync_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+SHOTS = OUTPUT / "screenshots"
+JOB_TIMEOUT = 300_000  # ms: whisper.cpp on a loaded machine
+UI_TIMEOUT = 60_000
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium for the module (Debian's build, never a downloaded one)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is missing at /usr/bin/chromium; scripts/test installs it with apt")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def session(chromium, name: str, **context_options) -> Iterator:
+    """A fresh browser context and page; JS errors fail the test and a failure leaves a screenshot."""
+    context = chromium.new_context(accept_downloads=True, **{"viewport": {"width": 1280, "height": 900},
+                                                             **context_options})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+        assert not errors, f"JavaScript errors: {errors}"
+    except BaseException:
+        page.screenshot(path=str(SHOTS / f"failed-{name}.png"), full_page=True)
+        raise
+    finally:
+        context.close()
+
+
+def shot(page, name: str) -> None:
+    """Save a full-page screenshot as an artifact."""
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page, url: str, password: str = ADMIN_PASSWORD) -> None:
+    """Through the login page, as the admin."""
+    page.goto(url + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next=/"))
+    page.fill("#username", "admin")
+    page.fill("#password", password)
+    page.click("#login-form button[type=submit]")
+    if password == ADMIN_PASSWORD:
+        expect(page).to_have_url(url + "/")
+        expect(page.locator("#logout")).to_be_visible()
+
+
+def job_row(page, job_id: str):
+    """The jobs-table row of one job."""
+    return page.locator(f'#jobs-body tr[data-job-id="{job_id}"]')
+
+
+def srt_text(srt: str) -> str:
+    """The spoken text of an SRT file, after checking that its cues are well formed."""
+    cues = [c.splitlines() for c in srt.strip().split("\n\n")]
+    assert cues and [c[0] for c in cues] == [str(i) for i in range(1, len(cues) + 1)], srt
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", c[1]) for c in cues), srt
+    return " ".join(" ".join(c[2:]) for c in cues)
+
+
+def test_upload_watch_progress_read_transcript_download_and_delete(chromium, live_server):
+    """The first-time user's path: log in, upload jfk, follow it to 100 %, use the job page, delete it."""
+    url = live_server.url
+    with session(chromium, "main") as page:
+        page.goto(url + "/")
+        expect(page.locator("#login-form")).to_be_visible()
+        shot(page, "01-login")
+        log_in(page, url, password="wrong-password")
+        error = page.locator("#login-error")
+        expect(error).to_have_text("Incorrect username or password.")
+        log_in(page, url)
+
+        page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
+        uploaded = page.locator(".upload-item.done")
+        expect(uploaded).to_have_count(1)
+        job_id = uploaded.get_attribute("data-job-id")
+        row = job_row(page, job_id)
+        expect(row).to_have_class(re.compile(r"\bhighlight\b"))
+        shot(page, "02-dashboard-uploaded")
+        expect(row.locator(".progress-label")).to_have_text("100%", timeout=JOB_TIMEOUT)
+        expect(row.locator(".bar")).to_have_attribute("aria-valuenow", "100")
+        expect(row.locator(".badge")).to_have_text("completed")
+        shot(page, "03-dashboard-completed")
+
+        row.locator("td.file a").click()
+        expect(page).to_have_url(f"{url}/ui/jobs/{job_id}")
+        segments = page.locator(".segment .seg-text")
+        expect(segments.first).to_be_visible()
+        assert wer(reference("jfk.flac"), " ".join(segments.all_inner_texts())) <= 0.10
+
+        # A timestamp seeks the player.
+        starts = [float(s) for s in page.locator(".segment .ts").evaluate_all("els => els.map(e => e.dataset.start)")]
+        start = max(starts)
+        assert start > 0, starts
+        page.locator(".segment .ts").nth(starts.index(start)).click()
+        page.wait_for_function("s => document.getElementById('player').currentTime >= s - 0.3", arg=start)
+
+        # The log arrives over the WebSocket: the whole job log, then the socket ends with the job.
+        page.wait_for_function("() => document.querySelectorAll('#log .log-line').length >= 2")
+        expect(page.locator("#log")).to_contain_text("completed")
+        expect(page.locator("#log-state")).to_have_text(re.compile("live|job finished"))
+        shot(page, "04-job-page")
+
+        with page.expect_download() as download:
+            page.click('[data-download="srt"]')
+        assert download.value.suggested_filename == "jfk.srt"
+        srt = Path(download.value.path()).read_text(encoding="utf-8")
+        assert wer(reference("jfk.flac"), srt_text(srt)) <= 0.10
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click('#job-actions [data-action="delete"]')
+        expect(page).to_have_url(url + "/")
+        expect(job_row(page, job_id)).to_have_count(0)
+        assert live_server.get(f"/api/jobs/{job_id}").status_code == 404
+        shot(page, "05-dashboard-after-delete")
+
+
+def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
+    """Forced through the chunked API in 256 KB chunks; chunk 2's first request is cut off and resent."""
+    url = live_server.url
+    with session(chromium, "chunked") as page:
+        log_in(page, url)
+        # The fallback hash (for plain-http LAN pages) agrees with the browser's own SHA-256.
+        same = page.evaluate("""async () => {
+            const data = new Uint8Array(300001).map((_, i) => (i * 7919) % 251);
+            return WT.sha256Fallback(data) === await WT.sha256(data.buffer); }""")
+        assert same
+        page.evaluate("() => Object.assign(document.getElementById('upload').dataset, "
+                      "{chunkThreshold: '1', chunkSize: String(256 * 1024)})")
+        dropped: list[str] = []
+        seen: list[str] = []
+
+        def drop_once(route) -> None:
+            if not dropped:
+                dropped.append(route.request.url)
+                route.abort("connectionreset")
+            else:
+                route.continue_()
+
+        page.route(re.compile(r"/api/chunked-uploads/\w+/chunks/2$"), drop_once)
+        page.on("request", lambda r: seen.append(f"{r.method} {r.url.removeprefix(url)}"))
+        page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
+        uploaded = page.locator(".upload-item.done")
+        expect(uploaded).to_have_count(1, timeout=120_000)
+        job_id = uploaded.get_attribute("data-job-id")
+        shot(page, "06-chunked-upload")
+
+        assert len(dropped) == 1
+        chunk_posts = [r for r in seen if re.fullmatch(r"POST /api/chunked-uploads/\w+/chunks/\d+", r)]
+        assert sorted(int(r.rsplit("/", 1)[1]) for r in chunk_posts) == [0, 1, 2, 2, 3, 4], chunk_posts
+        assert any(re.fullmatch(r"GET /api/chunked-uploads/\w+", r) for r in seen), "no resume status request"
+        assert any(r.endswith("/finalize") for r in seen)
+
+        expect(job_row(page, job_id).locator(".progress-label")).to_have_text("100%", timeout=JOB_TIMEOUT)
+        job = live_server.get(f"/api/jobs/{job_id}").json()
+        assert wer(reference("jfk.flac"), job["transcript"]["text"]) <= 0.10  # the file was assembled intact
+        assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('wt-upload:'))") == []
+        assert requests.delete(f"{url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30).ok
+
+
+def test_chunked_upload_resumes_after_a_reload(chromium, live_server):
+    """An upload that stopped after two chunks continues from the third when the same file is chosen again."""
+    url = live_server.url
+    force_chunks = ("() => Object.assign(document.getElementById('upload').dataset, "
+                    "{chunkThreshold: '1', chunkSize: String(256 * 1024)})")
+    with session(chromium, "chunked-reload") as page:
+        log_in(page, url)
+        page.evaluate(force_chunks)
+        refuse = re.compile(r"/api/chunked-uploads/\w+/chunks/[2-9]$")
+        page.route(refuse, lambda route: route.fulfill(
+            status=400, content_type="application/json",
+            body='{"detail": "simulated refusal", "error_code": "TEST", "timestamp": "", "request_id": ""}'))
+        page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
+        expect(page.locator(".upload-item.error .state")).to_have_text("Simulated refusal.")
+        page.unroute(refuse)
+
+        page.reload()
+        page.evaluate(force_chunks)
+        sent: list[int] = []
+        page.on("request", lambda r: sent.append(int(r.url.rsplit("/", 1)[1]))
+                if re.search(r"/chunks/\d+$", r.url) else None)
+        page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
+        uploaded = page.locator(".upload-item.done")
+        expect(uploaded).to_have_count(1)
+        assert sent == [2, 3, 4], sent  # chunks 0 and 1 were already on the server
+        job_id = uploaded.get_attribute("data-job-id")
+        assert requests.delete(f"{url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30).ok
+
+
+def test_phone_layout_and_readable_errors(chromium, live_server):
+    """At 390x844 the table becomes cards and nothing scrolls sideways; a rejected file shows a sentence."""
+    url = live_server.url
+    job_id = live_server.submit(AUDIO / "jfk.flac")
+    try:
+        with session(chromium, "phone", viewport={"width": 390, "height": 844},
+                     device_scale_factor=2, is_mobile=True, has_touch=True) as page:
+            log_in(page, url)
+            row = job_row(page, job_id)
+            expect(row.locator(".progress-label")).to_have_text("100%", timeout=JOB_TIMEOUT)
+            assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+            assert row.evaluate("tr => getComputedStyle(tr).display") == "block"
+            expect(page.locator(".jobs-table thead")).to_be_hidden()
+            shot(page, "07-phone-dashboard")
+
+            page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                        "buffer": b"these are not the sounds you are looking for"}])
+            failed = page.locator(".upload-item.error .state")
+            expect(failed).not_to_have_text("", timeout=UI_TIMEOUT)
+            message = failed.inner_text()
+            toast = page.locator(".toast-error").first
+            expect(toast).to_be_visible()
+            for text in (message, toast.inner_text()):
+                assert "{" not in text and "error_code" not in text and len(text) > 10, text
+            shot(page, "08-phone-error")
+
+            row.locator("td.file a").click()
+            expect(page.locator(".segment").first).to_be_visible()
+            assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+            shot(page, "09-phone-job")
+    finally:
+        requests.delete(f"{url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30)
+
+
+def test_admin_pages_show_stats_settings_users_keys_and_the_system_log(chromium, live_server):
+    """Each admin page loads its data; the system log streams; keys can be created and revoked."""
+    url = live_server.url
+    with session(chromium, "admin") as page:
+        log_in(page, url)
+        page.goto(url + "/ui/admin")
+        expect(page.locator('[data-stat="completed"]')).not_to_have_text("–")
+        expect(page.locator("#cpu-chart .dot, #cpu-chart .line").first).to_be_attached()
+        expect(page.locator("#log-state")).to_have_text("live")
+        page.wait_for_function("() => document.querySelectorAll('#log .log-line').length > 0")
+        expect(page.locator("#server-control")).to_have_count(0)  # ENABLE_SERVER_CONTROL is off here
+        shot(page, "10-admin-overview")
+
+        page.goto(url + "/ui/admin/settings")
+        expect(page.locator("#uploads_days")).not_to_have_value("")
+        expect(page.locator("#workers")).not_to_have_value("")
+        shot(page, "11-admin-settings")
+
+        page.goto(url + "/ui/admin/users")
+        expect(page.locator('#users-body tr[data-name="admin"]')).to_be_visible()
+        shot(page, "12-admin-users")
+
+        page.goto(url + "/ui/admin/files")
+        expect(page.locator("#files-summary")).to_contain_text("files")
+        shot(page, "13-admin-files")
+
+        page.goto(url + "/ui/keys")
+        page.fill("#key-form input[name=name]", "browser test")
+        page.click("#key-form button[type=submit]")
+        expect(page.locator("#secret-value")).to_have_text(re.compile(r"^wt_"))
+        key_row = page.locator('#keys-body tr[data-name="browser test"]')
+        expect(key_row).to_be_visible()
+        shot(page, "14-api-keys")
+        page.once("dialog", lambda dialog: dialog.accept())
+        key_row.locator("button").click()
+        expect(key_row.locator(".badge")).to_have_text("revoked")
+
+        page.click("#logout")
+        expect(page).to_have_url(re.compile(r"/login$"))
+        page.goto(url + "/ui/admin")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
