@@ -6,7 +6,7 @@ import os
 
 from app.models import Job
 from tests.helpers import AUDIO
-from workers import engine, pipeline
+from workers import pipeline
 
 
 class Clock:
@@ -20,37 +20,28 @@ class Clock:
 
 
 def test_progress_writes_at_most_once_per_second():
-    """Many segments within a second give a single database write."""
+    """Many reports within a second give a single database write."""
     clock, writes = Clock(), []
-    progress = pipeline.Progress("job", 100.0, clock=clock, write=lambda *a, **k: writes.append((a, k)),
-                                 cancelled=lambda _: False)
+    progress = pipeline.Progress(lambda percent, segments: writes.append((percent, segments)), lambda: False,
+                                 clock=clock)
     for i in range(10):
         clock.now = i * 0.1
-        progress.on_segment(engine.EngineSegment(i, i + 1, "x"))
-    assert len(writes) == 1
+        progress.report(float(i), i)
+    assert writes == [(0.0, 0)]
     clock.now = 1.05
-    progress.on_segment(engine.EngineSegment(10, 11, "x"))
-    assert len(writes) == 2
-    (job_id, stage, percent), extra = writes[-1]
-    assert (job_id, stage, percent, extra["segments_done"]) == ("job", "transcribing", 11.0, 11)
-
-
-def test_progress_never_reports_100_before_finalizing():
-    """Only a completed job shows 100 %."""
-    progress = pipeline.Progress("job", 10.0, write=lambda *a, **k: None, cancelled=lambda _: False)
-    progress.on_segment(engine.EngineSegment(9, 12, "x"))
-    assert progress.percent == 99.0
+    progress.report(11.0, 11)
+    assert writes[-1] == (11.0, 11)
 
 
 def test_cancel_checks_are_throttled_and_sticky():
     """The database is polled at most every half second, and a cancel stays set."""
     clock, polls = Clock(), []
 
-    def cancelled(job_id: str) -> bool:
+    def cancelled() -> bool:
         polls.append(clock.now)
         return clock.now >= 1.0
 
-    progress = pipeline.Progress("job", 10.0, clock=clock, write=lambda *a, **k: None, cancelled=cancelled)
+    progress = pipeline.Progress(lambda *a: None, cancelled, clock=clock)
     for step in range(30):
         clock.now = step * 0.05
         progress.should_abort()

@@ -93,26 +93,57 @@ def check_duration(info: MediaInfo, max_seconds: float) -> None:
         )
 
 
+def _check_decoded(stderr: str, decoded: float, expected_seconds: float | None) -> None:
+    if decoded <= 0:
+        raise MediaError("The media decoded to no audio; it may be truncated or damaged")
+    if stderr and expected_seconds and decoded < 0.9 * expected_seconds - 0.5:
+        raise MediaError(f"The media is truncated or damaged: only {decoded:.1f} s of "
+                         f"{expected_seconds:.1f} s could be decoded")
+
+
+def _decode_command(path: Path | str, output: str) -> list[str]:
+    return ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(path), "-map", "0:a:0", "-vn",
+            "-ac", "1", "-ar", str(SAMPLE_RATE), *PCM_FORMAT, output]
+
+
+PCM_FORMAT = ("-f", "s16le", "-acodec", "pcm_s16le")  # what the decode stage caches: 16 kHz mono 16-bit
+
+
 def decode(path: Path | str, timeout: float = 900, expected_seconds: float | None = None) -> np.ndarray:
-    """Decode the first audio track to 16 kHz mono float32 in [-1, 1].
+    """Decode the first audio track to 16 kHz mono float32 in [-1, 1], in memory.
 
     When ffmpeg reports errors and yields much less audio than ``expected_seconds`` (the
     probed duration), the file is truncated or damaged and a MediaError says so.
     """
-    result = _run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
-         "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
-        timeout,
-    )
+    result = _run(_decode_command(path, "-"), timeout)
     stderr = result.stderr.decode("utf-8", "replace").strip()
     if result.returncode != 0:
-        reason = stderr.splitlines()[-1] if stderr else "unknown error"
-        raise MediaError(f"The media could not be decoded: {reason}")
-    samples = np.frombuffer(result.stdout, dtype=np.float32)
-    if samples.size == 0:
-        raise MediaError("The media decoded to no audio; it may be truncated or damaged")
-    decoded = samples.size / SAMPLE_RATE
-    if stderr and expected_seconds and decoded < 0.9 * expected_seconds - 0.5:
-        raise MediaError(f"The media is truncated or damaged: only {decoded:.1f} s of "
-                         f"{expected_seconds:.1f} s could be decoded")
+        raise MediaError(f"The media could not be decoded: {_last_line(stderr)}")
+    samples = np.frombuffer(result.stdout, dtype="<i2").astype(np.float32) / 32768.0
+    _check_decoded(stderr, samples.size / SAMPLE_RATE, expected_seconds)
     return samples
+
+
+def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_seconds: float | None = None) -> float:
+    """Decode to a raw 16 kHz mono s16le file (streamed by ffmpeg, never in memory); returns seconds."""
+    tmp = out.with_name(out.name + ".part")
+    result = _run(_decode_command(path, str(tmp)), timeout)
+    stderr = result.stderr.decode("utf-8", "replace").strip()
+    try:
+        if result.returncode != 0:
+            raise MediaError(f"The media could not be decoded: {_last_line(stderr)}")
+        seconds = tmp.stat().st_size / 2 / SAMPLE_RATE
+        _check_decoded(stderr, seconds, expected_seconds)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return seconds
+
+
+def load_pcm(path: Path) -> np.ndarray:
+    """Read a file written by :func:`decode_to_file` as float32 in [-1, 1]."""
+    return np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def _last_line(stderr: str) -> str:
+    return stderr.splitlines()[-1] if stderr else "unknown error"

@@ -25,6 +25,7 @@ class EngineSegment:
     end: float
     text: str
     confidence: float | None = None
+    words: list[dict] | None = None  # [{"word", "start", "end", "probability"}] when asked for
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Engine(Protocol):
         language: str | None = None,
         translate: bool = False,
         prompt: str | None = None,
+        words: bool = False,
         on_segment: Callable[[EngineSegment], None] | None = None,
         should_abort: Callable[[], bool] | None = None,
     ) -> EngineResult: ...
@@ -67,7 +69,7 @@ class WhisperCppEngine:
                             print_progress=False, print_realtime=False, n_threads=self.threads)
         self._lock = threading.Lock()
 
-    def transcribe(self, audio, *, language=None, translate=False, prompt=None,
+    def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False,
                    on_segment=None, should_abort=None) -> EngineResult:
         """Transcribe (or translate to English) mono 16 kHz float32 audio."""
         import _pywhispercpp as pw
@@ -93,6 +95,7 @@ class WhisperCppEngine:
                 language=language or "auto",
                 translate=translate,
                 initial_prompt=prompt or "",
+                token_timestamps=words,
             )
             if aborted.is_set():
                 raise Aborted()
@@ -101,14 +104,43 @@ class WhisperCppEngine:
                 detected = pw.whisper_lang_str(lang_id) if lang_id >= 0 else None
             else:  # English-only models never detect; their language id is meaningless
                 detected = "en"
+            word_lists = [_words(self._model._ctx, i) if words else None for i in range(len(segments))]
         return EngineResult(
             segments=[
                 EngineSegment(s.t0 / 100.0, s.t1 / 100.0, s.text,
-                              None if np.isnan(s.probability) else float(s.probability))
-                for s in segments
+                              None if np.isnan(s.probability) else float(s.probability), word_list)
+                for s, word_list in zip(segments, word_lists, strict=True)
             ],
             language=detected or language,
         )
+
+
+def _words(ctx, segment: int) -> list[dict]:
+    """Group a segment's text tokens into words (a token starting with a space starts a word)."""
+    import _pywhispercpp as pw
+
+    eot = pw.whisper_token_eot(ctx)
+    words: list[dict] = []
+    pending: dict | None = None
+    for j in range(pw.whisper_full_n_tokens(ctx, segment)):
+        data = pw.whisper_full_get_token_data(ctx, segment, j)
+        if data.id >= eot:  # timestamps and other special tokens
+            continue
+        piece = pw.whisper_token_to_bytes(ctx, data.id)
+        if pending is None or piece.startswith(b" "):
+            if pending is not None:
+                words.append(pending)
+            pending = {"bytes": b"", "start": data.t0 / 100.0, "probs": []}
+        pending["bytes"] += piece
+        pending["end"] = data.t1 / 100.0
+        pending["probs"].append(float(data.p))
+    if pending is not None:
+        words.append(pending)
+    return [
+        {"word": w["bytes"].decode("utf-8", "replace").strip(), "start": w["start"], "end": w["end"],
+         "probability": round(float(np.mean(w["probs"])), 4)}
+        for w in words if w["bytes"].strip()
+    ]
 
 
 _cache: dict[str, Engine] = {}

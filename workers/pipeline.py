@@ -1,4 +1,4 @@
-"""The transcription pipeline a worker runs for one job: decode, transcribe, finalize."""
+"""The pipeline a worker runs for one job: its stages in order, with progress, cancellation and failures."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pybreaker import CircuitBreakerError
 
+from app.extensions import engine_breaker
 from app.models import Job
 from app.services import jobs as lifecycle
+from app.services.breaker import retry_after
 from app.services.storage import Layout
-from workers import audio, engine, modelstore
+from workers import audio, engine, stages
 from workers.queue import pending_job_ids
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,9 @@ def worker_alive(wid: str) -> bool:
 
 
 class JobLog:
-    """Appends timestamped lines to the job's own log file and to the worker's log."""
+    """Appends readable lines to the job's own log file, and JSON lines with the job id to processing.log."""
+
+    processing = logging.getLogger("processing")  # app/logging_setup.py sends it to logs/processing.log
 
     def __init__(self, path: Path, job_id: str):
         self.path, self.job_id = path, job_id
@@ -56,39 +61,48 @@ class JobLog:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{stamp}Z {level} job={self.job_id} {message}\n")
-        log.log(logging.getLevelName(level), "job=%s %s", self.job_id, message)
+        self.processing.log(logging.getLevelName(level), message, extra={"job_id": self.job_id})
 
 
 class Progress:
     """Turns engine callbacks into throttled progress writes and cancel checks."""
 
-    def __init__(self, job_id: str, duration: float, *, clock: Callable[[], float] = time.monotonic,
-                 write: Callable[..., None] = lifecycle.set_progress,
-                 cancelled: Callable[[str], bool] = lifecycle.cancel_requested):
-        self.job_id, self.duration, self.clock = job_id, max(duration, 0.001), clock
-        self._write, self._cancelled = write, cancelled
-        self.segments = 0
+    def __init__(self, write: Callable[[float, int], None], cancelled: Callable[[], bool], *,
+                 clock: Callable[[], float] = time.monotonic):
+        self._write, self._cancelled, self.clock = write, cancelled, clock
         self.percent = 0.0
         self._last_write = float("-inf")
         self._last_poll = float("-inf")
         self._cancel = False
 
-    def on_segment(self, segment: engine.EngineSegment) -> None:
-        """Advance to the end of the newest segment; write at most once per interval."""
-        self.segments += 1
-        self.percent = min(99.0, 100.0 * segment.end / self.duration)
+    def report(self, percent: float, segments: int) -> None:
+        """Note the current stage's percent; write at most once per interval."""
+        self.percent = percent
         now = self.clock()
         if now - self._last_write >= PROGRESS_INTERVAL:
             self._last_write = now
-            self._write(self.job_id, "transcribing", self.percent, segments_done=self.segments)
+            self._write(percent, segments)
 
     def should_abort(self) -> bool:
         """Poll the database for a cancel request, at most every ``ABORT_POLL_INTERVAL``."""
         now = self.clock()
         if not self._cancel and now - self._last_poll >= ABORT_POLL_INTERVAL:
             self._last_poll = now
-            self._cancel = self._cancelled(self.job_id)
+            self._cancel = self._cancelled()
         return self._cancel
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _relative(cfg: dict[str, Any], output: Path | None) -> str | None:
+    if output is None:
+        return None
+    try:
+        return str(output.relative_to(cfg["DATA_DIR"]))
+    except ValueError:
+        return str(output)  # outside the data dir: a sidecar next to library media
 
 
 def run(job_id: str) -> None:
@@ -97,41 +111,60 @@ def run(job_id: str) -> None:
     if not Job.claim(job_id, worker_id()):
         return
     job = Job.get_by_id(job_id)
-    layout = Layout(cfg["DATA_DIR"])
-    joblog = JobLog(layout.job_log(job_id), job_id)
+    joblog = JobLog(Layout(cfg["DATA_DIR"]).job_log(job_id), job_id)
     joblog.write("INFO", f"started attempt {job.attempts} of {job.original_filename!r} with model {job.model}")
+    plan = stages.plan_for(job)
+    total = sum(stages.STAGES[name].weight for name in plan)
     started = time.monotonic()
     try:
-        source = Path(job.source_path) if job.source_path else Path(cfg["DATA_DIR"]) / job.upload_path
-        samples = audio.decode(source, timeout=cfg["FFMPEG_TIMEOUT_SECONDS"], expected_seconds=job.duration)
-        duration = samples.size / audio.SAMPLE_RATE
-        joblog.write("INFO", f"decoded {duration:.1f} s of audio")
-        lifecycle.set_progress(job_id, "transcribing", 0.0)
-        progress = Progress(job_id, duration)
-        model_file = modelstore.model_path(cfg["MODELS_DIR"], job.model)
-        if not model_file.exists():
-            raise audio.MediaError(f"model {job.model} is no longer installed")
-        result = engine.load_engine(model_file, cfg["ENGINE_THREADS"]).transcribe(
-            samples, language=job.language, translate=job.task == "translate", prompt=job.prompt,
-            on_segment=progress.on_segment, should_abort=progress.should_abort,
-        )
-        lifecycle.set_progress(job_id, "finalizing", 99.0)
-        segments = [{"start": s.start, "end": s.end, "text": s.text, "confidence": s.confidence}
-                    for s in result.segments]
+        done_weight = 0.0
+        for name in plan:
+            stage = stages.STAGES[name]
+
+            def write(percent: float, segments: int, stage: stages.Stage = stage, base: float = done_weight) -> None:
+                overall = 100.0 * (base + stage.weight * percent / 100.0) / total
+                lifecycle.set_progress(job_id, stage.label, min(overall, 99.0), segments_done=segments)
+                lifecycle.update_stage(job_id, stage.name, progress=round(percent, 1))
+
+            progress = Progress(write, lambda: lifecycle.cancel_requested(job_id))
+            ctx = stages.StageContext(job, cfg, joblog.write, progress.report, progress.should_abort)
+            if stages.is_cached(ctx, name):
+                joblog.write("INFO", f"stage {name}: cached output reused")
+            else:
+                lifecycle.set_progress(job_id, stage.label, 100.0 * done_weight / total)
+                job.stages = lifecycle.update_stage(job_id, name, status="running", progress=0.0,
+                                                    started_at=_stamp(), finished_at=None, error=None)
+                output = stage.run(ctx)
+                if progress.should_abort():
+                    raise engine.Aborted()
+                job.stages = lifecycle.update_stage(job_id, name, status="done", progress=100.0,
+                                                    finished_at=_stamp(), output=_relative(cfg, output))
+            done_weight += stage.weight
         elapsed = time.monotonic() - started
-        lifecycle.complete(cfg, job, segments, language=result.language, processing_seconds=elapsed)
-        joblog.write("INFO", f"completed: {len(segments)} segments, language {result.language}, "
-                             f"{elapsed:.2f} s (real-time factor {elapsed / max(duration, 0.001):.3f})")
+        lifecycle.complete_job(job_id, elapsed)
+        joblog.write("INFO", f"completed in {elapsed:.2f} s")
     except engine.Aborted:
         lifecycle.mark_cancelled(job_id)
         joblog.write("WARNING", "cancelled; partial output discarded")
+    except CircuitBreakerError:
+        # The engine keeps failing: give the job back and try again when the breaker lets a trial through.
+        wait = retry_after(engine_breaker) or 5
+        lifecycle.requeue(job_id, delay=wait)
+        joblog.write("WARNING", f"engine paused after repeated failures; job re-queued, retry in {wait} s")
     except audio.MediaError as exc:
-        lifecycle.fail(job_id, str(exc))
+        _fail_stage(job_id, job, str(exc))
         joblog.write("ERROR", f"failed: {exc}")
     except Exception as exc:  # the job must never stay in processing
         log.exception("job %s failed", job_id)
-        lifecycle.fail(job_id, f"Internal error while processing: {exc}")
+        _fail_stage(job_id, job, f"Internal error while processing: {exc}")
         joblog.write("ERROR", f"failed: internal error: {exc}")
+
+
+def _fail_stage(job_id: str, job: Job, reason: str) -> None:
+    running = [name for name, record in (job.stages or {}).items() if record.get("status") == "running"]
+    for name in running:
+        lifecycle.update_stage(job_id, name, status="failed", error=reason, finished_at=_stamp())
+    lifecycle.fail(job_id, reason)
 
 
 def reconcile() -> list[str]:
@@ -140,3 +173,13 @@ def reconcile() -> list[str]:
     for job_id in requeued:
         log.warning("job=%s re-queued: its worker died", job_id)
     return requeued
+
+
+def scan_watch_dirs() -> list[str]:
+    """Queue new library media from the watch folders, owned by the first admin."""
+    from app.models import User
+    from app.services import media
+
+    if not _settings.get("WATCH_DIRS"):
+        return []
+    return media.scan_watch_dirs(_settings, User.active_admins().first())

@@ -99,3 +99,19 @@ def render(transcript: dict[str, Any], fmt: str) -> tuple[str, str]:
     if fmt not in RENDERERS:
         raise AppError(400, "UNSUPPORTED_FORMAT", f"Unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return RENDERERS[fmt](transcript), FORMATS[fmt].mime_type
+
+
+def to_openai_verbose(transcript: dict[str, Any], *, task: str, duration: float | None,
+                      words: bool) -> dict[str, Any]:
+    """OpenAI's ``verbose_json`` transcription object."""
+    segments = [
+        {"id": s["id"], "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"], "tokens": [],
+         "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
+        for s in transcript["segments"]
+    ]
+    body: dict[str, Any] = {"task": task, "language": transcript.get("language") or "", "duration": duration or 0.0,
+                            "text": transcript["text"], "segments": segments}
+    if words:
+        body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"]}
+                         for s in transcript["segments"] for w in s.get("words") or []]
+    return body

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import AppError, not_found
+from app.extensions import engine_breaker
 from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
+from app.services.breaker import ensure_accepting
 from app.services.storage import Layout, atomic_write, clean_filename
 from workers import audio, modelstore
 
@@ -72,6 +75,25 @@ def probe_upload(cfg: Mapping[str, Any], path: Path) -> audio.MediaInfo:
 # ------------------------------------------------------------------ creation
 
 
+def _check_request(cfg: Mapping[str, Any], model: str | None, task: str | None, language: str | None,
+                   prompt: str | None) -> tuple[str, str, str | None]:
+    ensure_accepting(engine_breaker)
+    if prompt is not None and len(prompt) > 2000:
+        raise AppError(400, "INVALID_PROMPT", "prompt is longer than 2000 characters")
+    return validate_model(cfg, model), validate_task(task), validate_language(language)
+
+
+def _insert(cfg: Mapping[str, Any], user: User | None, info: audio.MediaInfo, kind: str, enqueue: bool,
+            **fields: Any) -> Job:
+    if kind == "auto":  # Dubarr uploads: a video gets its transcript muxed back in
+        kind = "video" if info.has_video else "transcribe"
+    with db.atomic("IMMEDIATE"):
+        job = Job.create(user=user, kind=kind, duration=info.duration, media_info=info.to_dict(), **fields)
+    if enqueue:
+        submit(job)
+    return job
+
+
 def create_job(
     cfg: Mapping[str, Any],
     user: User | None,
@@ -88,11 +110,7 @@ def create_job(
 ) -> Job:
     """Turn a complete uploaded file into a queued job. On any error the file is removed."""
     try:
-        model = validate_model(cfg, model)
-        task = validate_task(task)
-        language = validate_language(language)
-        if prompt is not None and len(prompt) > 2000:
-            raise AppError(400, "INVALID_PROMPT", "prompt is longer than 2000 characters")
+        model, task, language = _check_request(cfg, model, task, language, prompt)
         info = probe_upload(cfg, upload)
         job_id = uuid.uuid4().hex
         name = clean_filename(original_filename)
@@ -101,16 +119,19 @@ def create_job(
     except BaseException:
         upload.unlink(missing_ok=True)
         raise
-    with db.atomic("IMMEDIATE"):
-        job = Job.create(
-            id=job_id, user=user, kind=kind, original_filename=name,
-            upload_path=str(final.relative_to(cfg["DATA_DIR"])), model=model, language=language,
-            task=task, prompt=prompt or None, options=options or {}, duration=info.duration,
-            media_info=info.to_dict(),
-        )
-    if enqueue:
-        submit(job)
-    return job
+    return _insert(cfg, user, info, kind, enqueue, id=job_id, original_filename=name,
+                   upload_path=str(final.relative_to(cfg["DATA_DIR"])), model=model, language=language,
+                   task=task, prompt=prompt or None, options=options or {})
+
+
+def create_source_job(cfg: Mapping[str, Any], user: User | None, source: Path, *, kind: str,
+                      model: str | None = None, language: str | None = None,
+                      options: dict[str, Any] | None = None) -> Job:
+    """Queue a file that stays where it is (a media-library file); the appliance never moves or deletes it."""
+    model, task, language = _check_request(cfg, model, None, language, None)
+    info = probe_upload(cfg, source)
+    return _insert(cfg, user, info, kind, True, id=uuid.uuid4().hex, original_filename=source.name,
+                   source_path=str(source), model=model, language=language, task=task, options=options or {})
 
 
 def submit(job: Job) -> None:
@@ -151,11 +172,13 @@ def list_jobs(user: User | None, *, status: str | None = None, created_after: da
 
 def transcript(job: Job) -> dict[str, Any]:
     """The transcript of a completed job: text, segments, language and confidence."""
-    segments = [
-        {"id": s.idx, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
-         "confidence": None if s.confidence is None else round(s.confidence, 4)}
-        for s in Segment.for_job(job)
-    ]
+    segments = []
+    for s in Segment.for_job(job):
+        segment = {"id": s.idx, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
+                   "confidence": None if s.confidence is None else round(s.confidence, 4)}
+        if s.words is not None:
+            segment["words"] = s.words
+        segments.append(segment)
     return {"text": job.text or "", "segments": segments, "language": job.detected_language,
             "confidence": job.confidence}
 
@@ -186,11 +209,21 @@ def detail(job: Job) -> dict[str, Any]:
         "prompt": job.prompt, "updated_at": isoformat(job.updated_at), "started_at": isoformat(job.started_at),
         "attempts": job.attempts, "processing_seconds": job.processing_seconds, "media": job.media_info,
     })
+    body["kind"] = job.kind
+    body["stages"] = stage_view(job)
     if job.status == "completed":
         body["transcript"] = transcript(job)
     if job.error:
         body["error"] = job.error
     return body
+
+
+def stage_view(job: Job) -> list[dict[str, Any]]:
+    """The job's plan with each stage's status, progress and timestamps."""
+    from workers.stages import plan_for
+
+    records = job.stages or {}
+    return [{"name": name, "status": "pending", "progress": 0.0, **records.get(name, {})} for name in plan_for(job)]
 
 
 def progress(job: Job) -> dict[str, Any]:
@@ -206,6 +239,18 @@ def progress(job: Job) -> dict[str, Any]:
         "estimated_time_remaining": remaining,
         "current_segment": job.segments_done,
     }
+
+
+def wait_finished(job_id: str, timeout: float, interval: float = 0.1) -> Job | None:
+    """Block until the job is completed, failed or cancelled; None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = Job.get_or_none(Job.id == job_id)
+        if job is None or job.status in FINISHED:
+            return job
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
 
 
 # ------------------------------------------------------------------- actions
@@ -251,10 +296,22 @@ def delete_job(cfg: Mapping[str, Any], job: Job) -> None:
 
 
 def set_progress(job_id: str, stage: str, percent: float, **extra: Any) -> None:
-    """Record stage and percent for a processing job."""
+    """Record stage and overall percent for a processing job."""
     with db.atomic("IMMEDIATE"):
         Job.update(stage=stage, progress=min(100.0, max(0.0, percent)), updated_at=utcnow(), **extra).where(
             (Job.id == job_id) & (Job.status == "processing")).execute()
+
+
+def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into one stage's record (read-modify-write in one IMMEDIATE transaction)."""
+    with db.atomic("IMMEDIATE"):
+        row = Job.select(Job.stages).where(Job.id == job_id).first()
+        if row is None:
+            return {}
+        stages = row.stages or {}
+        stages[name] = {**stages.get(name, {}), **fields, "updated_at": isoformat(utcnow())}
+        Job.update(stages=stages, updated_at=utcnow()).where(Job.id == job_id).execute()
+    return stages
 
 
 def cancel_requested(job_id: str) -> bool:
@@ -263,13 +320,12 @@ def cancel_requested(job_id: str) -> bool:
     return row is None or row.cancel_requested
 
 
-def complete(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *, language: str | None,
-             processing_seconds: float) -> None:
-    """Store the transcript and mark the job completed, in one transaction, then write the JSON file."""
+def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *,
+                     language: str | None) -> None:
+    """Replace the job's segments and text in one transaction, then write ``transcripts/<id>.json``."""
     text = " ".join(s["text"].strip() for s in segments if s["text"].strip())
     confidences = [s["confidence"] for s in segments if s.get("confidence") is not None]
     confidence = round(sum(confidences) / len(confidences), 4) if confidences else None
-    now = utcnow()
     with db.atomic("IMMEDIATE"):
         if Job.get_or_none(Job.id == job.id) is None:
             return  # deleted while running
@@ -277,16 +333,33 @@ def complete(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *
         if segments:
             Segment.insert_many([
                 {"job": job.id, "idx": i, "start": s["start"], "end": s["end"], "text": s["text"].strip(),
-                 "confidence": s.get("confidence")}
+                 "confidence": s.get("confidence"), "words": s.get("words")}
                 for i, s in enumerate(segments)
             ]).execute()
-        Job.update(status="completed", stage="completed", progress=100.0, text=text, confidence=confidence,
-                   detected_language=language, completed_at=now, updated_at=now, error=None,
-                   processing_seconds=round(processing_seconds, 3)).where(Job.id == job.id).execute()
+        Job.update(text=text, confidence=confidence, detected_language=language, updated_at=utcnow()).where(
+            Job.id == job.id).execute()
     job = Job.get_by_id(job.id)
     atomic_write(Layout(cfg["DATA_DIR"]).transcript_path(job.id),
                  json.dumps({"job_id": job.id, "filename": job.original_filename, "model": job.model,
                              **transcript(job)}, ensure_ascii=False))
+
+
+def complete_job(job_id: str, processing_seconds: float) -> None:
+    """Mark a job completed once every stage has finished."""
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="completed", stage="completed", progress=100.0, completed_at=now, updated_at=now,
+                   error=None, processing_seconds=round(processing_seconds, 3)).where(
+            (Job.id == job_id) & (Job.status == "processing")).execute()
+
+
+def purge_caches(cfg: Mapping[str, Any], job: Job) -> Job:
+    """Forget every cached stage output so the next run starts from the beginning (409 while running)."""
+    if job.status == "processing":
+        raise AppError(409, "JOB_RUNNING", "The job is running; cancel it before purging its caches")
+    shutil.rmtree(Layout(cfg["DATA_DIR"]).job_cache(job.id), ignore_errors=True)
+    job.update_fields(stages={})
+    return job
 
 
 def fail(job_id: str, reason: str) -> None:
@@ -295,6 +368,16 @@ def fail(job_id: str, reason: str) -> None:
     with db.atomic("IMMEDIATE"):
         Job.update(status="failed", stage="failed", error=reason, completed_at=now, updated_at=now).where(
             Job.id == job_id).execute()
+
+
+def requeue(job_id: str, delay: float = 0) -> None:
+    """Put a processing job back in the queue without counting the attempt (the engine was paused)."""
+    from workers.tasks import process_job
+
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="queued", stage="queued", worker_id=None, attempts=Job.attempts - 1,
+                   updated_at=utcnow()).where((Job.id == job_id) & (Job.status == "processing")).execute()
+    process_job.schedule((job_id,), delay=delay)
 
 
 def mark_cancelled(job_id: str) -> None:

@@ -1,0 +1,97 @@
+"""VOXIS routes (seed 004): upload audio, clean it up (denoise, resample, channels), poll, export.
+
+Thin adapters over ``app/services/voxis.py`` and the ordinary job pipeline. Every route shares one
+per-address limit, ``RATELIMIT_VOXIS`` (30 per minute, as the seed says), on top of the app-wide ones.
+``GET /api/jobs`` (no slash) is this API's list of cleanup jobs; ``/api/jobs/`` stays the canonical list.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request, send_file
+from flask.blueprints import BlueprintSetupState
+from flask_limiter.util import get_remote_address
+from limits import parse_many
+
+from app.extensions import limiter
+from app.security import login_required
+from app.services import jobs as lifecycle
+from app.services import voxis as service
+from app.services.uploads import take_multipart_file
+from app.validation import int_arg, json_body
+
+bp = Blueprint("voxis", __name__)
+
+
+def voxis_limit() -> str:
+    """The shared VOXIS limit, read per request so that settings (and tests) can change it."""
+    return current_app.config["RATELIMIT_VOXIS"]
+
+
+def voxis_key() -> str:
+    """Per client address; behind trusted proxies ProxyFix has already put the client's address there."""
+    return f"voxis:{get_remote_address()}"
+
+
+# One bucket for the whole blueprint (shared), as the seed limits the API, not each route.
+limiter.shared_limit(voxis_limit, scope="voxis", key_func=voxis_key,
+                     error_message="Rate limit of the VOXIS API exceeded for this address; see Retry-After")(bp)
+
+
+@bp.record_once
+def _check_limit_setting(state: BlueprintSetupState) -> None:
+    app: Flask = state.app
+    try:
+        parse_many(str(app.config["RATELIMIT_VOXIS"]))
+    except (KeyError, ValueError) as exc:
+        raise RuntimeError(f"RATELIMIT_VOXIS={app.config.get('RATELIMIT_VOXIS')!r} is not a rate limit "
+                           "such as '30 per minute'") from exc
+
+
+@bp.get("/api/health")
+def health():
+    """Service status, running jobs and free disk space."""
+    return jsonify(service.health(current_app.config))
+
+
+@bp.post("/api/upload")
+@login_required("jobs:create")
+def upload():
+    """Store an audio file (multipart ``file``: wav, mp3, flac, ogg or m4a) for later processing."""
+    path, filename = take_multipart_file()
+    media = service.store_upload(current_app.config, g.user, path, filename)
+    return jsonify(service.upload_view(media))
+
+
+@bp.post("/api/process")
+@login_required("jobs:create")
+def process():
+    """Queue cleanup of an uploaded file: denoise, resample, channels, optional transcription."""
+    job = service.start_processing(current_app.config, g.user, json_body())
+    return jsonify({"success": True, "job_id": job.id, "status": service.STATUS[job.status],
+                    "message": "Processing started"})
+
+
+@bp.get("/api/status/<job_id>")
+@login_required("jobs:read")
+def status(job_id: str):
+    """Status, current stage and progress of a job."""
+    return jsonify(service.status_view(lifecycle.get_job(g.user, job_id)))
+
+
+@bp.get("/api/export/<job_id>")
+@login_required("export:download")
+def export(job_id: str):
+    """The cleaned audio as wav (default), mp3 (``quality`` low/medium/high: 128/192/320 kbps) or flac."""
+    fmt, quality = service.export_options(request.args.get("format"), request.args.get("quality"))
+    job = lifecycle.get_job(g.user, job_id)
+    path, mimetype, name = service.export_file(current_app.config, job, fmt, quality)
+    return send_file(path, mimetype=mimetype, as_attachment=True, download_name=name, conditional=True)
+
+
+@bp.get("/api/jobs")
+@login_required("jobs:read")
+def list_jobs():
+    """Recent cleanup jobs, newest first: ``limit`` (default 50) and ``status``."""
+    limit = int_arg("limit", 50, 1, 100)
+    jobs, total = service.list_jobs(g.user, status=request.args.get("status"), limit=limit)
+    return jsonify({"jobs": [service.job_view(job) for job in jobs], "total": total, "limit": limit})

@@ -1,0 +1,134 @@
+"""Cached, resumable stages and the engine circuit breaker (real pipeline and ffmpeg, stub engine)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from app.extensions import configure_breaker
+from tests.helpers import AUDIO
+from workers import stages
+
+
+def submit(client, headers) -> str:
+    """Upload jfk; return the job id."""
+    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
+    response = client.post("/api/jobs/", headers=headers, data=data)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["job_id"]
+
+
+def job(client, headers, job_id: str) -> dict:
+    """The job's details."""
+    return client.get(f"/api/jobs/{job_id}", headers=headers).get_json()
+
+
+def test_job_details_show_every_stage_with_timestamps(client, admin_headers, stub_engine, drain):
+    """Pending before the worker runs; done with start and finish times after."""
+    job_id = submit(client, admin_headers)
+    before = job(client, admin_headers, job_id)["stages"]
+    assert [(s["name"], s["status"]) for s in before] == [("decode", "pending"), ("transcribe", "pending"),
+                                                          ("finalize", "pending")]
+    drain()
+    after = job(client, admin_headers, job_id)["stages"]
+    assert all(s["status"] == "done" and s["progress"] == 100.0 for s in after)
+    assert all(s["started_at"] <= s["finished_at"] for s in after)
+    assert after[0]["output"].endswith("audio.s16")
+
+
+def test_retry_after_a_forced_failure_skips_the_finished_stages(client, admin_headers, stub_engine, drain,
+                                                               monkeypatch):
+    """The decode and transcribe outputs are reused: their timestamps do not move, the engine runs once."""
+    job_id = submit(client, admin_headers)
+    real = stages.STAGES["finalize"]
+
+    def broken(ctx):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setitem(stages.STAGES, "finalize", stages.Stage("finalize", "finalizing", real.weight, broken))
+    drain()
+    failed = job(client, admin_headers, job_id)
+    assert failed["status"] == "failed" and "disk on fire" in failed["error"]
+    first = {s["name"]: s for s in failed["stages"]}
+    assert first["finalize"]["status"] == "failed" and first["transcribe"]["status"] == "done"
+
+    monkeypatch.setitem(stages.STAGES, "finalize", real)
+    time.sleep(1.1)  # stage timestamps have one-second resolution
+    assert client.post(f"/api/jobs/{job_id}/restart", headers=admin_headers).status_code == 200
+    drain()
+    done = job(client, admin_headers, job_id)
+    second = {s["name"]: s for s in done["stages"]}
+    assert done["status"] == "completed"
+    for name in ("decode", "transcribe"):
+        assert second[name]["started_at"] == first[name]["started_at"]
+        assert second[name]["finished_at"] == first[name]["finished_at"]
+    assert second["finalize"]["finished_at"] > first["transcribe"]["finished_at"]
+    assert len(stub_engine.calls) == 1
+
+
+def test_a_missing_cache_file_reruns_its_stage(client, admin_headers, stub_engine, drain, app):
+    """A stage counts as cached only while its output exists."""
+    job_id = submit(client, admin_headers)
+    drain()
+    cache = Path(app.config["DATA_DIR"]) / "cache" / job_id
+    (cache / "transcript.json").unlink()
+    with app.app_context():
+        from app.models import Job
+
+        Job.update(status="failed").where(Job.id == job_id).execute()
+    client.post(f"/api/jobs/{job_id}/restart", headers=admin_headers)
+    drain()
+    assert job(client, admin_headers, job_id)["status"] == "completed"
+    assert len(stub_engine.calls) == 2 and (cache / "transcript.json").exists()
+
+
+def test_engine_failures_open_the_breaker_and_a_good_trial_closes_it(app, client, admin_headers, stub_engine,
+                                                                    drain, monkeypatch):
+    """Three failures pause new work with 503 and Retry-After; after the pause a successful job closes it."""
+    app.config.update(BREAKER_FAIL_MAX=3, BREAKER_RESET_SECONDS=1)
+    configure_breaker(app.config)
+    healthy_transcribe = stub_engine.transcribe
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("whisper.cpp crashed")
+
+    monkeypatch.setattr(stub_engine, "transcribe", crash)
+    for _ in range(3):
+        submit(client, admin_headers)
+        drain()
+    jobs = client.get("/api/jobs/?status=failed", headers=admin_headers).get_json()
+    assert jobs["total"] == 3
+    refused = client.post("/api/jobs/", headers=admin_headers,
+                          data={"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")})
+    assert refused.status_code == 503
+    assert refused.get_json()["error_code"] == "ENGINE_UNAVAILABLE" and int(refused.headers["Retry-After"]) >= 1
+
+    monkeypatch.setattr(stub_engine, "transcribe", healthy_transcribe)
+    time.sleep(1.1)
+    job_id = submit(client, admin_headers)
+    drain()
+    assert job(client, admin_headers, job_id)["status"] == "completed"
+    with app.app_context():
+        from app.extensions import engine_breaker
+
+        assert engine_breaker.current_state == "closed"
+
+
+def test_bad_media_does_not_count_against_the_engine(app, client, admin_headers, stub_engine, drain):
+    """Truncated uploads fail their jobs but never open the breaker."""
+    app.config.update(BREAKER_FAIL_MAX=1)
+    configure_breaker(app.config)
+    data = (AUDIO / "jfk.flac").read_bytes()[:60000]
+    for _ in range(2):
+        client.post("/api/jobs/", headers=admin_headers, data={"file": (io.BytesIO(data), "cut.flac")})
+    drain()
+    assert submit(client, admin_headers)  # still accepted
+
+
+@pytest.fixture(autouse=True)
+def _restore_breaker_defaults(app):
+    yield
+    configure_breaker(app.config | {"BREAKER_FAIL_MAX": 3, "BREAKER_RESET_SECONDS": 60})

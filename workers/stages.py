@@ -1,0 +1,216 @@
+"""Job stages. Each caches its output under ``cache/<job id>/``, so a retry resumes after the last finished one.
+
+A job's kind picks its plan (list of stage names); the runner in ``workers/pipeline.py`` walks
+it, skipping stages whose record says done and whose output file still exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.extensions import engine_breaker
+from app.models import Job
+from app.services import exports
+from app.services import jobs as lifecycle
+from app.services.storage import Layout, atomic_write
+from workers import audio, dsp, engine, modelstore
+
+AUDIO_CACHE = "audio.s16"  # 16 kHz mono s16le, written by the decode stage
+TRANSCRIPT_CACHE = "transcript.json"
+
+
+@dataclass
+class StageContext:
+    """What a stage may use: the job, settings, its cache folder and progress/log/abort hooks."""
+
+    job: Job
+    cfg: Mapping[str, Any]
+    log: Callable[[str, str], None]
+    report: Callable[[float, int], None]  # (percent of this stage, segments so far)
+    should_abort: Callable[[], bool]
+
+    @property
+    def cache(self) -> Path:
+        """The job's cache folder (created on demand)."""
+        folder = Layout(self.cfg["DATA_DIR"]).job_cache(self.job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def source(self) -> Path:
+        """The job's input: a media-library file or the stored upload."""
+        if self.job.source_path:
+            return Path(self.job.source_path)
+        return Path(self.cfg["DATA_DIR"]) / self.job.upload_path
+
+    def media(self) -> Path:
+        """The newest audio to work on: the cleaned audio when a cleanup stage made one, else the input."""
+        cleaned = self.cache / "cleaned.wav"
+        return cleaned if cleaned.exists() else self.source()
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    label: str  # what Job.stage shows while it runs
+    weight: float  # share of the job's overall progress
+    run: Callable[[StageContext], Path | None]
+
+
+# ------------------------------------------------------------------ transcription
+
+
+def decode(ctx: StageContext) -> Path:
+    """Any audio or video → 16 kHz mono PCM in the cache."""
+    out = ctx.cache / AUDIO_CACHE
+    seconds = audio.decode_to_file(ctx.media(), out, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"],
+                                   expected_seconds=None if ctx.media() != ctx.source() else ctx.job.duration)
+    ctx.log("INFO", f"decoded {seconds:.1f} s of audio")
+    return out
+
+
+def transcribe(ctx: StageContext) -> Path:
+    """whisper.cpp over the decoded audio → transcript.json in the cache."""
+    job = ctx.job
+    model_file = modelstore.model_path(ctx.cfg["MODELS_DIR"], job.model)
+    if not model_file.exists():
+        raise audio.MediaError(f"model {job.model} is no longer installed")
+    samples = audio.load_pcm(ctx.cache / AUDIO_CACHE)
+    duration = max(samples.size / audio.SAMPLE_RATE, 0.001)
+    segments_seen = 0
+
+    def on_segment(segment: engine.EngineSegment) -> None:
+        nonlocal segments_seen
+        segments_seen += 1
+        ctx.report(min(99.0, 100.0 * segment.end / duration), segments_seen)
+
+    def load_and_transcribe() -> engine.EngineResult:
+        model = engine.load_engine(model_file, int(ctx.cfg["ENGINE_THREADS"]))
+        return model.transcribe(
+            samples, language=job.language, translate=job.task == "translate", prompt=job.prompt,
+            words=bool(job.options.get("word_timestamps")), on_segment=on_segment, should_abort=ctx.should_abort,
+        )
+
+    started = time.monotonic()
+    # Loading and transcribing are one guarded call, so a load that works cannot reset the failure count.
+    result = engine_breaker.call(load_and_transcribe)
+    elapsed = time.monotonic() - started
+    out = ctx.cache / TRANSCRIPT_CACHE
+    atomic_write(out, json.dumps({
+        "language": result.language, "engine_seconds": elapsed, "audio_seconds": duration,
+        "segments": [{"start": s.start, "end": s.end, "text": s.text, "confidence": s.confidence, "words": s.words}
+                     for s in result.segments],
+    }))
+    ctx.log("INFO", f"transcribed {len(result.segments)} segments, language {result.language}, "
+                    f"{elapsed:.2f} s (real-time factor {elapsed / duration:.3f})")
+    return out
+
+
+def finalize(ctx: StageContext) -> None:
+    """Store the cached transcript in the database and as ``transcripts/<id>.json``."""
+    data = json.loads((ctx.cache / TRANSCRIPT_CACHE).read_text())
+    lifecycle.store_transcript(ctx.cfg, ctx.job, data["segments"], language=data["language"])
+
+
+# ------------------------------------------------------------------------ media
+
+_SUBTITLE_CODECS = {".mp4": "mov_text", ".mov": "mov_text", ".m4v": "mov_text", ".mkv": "srt", ".webm": "webvtt"}
+# ISO 639-1 → 639-2, the form containers store; unknown codes are passed through.
+_LANG3 = {"en": "eng", "de": "deu", "fr": "fra", "es": "spa", "it": "ita", "nl": "nld", "pt": "por", "ru": "rus",
+          "ja": "jpn", "zh": "zho", "ko": "kor", "pl": "pol", "sv": "swe", "tr": "tur", "ar": "ara", "hi": "hin"}
+
+
+def _transcript(ctx: StageContext) -> dict[str, Any]:
+    data = json.loads((ctx.cache / TRANSCRIPT_CACHE).read_text())
+    return {"segments": data["segments"], "language": data["language"]}
+
+
+def mux(ctx: StageContext) -> Path:
+    """Add the transcript to the video as a subtitle track: streams are copied, nothing is re-encoded."""
+    source = ctx.source()
+    ext = source.suffix.lower() if source.suffix.lower() in _SUBTITLE_CODECS else ".mkv"
+    transcript = _transcript(ctx)
+    subs = ctx.cache / ("subs.vtt" if ext == ".webm" else "subs.srt")
+    atomic_write(subs, exports.to_vtt(transcript) if ext == ".webm" else exports.to_srt(transcript))
+    out = ctx.cache / f"output{ext}"
+    tmp = ctx.cache / f"output.part{ext}"
+    language = transcript["language"] or "und"
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-i", str(subs),
+           "-map", "0", "-map", "-0:s", "-map", "1:0", "-c", "copy", "-c:s", _SUBTITLE_CODECS[ext],
+           "-metadata:s:s:0", f"language={_LANG3.get(language, language)}", str(tmp)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"], check=False)
+        if result.returncode != 0:
+            raise audio.MediaError(f"adding the subtitle track failed: {result.stderr.decode(errors='replace')[-300:]}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ctx.log("INFO", f"muxed subtitles into {out.name}")
+    return out
+
+
+def sidecar(ctx: StageContext) -> Path:
+    """Write ``<name>.<lang>.srt`` next to the media (temp file, then rename; never clobber unless allowed)."""
+    source = ctx.source()
+    transcript = _transcript(ctx)
+    target = source.with_name(f"{source.stem}.{transcript['language'] or 'und'}.srt")
+    if target.exists() and not ctx.cfg.get("SIDECAR_OVERWRITE"):
+        ctx.log("WARNING", f"{target.name} exists; kept (set WT_SIDECAR_OVERWRITE=true to replace it)")
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        tmp.write_text(exports.to_srt(transcript), encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ctx.log("INFO", f"wrote sidecar {target}")
+    return target
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("decode", "decoding", 5, decode),
+        Stage("transcribe", "transcribing", 85, transcribe),
+        Stage("finalize", "finalizing", 2, finalize),
+        Stage("mux", "muxing", 8, mux),
+        Stage("export", "exporting", 2, sidecar),
+        Stage("ingest", "ingesting", 5, dsp.ingest),
+        Stage("denoise", "denoising", 15, dsp.denoise),
+        Stage("resample", "resampling", 5, dsp.resample),
+    )
+}
+
+PLANS: dict[str, tuple[str, ...]] = {
+    "transcribe": ("decode", "transcribe", "finalize"),
+    "video": ("decode", "transcribe", "finalize", "mux"),
+    "sidecar": ("decode", "transcribe", "finalize", "export"),
+}
+
+
+def register(stage: Stage) -> None:
+    """Add a stage defined elsewhere (the audio-cleanup stages live in ``workers/dsp.py``)."""
+    STAGES[stage.name] = stage
+
+
+def plan_for(job: Job) -> tuple[str, ...]:
+    """The stage names a job runs, in order."""
+    if job.kind == "cleanup":
+        plan = ("ingest", "denoise", "resample")
+        return plan + PLANS["transcribe"] if job.options.get("transcribe") else plan
+    return PLANS[job.kind]
+
+
+def is_cached(ctx: StageContext, name: str) -> bool:
+    """True when the stage finished before and its output is still on disk."""
+    record = ctx.job.stages.get(name) or {}
+    if record.get("status") != "done":
+        return False
+    output = record.get("output")
+    return output is None or Path(output if os.path.isabs(output) else ctx.cfg["DATA_DIR"] + "/" + output).exists()
