@@ -12,11 +12,17 @@ from pathlib import Path
 
 import pytest
 import requests
+from argon2 import PasswordHasher
 
+from app import security
 from tests.helpers import MODELS_DIR, OUTPUT, ROOT, wait_for
 from workers import engine
 
 ADMIN_PASSWORD = "admin-password-123"
+
+# Full-strength argon2 costs ~0.1 s per hash and every test hashes and verifies; the parameters
+# travel inside each hash, so cheap ones exercise exactly the same code paths.
+security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 @pytest.fixture

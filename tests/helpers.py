@@ -68,3 +68,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    """The response is the standard JSON error with this status (and code), tied to its X-Request-ID."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) >= ERROR_KEYS, body
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    if code:
+        assert body["error_code"] == code, body
+    return body

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.models import ApiKey, AuditLog, Job, User
-from tests.helpers import AUDIO
+from tests.helpers import AUDIO, assert_error
 
-ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
 PASSWORD = "correct-horse-battery"
 
 ROUTES = [
@@ -23,17 +22,6 @@ ROUTES = [
     ("get", "/admin/concurrency", None), ("post", "/admin/concurrency", {"workers": 2}),
     ("post", "/admin/shutdown", None), ("post", "/admin/restart", None),
 ]
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is the standard JSON error with this status (and code)."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) >= ERROR_KEYS, body
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    if code:
-        assert body["error_code"] == code, body
-    return body
 
 
 def upload(client, headers) -> str:

@@ -5,19 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
+from tests.helpers import assert_error
 
-ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
 PASSWORD = "correct-horse-battery"
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is the standard JSON error with this status (and code)."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) >= ERROR_KEYS, body
-    if code:
-        assert body["error_code"] == code, body
-    return body
 
 
 @pytest.fixture

@@ -7,20 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AUDIO
-
-ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is the standard JSON error with this status (and code)."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) >= ERROR_KEYS, body
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    if code:
-        assert body["error_code"] == code, body
-    return body
+from tests.helpers import AUDIO, assert_error
 
 
 def upload(client, headers, data: bytes | None = None, name: str = "jfk.flac", **form):

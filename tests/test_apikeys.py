@@ -10,22 +10,11 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO
+from tests.helpers import AUDIO, assert_error
 
-ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
 PASSWORD = "correct-horse-battery"
 LIST_FIELDS = {"key_id", "name", "key_preview", "permissions", "created_at", "expires_at", "last_used",
                "usage_count", "is_active"}
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is the standard JSON error with this status (and code)."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) >= ERROR_KEYS, body
-    if code:
-        assert body["error_code"] == code, body
-    return body
 
 
 @pytest.fixture

@@ -14,22 +14,10 @@ import pytest
 from app.logging_setup import SharedRotatingFileHandler, configure_logging
 from app.services.logfiles import LogFollower, confined_log_file, tail_offset
 from tests.conftest import ADMIN_PASSWORD, login
-from tests.helpers import AUDIO
+from tests.helpers import AUDIO, assert_error
 
-ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
            "Sec-WebSocket-Version": "13"}
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is the standard JSON error with this status (and code)."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) >= ERROR_KEYS, body
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    if code:
-        assert body["error_code"] == code, body
-    return body
 
 
 def logs_dir(app) -> Path:
