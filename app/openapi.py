@@ -34,7 +34,9 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; "
        "form-action 'none'; frame-ancestors 'none'")
 PUBLIC_BLUEPRINTS = frozenset({"health", "metrics", "openapi"})
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register"})
+PUBLIC_ENDPOINTS = frozenset({
+    "auth.login", "auth.register", "compat_legacy.token", "compat_legacy.register", "voxis.health", "dashboard.login",
+})
 _PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "uuid": {"type": "string", "format": "uuid"}}
 
