@@ -75,6 +75,8 @@ def log_in(page, url: str, password: str = ADMIN_PASSWORD) -> None:
     if password == ADMIN_PASSWORD:
         expect(page).to_have_url(url + "/")
         expect(page.locator("#logout")).to_be_visible()
+        # The nav shows before the scripts at the end of the body have run.
+        page.wait_for_load_state("load")
 
 
 def job_row(page, job_id: str):
@@ -153,6 +155,7 @@ def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
     with session(chromium, "chunked") as page:
         log_in(page, url)
         # The fallback hash (for plain-http LAN pages) agrees with the browser's own SHA-256.
+        page.wait_for_function("() => window.WT && typeof WT.sha256Fallback === 'function'")
         same = page.evaluate("""async () => {
             const data = new Uint8Array(300001).map((_, i) => (i * 7919) % 251);
             return WT.sha256Fallback(data) === await WT.sha256(data.buffer); }""")
