@@ -108,14 +108,14 @@ def remote(app, chat_server):
 def talk_job(app, client, admin_headers, stub_engine, drain) -> str:
     """A completed job whose transcript is :data:`TALK`, one segment per sentence."""
     from app.models import Job
-    from app.services import jobs
+    from app.services import transitions
 
     data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "talk.flac")}
     job_id = client.post("/jobs", headers=admin_headers, data=data).get_json()["id"]
     drain()
     segments = [{"start": 2.0 * i, "end": 2.0 * i + 2, "text": text, "confidence": 0.9} for i, text in enumerate(TALK)]
     with app.app_context():
-        jobs.store_transcript(app.config, Job.get_by_id(job_id), segments, language="en")
+        transitions.store_transcript(app.config, Job.get_by_id(job_id), segments, language="en")
     return job_id
 
 

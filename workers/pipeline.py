@@ -14,7 +14,7 @@ from pybreaker import CircuitBreakerError
 
 from app.extensions import engine_breaker
 from app.models import Job
-from app.services import jobs as lifecycle
+from app.services import transitions
 from app.services.breaker import retry_after
 from app.services.storage import Layout
 from workers import audio, engine, stages
@@ -123,33 +123,33 @@ def run(job_id: str) -> None:
 
             def write(percent: float, segments: int, stage: stages.Stage = stage, base: float = done_weight) -> None:
                 overall = 100.0 * (base + stage.weight * percent / 100.0) / total
-                lifecycle.set_progress(job_id, stage.label, min(overall, 99.0), segments_done=segments)
-                lifecycle.update_stage(job_id, stage.name, progress=round(percent, 1))
+                transitions.set_progress(job_id, stage.label, min(overall, 99.0), segments_done=segments)
+                transitions.update_stage(job_id, stage.name, progress=round(percent, 1))
 
-            progress = Progress(write, lambda: lifecycle.cancel_requested(job_id))
+            progress = Progress(write, lambda: transitions.cancel_requested(job_id))
             ctx = stages.StageContext(job, cfg, joblog.write, progress.report, progress.should_abort)
             if stages.is_cached(ctx, name):
                 joblog.write("INFO", f"stage {name}: cached output reused")
             else:
-                lifecycle.set_progress(job_id, stage.label, 100.0 * done_weight / total)
-                job.stages = lifecycle.update_stage(job_id, name, status="running", progress=0.0,
+                transitions.set_progress(job_id, stage.label, 100.0 * done_weight / total)
+                job.stages = transitions.update_stage(job_id, name, status="running", progress=0.0,
                                                     started_at=_stamp(), finished_at=None, error=None)
                 output = stage.run(ctx)
                 if progress.should_abort():
                     raise engine.Aborted()
-                job.stages = lifecycle.update_stage(job_id, name, status="done", progress=100.0,
+                job.stages = transitions.update_stage(job_id, name, status="done", progress=100.0,
                                                     finished_at=_stamp(), output=_relative(cfg, output))
             done_weight += stage.weight
         elapsed = time.monotonic() - started
-        lifecycle.complete_job(job_id, elapsed)
+        transitions.complete_job(job_id, elapsed)
         joblog.write("INFO", f"completed in {elapsed:.2f} s")
     except engine.Aborted:
-        lifecycle.mark_cancelled(job_id)
+        transitions.mark_cancelled(job_id)
         joblog.write("WARNING", "cancelled; partial output discarded")
     except CircuitBreakerError:
         # The engine keeps failing: give the job back and try again when the breaker lets a trial through.
         wait = retry_after(engine_breaker) or 5
-        lifecycle.requeue(job_id, delay=wait)
+        transitions.requeue(job_id, delay=wait)
         joblog.write("WARNING", f"engine paused after repeated failures; job re-queued, retry in {wait} s")
     except audio.MediaError as exc:
         _fail_stage(job_id, job, str(exc))
@@ -163,13 +163,13 @@ def run(job_id: str) -> None:
 def _fail_stage(job_id: str, job: Job, reason: str) -> None:
     running = [name for name, record in (job.stages or {}).items() if record.get("status") == "running"]
     for name in running:
-        lifecycle.update_stage(job_id, name, status="failed", error=reason, finished_at=_stamp())
-    lifecycle.fail(job_id, reason)
+        transitions.update_stage(job_id, name, status="failed", error=reason, finished_at=_stamp())
+    transitions.fail(job_id, reason)
 
 
 def reconcile() -> list[str]:
     """Give jobs of dead workers back to the queue (worker start-up and every minute)."""
-    requeued = lifecycle.requeue_orphans(_settings, worker_alive, pending_job_ids())
+    requeued = transitions.requeue_orphans(_settings, worker_alive, pending_job_ids())
     for job_id in requeued:
         log.warning("job=%s re-queued: its worker died", job_id)
     return requeued

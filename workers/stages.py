@@ -17,8 +17,7 @@ from typing import Any
 
 from app.extensions import engine_breaker
 from app.models import Job
-from app.services import exports
-from app.services import jobs as lifecycle
+from app.services import exports, transitions
 from app.services.storage import Layout, atomic_write
 from workers import audio, dsp, engine, modelstore
 
@@ -115,7 +114,7 @@ def transcribe(ctx: StageContext) -> Path:
 def finalize(ctx: StageContext) -> None:
     """Store the cached transcript in the database and as ``transcripts/<id>.json``."""
     data = json.loads((ctx.cache / TRANSCRIPT_CACHE).read_text())
-    lifecycle.store_transcript(ctx.cfg, ctx.job, data["segments"], language=data["language"])
+    transitions.store_transcript(ctx.cfg, ctx.job, data["segments"], language=data["language"])
 
 
 # ------------------------------------------------------------------------ media

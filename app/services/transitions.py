@@ -1,0 +1,123 @@
+"""Job state changes made by the workers: progress, stage records, results, failures and re-queueing.
+
+The rules for what users may do with jobs live in ``app/services/jobs.py``; this module holds
+the transitions the pipeline drives, each in its own IMMEDIATE transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from app.models import Job, Segment, db, isoformat, utcnow
+from app.services.jobs import submit, transcript
+from app.services.storage import Layout, atomic_write
+
+
+def set_progress(job_id: str, stage: str, percent: float, **extra: Any) -> None:
+    """Record stage and overall percent for a processing job."""
+    with db.atomic("IMMEDIATE"):
+        Job.update(stage=stage, progress=min(100.0, max(0.0, percent)), updated_at=utcnow(), **extra).where(
+            (Job.id == job_id) & (Job.status == "processing")).execute()
+
+
+def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into one stage's record (read-modify-write in one IMMEDIATE transaction)."""
+    with db.atomic("IMMEDIATE"):
+        row = Job.select(Job.stages).where(Job.id == job_id).first()
+        if row is None:
+            return {}
+        stages = row.stages or {}
+        stages[name] = {**stages.get(name, {}), **fields, "updated_at": isoformat(utcnow())}
+        Job.update(stages=stages, updated_at=utcnow()).where(Job.id == job_id).execute()
+    return stages
+
+
+def cancel_requested(job_id: str) -> bool:
+    """True when the user cancelled or deleted the job."""
+    row = Job.select(Job.cancel_requested).where(Job.id == job_id).first()
+    return row is None or row.cancel_requested
+
+
+def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *,
+                     language: str | None) -> None:
+    """Replace the job's segments and text in one transaction, then write ``transcripts/<id>.json``."""
+    text = " ".join(s["text"].strip() for s in segments if s["text"].strip())
+    confidences = [s["confidence"] for s in segments if s.get("confidence") is not None]
+    confidence = round(sum(confidences) / len(confidences), 4) if confidences else None
+    with db.atomic("IMMEDIATE"):
+        if Job.get_or_none(Job.id == job.id) is None:
+            return  # deleted while running
+        Segment.delete().where(Segment.job == job.id).execute()
+        if segments:
+            Segment.insert_many([
+                {"job": job.id, "idx": i, "start": s["start"], "end": s["end"], "text": s["text"].strip(),
+                 "confidence": s.get("confidence"), "words": s.get("words")}
+                for i, s in enumerate(segments)
+            ]).execute()
+        Job.update(text=text, confidence=confidence, detected_language=language, updated_at=utcnow()).where(
+            Job.id == job.id).execute()
+    job = Job.get_by_id(job.id)
+    atomic_write(Layout(cfg["DATA_DIR"]).transcript_path(job.id),
+                 json.dumps({"job_id": job.id, "filename": job.original_filename, "model": job.model,
+                             **transcript(job)}, ensure_ascii=False))
+
+
+def complete_job(job_id: str, processing_seconds: float) -> None:
+    """Mark a job completed once every stage has finished."""
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="completed", stage="completed", progress=100.0, completed_at=now, updated_at=now,
+                   error=None, processing_seconds=round(processing_seconds, 3)).where(
+            (Job.id == job_id) & (Job.status == "processing")).execute()
+
+
+def fail(job_id: str, reason: str) -> None:
+    """Mark a job failed with a reason the user can read."""
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="failed", stage="failed", error=reason, completed_at=now, updated_at=now).where(
+            Job.id == job_id).execute()
+
+
+def requeue(job_id: str, delay: float = 0) -> None:
+    """Put a processing job back in the queue without counting the attempt (the engine was paused)."""
+    from workers.tasks import process_job
+
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="queued", stage="queued", worker_id=None, attempts=Job.attempts - 1,
+                   updated_at=utcnow()).where((Job.id == job_id) & (Job.status == "processing")).execute()
+    process_job.schedule((job_id,), delay=delay)
+
+
+def mark_cancelled(job_id: str) -> None:
+    """Record that a running job stopped on request; partial text is discarded."""
+    now = utcnow()
+    with db.atomic("IMMEDIATE"):
+        Segment.delete().where(Segment.job == job_id).execute()
+        Job.update(status="cancelled", stage="cancelled", text=None, completed_at=now, updated_at=now).where(
+            Job.id == job_id).execute()
+
+
+def requeue_orphans(cfg: Mapping[str, Any], is_alive, pending_ids: set[str]) -> list[str]:
+    """Re-queue jobs whose worker died; fail those that already used up their attempts.
+
+    Queued jobs missing from the queue (``pending_ids``) are submitted again: Huey drops
+    a task taken by a consumer that is then killed. Claiming is atomic, so a duplicate is harmless.
+    """
+    requeued: list[str] = []
+    for job in Job.in_status("processing"):
+        if job.worker_id and is_alive(job.worker_id):
+            continue
+        if job.attempts >= cfg["MAX_ATTEMPTS"]:
+            fail(job.id, f"The worker stopped {job.attempts} times while processing this job; giving up")
+            continue
+        with db.atomic("IMMEDIATE"):
+            Job.update(status="queued", stage="queued", progress=0.0, worker_id=None, updated_at=utcnow()).where(
+                (Job.id == job.id) & (Job.status == "processing")).execute()
+        requeued.append(job.id)
+    for job in Job.in_status("queued"):
+        if job.id not in pending_ids:
+            submit(job)
+    return requeued
