@@ -2,7 +2,8 @@
 
 The appliance figure is wall time from HTTP submit to the job reading completed; the bare
 figure is ffmpeg decoding plus whisper.cpp in one process, which is the least any
-transcription of a file must do. Both use the same model file and thread count, warm.
+transcription of a file must do. Both use the same model file and thread count, warm, and
+their runs alternate so that the machine's drifting speed does not favour either.
 """
 
 from __future__ import annotations
@@ -133,19 +134,26 @@ def run_bench(model: str, runs: int, audio_dir: Path | None, echo: Callable[[str
     audio_dir = audio_dir or ROOT.parent / "shared" / "audio"
     threads = int(settings["ENGINE_THREADS"]) or os.cpu_count() or 1
     clips = [audio_dir / name for name in CLIPS]
-    echo(f"model {model}, {threads} threads, median of {runs} runs, warm model")
+    echo(f"model {model}, {threads} threads, median of {runs} interleaved runs, warm model")
     bare_seconds(model_file, clips[0], threads)  # load the model once, as a worker keeps it
-    bare = {c.name: statistics.median(bare_seconds(model_file, c, threads) for _ in range(runs)) for c in clips}
-    engine._cache.clear()
-
+    bare: dict[str, list[float]] = {c.name: [] for c in clips}
+    served: dict[str, list[float]] = {c.name: [] for c in clips}
     app = Appliance(settings["MODELS_DIR"], threads)
     try:
         app.transcribe_seconds(clips[0], model)  # the worker loads the model on its first job
         rss = PeakRss(app.worker())
-        served = {c.name: statistics.median(app.transcribe_seconds(c, model) for _ in range(runs)) for c in clips}
+        # Bare and appliance runs alternate, so drift in the machine's speed (a shared VM) hits both alike;
+        # the idle appliance was measured not to slow the bare runs.
+        for _ in range(runs):
+            for clip in clips:
+                bare[clip.name].append(bare_seconds(model_file, clip, threads))
+                served[clip.name].append(app.transcribe_seconds(clip, model))
         peak = rss.stop()
     finally:
         app.close()
+        engine._cache.clear()
+    bare = {name: statistics.median(values) for name, values in bare.items()}
+    served = {name: statistics.median(values) for name, values in served.items()}
 
     results = {"model": model, "threads": threads, "runs": runs, "worker_peak_rss_mb": round(peak / 1e6, 1),
                "clips": {}}
