@@ -61,6 +61,14 @@ class BaseModel(Model):
     class Meta:
         database = db
 
+    @classmethod
+    def owned_by(cls, user: User | None):
+        """Rows of a model with a ``user`` field that this user may see: their own, or all for an admin."""
+        query = cls.select()
+        if user is None or user.role != "admin":
+            query = query.where(cls.user == user)
+        return query
+
 
 class User(BaseModel):
     username = CharField(unique=True, max_length=150)
@@ -200,10 +208,7 @@ class Job(BaseModel):
     @classmethod
     def visible_to(cls, user: User | None):
         """Jobs the user may see: their own, or all of them for an admin."""
-        query = cls.select()
-        if user is None or user.role != "admin":
-            query = query.where(cls.user == user)
-        return query
+        return cls.owned_by(user)
 
     @classmethod
     def claim(cls, job_id: str, worker_id: str) -> bool:
@@ -357,10 +362,7 @@ class MediaFile(BaseModel):
     @classmethod
     def visible_to(cls, user: User | None):
         """Files the user may use: their own, or all of them for an admin."""
-        query = cls.select()
-        if user is None or user.role != "admin":
-            query = query.where(cls.user == user)
-        return query
+        return cls.owned_by(user)
 
 
 ALL_MODELS = [User, Token, ApiKey, Job, Segment, AuditLog, Setting, UploadSession, UploadChunk, MediaFile]
