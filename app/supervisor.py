@@ -200,7 +200,9 @@ class Supervisor:
         self.pidfile.write_text(f"{proc.pid} {proc.create_time():.2f}\n")
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda signum, frame: self.signals.append(signum))
-        self.web = subprocess.Popen([*self.cmd, "serve"])
+        # Its own process group too: Gunicorn's worker hangs in its thread-pool shutdown when a terminal's
+        # Ctrl-C reaches it directly and its master's quit signal arrives on top.
+        self.web = subprocess.Popen([*self.cmd, "serve"], process_group=0)
         code, next_poll = 0, 0.0
         try:
             while True:
