@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +127,7 @@ class LiveServer:
     data_dir: Path
     process: subprocess.Popen
     token: str
-    library: Path  # a media root (WT_MEDIA_ROOTS) for webhook tests
+    library: Path | None  # a media root (WT_MEDIA_ROOTS) for webhook tests
 
     def headers(self) -> dict[str, str]:
         """Admin bearer headers."""
@@ -157,41 +159,48 @@ class LiveServer:
         return wait_for(finished, timeout=timeout, interval=0.25)
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory):
-    """``whisper-transcriber run`` (Gunicorn and a real Huey consumer) on a free port."""
-    data_dir = tmp_path_factory.mktemp("live") / "data"
-    library = data_dir.parent / "library"
-    library.mkdir()
+@contextmanager
+def launch_appliance(data_dir: Path, log_name: str, *, library: Path | None = None, stop_timeout: float = 30,
+                     **env: str) -> Iterator[LiveServer]:
+    """``whisper-transcriber run`` on a free port with its own data dir, logged in as admin; stopped afterwards."""
     port = free_port()
-    env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
-           "WT_MEDIA_ROOTS": str(library),
-           "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
-           "ENABLE_SERVER_CONTROL": "false", "WT_QUEUE_POLL_SECONDS": "0.1",
-           # Tests poll as one admin for minutes; the limits themselves are tested with the Flask client.
-           "WT_RATELIMIT_USER": "100000 per minute", "WT_RATELIMIT_ADMIN": "100000 per minute"}
+    full_env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
+                "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "WT_QUEUE_POLL_SECONDS": "0.1", **({"WT_MEDIA_ROOTS": str(library)} if library else {}), **env}
     OUTPUT.mkdir(exist_ok=True)
-    log = open(OUTPUT / "live-server.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env,
+    log = open(OUTPUT / log_name, "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=full_env,
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
         try:
-            body = requests.get(url + "/health", timeout=2).json()
-            return body.get("worker_alive")
+            return requests.get(url + "/health", timeout=2).json().get("worker_alive")
         except requests.RequestException:
             return False
 
     try:
-        wait_for(healthy, timeout=60)
+        wait_for(healthy, timeout=90)
         token = requests.post(url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
                               timeout=10).json()["access_token"]
         yield LiveServer(url, data_dir, process, token, library)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """The shared appliance of the end-to-end tests, with a media library root for webhooks."""
+    data_dir = tmp_path_factory.mktemp("live") / "data"
+    library = data_dir.parent / "library"
+    library.mkdir()
+    # Tests poll as one admin for minutes; the limits themselves are tested with the Flask client.
+    with launch_appliance(data_dir, "live-server.log", library=library, ENABLE_SERVER_CONTROL="false",
+                          WT_RATELIMIT_USER="100000 per minute", WT_RATELIMIT_ADMIN="100000 per minute") as server:
+        yield server

@@ -6,16 +6,12 @@ restarting, rescaling and shutting down never disturb the shared ``live_server``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -23,9 +19,8 @@ import pytest
 import requests
 
 from app.models import AuditLog, Setting
-from tests.conftest import ADMIN_PASSWORD, LiveServer, free_port
-from tests.helpers import AUDIO, MODELS_DIR, OUTPUT, ROOT, wait_for
-from tests.test_admin import assert_error
+from tests.conftest import LiveServer, launch_appliance
+from tests.helpers import AUDIO, assert_error, wait_for
 
 # A stand-in for Gunicorn, the supervisor or a worker: it records the signals it gets.
 FAKE = """
@@ -182,41 +177,10 @@ def test_shutdown_and_restart_under_the_supervisor_go_through_it(app, client, ad
 # ------------------------------------------------------------------ real appliances
 
 
-@contextmanager
-def appliance(data_dir: Path, name: str) -> Iterator[LiveServer]:
-    """``whisper-transcriber run`` with server control on, on a free port; stopped afterwards if still up."""
-    port = free_port()
-    env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
-           "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD, "ENABLE_SERVER_CONTROL": "true",
-           "WT_QUEUE_POLL_SECONDS": "0.1", "WT_RATELIMIT_ENABLED": "false"}
-    OUTPUT.mkdir(exist_ok=True)
-    log = open(OUTPUT / f"admin-control-{name}.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(url + "/admin/health", timeout=2).status_code == 401 and workers_of(process)
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(up, timeout=90)
-        token = requests.post(url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
-                              timeout=10).json()["access_token"]
-        # Fields the shared fixture added for its own tests (e.g. a media library) are not used here.
-        extra = {f.name: None for f in dataclasses.fields(LiveServer)
-                 if f.name not in ("url", "data_dir", "process", "token")}
-        yield LiveServer(url=url, data_dir=data_dir, process=process, token=token, **extra)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+def appliance(data_dir: Path, name: str):
+    """``whisper-transcriber run`` with server control on; stopped afterwards if still up."""
+    return launch_appliance(data_dir, f"admin-control-{name}.log", stop_timeout=120,
+                            ENABLE_SERVER_CONTROL="true", WT_RATELIMIT_ENABLED="false")
 
 
 def workers_of(process: subprocess.Popen) -> list[psutil.Process]:
