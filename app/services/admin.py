@@ -368,16 +368,22 @@ def _send(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def _targets(cfg: Mapping[str, Any], action: str, actor: User, ip: str | None) -> tuple[Any, Any, list[int], str]:
+    """The processes a server-control action signals (Gunicorn master, supervisor, workers), audited."""
+    master = _control(cfg)
+    supervisor = supervisor_process(cfg["DATA_DIR"])
+    workers = [w["pid"] for w in live_workers()]
+    mode = "supervisor" if supervisor else "direct"
+    AuditLog.record(action, user=actor, ip=ip, mode=mode, web_master_pid=master.pid, workers=workers)
+    return master, supervisor, workers, mode
+
+
 def restart(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
     """Graceful reload: SIGHUP to Gunicorn and to each worker. Returns the body and the action to run.
 
     Under ``run`` the supervisor forwards the SIGHUP, so workers it is retiring are not restarted.
     """
-    master = _control(cfg)
-    supervisor = supervisor_process(cfg["DATA_DIR"])
-    workers = [w["pid"] for w in live_workers()]
-    mode = "supervisor" if supervisor else "direct"
-    AuditLog.record("admin_restart", user=actor, ip=ip, mode=mode, web_master_pid=master.pid, workers=workers)
+    master, supervisor, workers, mode = _targets(cfg, "admin_restart", actor, ip)
 
     def action() -> None:
         for pid in [supervisor.pid] if supervisor else [master.pid, *workers]:
@@ -389,11 +395,7 @@ def restart(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dic
 
 def shutdown(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
     """Clean stop: workers finish their running job, queued jobs stay queued, the web server stops."""
-    master = _control(cfg)
-    supervisor = supervisor_process(cfg["DATA_DIR"])
-    workers = [w["pid"] for w in live_workers()]
-    mode = "supervisor" if supervisor else "direct"
-    AuditLog.record("admin_shutdown", user=actor, ip=ip, mode=mode, web_master_pid=master.pid, workers=workers)
+    master, supervisor, workers, mode = _targets(cfg, "admin_shutdown", actor, ip)
 
     def action() -> None:
         if supervisor is not None:
