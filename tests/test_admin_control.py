@@ -92,6 +92,7 @@ def test_worker_reads_threads_from_the_saved_concurrency(app, monkeypatch):
     """``prepare_worker`` sets ENGINE_THREADS; a worker index above the wanted count waits on standby."""
     from app import supervisor
 
+    monkeypatch.setattr(supervisor, "_threads", supervisor._threads)  # prepare_worker sets this process-wide
     Setting.write("concurrency", {"workers": 2, "threads": 3})
     settings = dict(app.config)
     assert supervisor.prepare_worker(settings) == {"workers": 2, "threads": 3}
