@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
+from app.models import Job
 from app.security import login_required
 from app.services import jobs as service
 from app.services.uploads import take_multipart_file
@@ -48,8 +49,11 @@ def list_jobs():
 @bp.get("/api/jobs/<job_id>")
 @login_required("jobs:read")
 def get_job(job_id: str):
-    """A job with its transcript (completed) or error (failed)."""
-    return jsonify(service.detail(service.get_job(g.user, job_id)))
+    """A job with its transcript (completed) or error (failed).
+
+    ``wait=N`` (seconds, up to 60) holds the answer until the job finishes or N seconds pass.
+    """
+    return jsonify(service.detail(_waited(service.get_job(g.user, job_id))))
 
 
 @bp.delete("/api/jobs/<job_id>")
@@ -79,5 +83,13 @@ def cancel_job(job_id: str):
 @bp.get("/api/progress/<job_id>")
 @login_required("jobs:read")
 def job_progress(job_id: str):
-    """Stage, percent and time remaining."""
-    return jsonify(service.progress(service.get_job(g.user, job_id)))
+    """Stage, percent and time remaining.
+
+    ``wait=N`` (seconds, up to 60) holds the answer until the job finishes or N seconds pass.
+    """
+    return jsonify(service.progress(_waited(service.get_job(g.user, job_id))))
+
+
+def _waited(job: Job) -> Job:
+    """The job after the long poll the ``wait`` query parameter asks for (none by default)."""
+    return service.wait_for(job, int_arg("wait", 0, 0, service.MAX_WAIT_SECONDS))

@@ -55,6 +55,9 @@ STR, INT, NUM = {"type": "string"}, {"type": "integer"}, {"type": "number"}
 STR_LIST = {"type": "array", "items": STR}
 _JOB_OPTIONS = {"model": STR, "language": STR, "task": {"type": "string", "enum": ["transcribe", "translate"]},
                 "prompt": STR}
+_WAIT = {"name": "wait", "in": "query", "required": False,
+         "description": "Seconds (0-60) to hold the answer until the job finishes",
+         "schema": {"type": "integer", "minimum": 0, "maximum": 60, "default": 0}}
 _CREATED_JOB = _obj(job_id=STR, status=STR, message=STR, filename=STR, model=STR, created_at=STR)
 
 
@@ -76,6 +79,8 @@ HINTS: dict[str, dict[str, Any]] = {
             ("file",), file={"type": "string", "format": "binary"}, **_JOB_OPTIONS)}}},
         "responses": _ok("201", "The queued job", _CREATED_JOB),
     },
+    "jobs.get_job": {"parameters": [_WAIT]},
+    "jobs.job_progress": {"parameters": [_WAIT]},
     "chunked_uploads.initialize": {
         "requestBody": {"required": True, **_json(_obj(("filename", "file_size", "chunk_size"), filename=STR,
                                                        file_size=INT, chunk_size=INT, content_type=STR))},
@@ -139,9 +144,10 @@ def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
     if getattr(rule, "websocket", False):
         operation["description"] = ("WebSocket: connect with ws:// or wss://. " + operation.get("description", ""))
         operation["x-websocket"] = True
+    hints = HINTS.get(rule.endpoint, {})
+    parameters += hints.get("parameters", [])
     if parameters:
         operation["parameters"] = parameters
-    hints = HINTS.get(rule.endpoint, {})
     if "requestBody" in hints and method in ("post", "put", "patch"):
         operation["requestBody"] = hints["requestBody"]
     operation["responses"] = {**hints.get("responses", {"200": {"description": "Success"}}),

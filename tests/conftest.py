@@ -153,7 +153,7 @@ class LiveServer:
     def wait(self, job_id: str, timeout: float = 180) -> dict:
         """Wait for a job to finish; return its details."""
         def finished():
-            job = self.get(f"/api/jobs/{job_id}").json()
+            job = self.get(f"/api/jobs/{job_id}?wait=20").json()  # a long poll: answers when the job finishes
             return job if job["status"] in ("completed", "failed", "cancelled") else None
 
         return wait_for(finished, timeout=timeout, interval=0.25)

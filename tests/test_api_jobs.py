@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,47 @@ def test_progress_reports_stage_and_percent(client, admin_headers, stub_engine, 
     body = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
     assert (body["status"], body["stage"], body["progress"]) == ("completed", "completed", 100.0)
     assert set(body) >= {"job_id", "estimated_time_remaining", "current_segment"}
+
+
+def test_wait_returns_as_soon_as_the_job_finishes(client, admin_headers, stub_engine, drain):
+    """A long poll started on a queued job answers with the finished job once a worker has run it."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    worker = threading.Timer(0.3, drain)
+    worker.start()
+    try:
+        body = client.get(f"/api/progress/{job_id}?wait=30", headers=admin_headers).get_json()
+        assert (body["status"], body["progress"]) == ("completed", 100.0)
+        job = client.get(f"/api/jobs/{job_id}?wait=30", headers=admin_headers).get_json()
+        assert job["status"] == "completed" and job["transcript"]["text"]
+    finally:
+        worker.join()
+
+
+def test_wait_gives_up_after_the_given_seconds(client, admin_headers):
+    """Nothing runs the job: the answer comes after the wait with the job still queued."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    started = time.monotonic()
+    body = client.get(f"/api/progress/{job_id}?wait=1", headers=admin_headers).get_json()
+    assert body["status"] == "queued" and time.monotonic() - started >= 0.9
+
+
+def test_wait_answers_at_once_when_every_waiting_slot_is_taken(client, admin_headers, monkeypatch):
+    """Waiting requests hold web threads, so past the limit a request does not wait."""
+    from app.services import jobs as service
+
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    full = threading.BoundedSemaphore(1)
+    full.acquire()
+    monkeypatch.setattr(service, "_waiters", full)
+    monkeypatch.setattr(service, "wait_finished", lambda *a, **kw: pytest.fail("waited past the limit"))
+    assert client.get(f"/api/jobs/{job_id}?wait=30", headers=admin_headers).get_json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "soon", "1.5"])
+def test_bad_wait_is_a_400(client, admin_headers, wait):
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    for path in (f"/api/jobs/{job_id}", f"/api/progress/{job_id}"):
+        assert_error(client.get(f"{path}?wait={wait}", headers=admin_headers), 400, "INVALID_PARAMETER")
 
 
 def test_delete_removes_row_and_files(client, admin_headers, stub_engine, drain, app):

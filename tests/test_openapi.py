@@ -39,8 +39,9 @@ def test_operations_take_summary_tag_and_parameters_from_the_code(client):
     operation = document["paths"]["/api/jobs/{job_id}"]["get"]
     assert operation["summary"] == jobs.get_job.__doc__.splitlines()[0]
     assert operation["tags"] == ["jobs"]
-    assert operation["parameters"] == [{"name": "job_id", "in": "path", "required": True,
-                                        "schema": {"type": "string"}}]
+    job_id, wait = operation["parameters"]
+    assert job_id == {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    assert (wait["name"], wait["in"], wait["schema"]["maximum"]) == ("wait", "query", 60)
     assert operation["responses"]["default"] == {"$ref": "#/components/responses/Error"}
     ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))

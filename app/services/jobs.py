@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 TASKS = ("transcribe", "translate")
 STAGES = ("queued", "decoding", "transcribing", "finalizing", "completed")
+WAIT_INTERVAL = 0.05  # seconds between status reads while a request waits: a cheap in-process SQLite read
+MAX_WAIT_SECONDS = 60
+MAX_WAITERS = 16  # of Gunicorn's 64 threads; WebSocket tails and ordinary requests keep the rest
+_waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
 
 # ----------------------------------------------------------------- validation
@@ -240,7 +245,7 @@ def progress(job: Job) -> dict[str, Any]:
     }
 
 
-def wait_finished(job_id: str, timeout: float, interval: float = 0.1) -> Job | None:
+def wait_finished(job_id: str, timeout: float, interval: float = WAIT_INTERVAL) -> Job | None:
     """Block until the job is completed, failed or cancelled; None after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -250,6 +255,19 @@ def wait_finished(job_id: str, timeout: float, interval: float = 0.1) -> Job | N
         if time.monotonic() >= deadline:
             return None
         time.sleep(interval)
+
+
+def wait_for(job: Job, seconds: float) -> Job:
+    """The job once it has finished, or as it is after ``seconds`` (a long poll).
+
+    Waiting holds a web thread, so only ``MAX_WAITERS`` requests wait at once; the rest answer at once.
+    """
+    if seconds <= 0 or job.status in FINISHED or not _waiters.acquire(blocking=False):
+        return job
+    try:
+        return wait_finished(job.id, seconds) or Job.get_or_none(Job.id == job.id) or job
+    finally:
+        _waiters.release()
 
 
 # ------------------------------------------------------------------- actions
