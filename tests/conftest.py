@@ -70,7 +70,7 @@ class StubEngine:
         self.model_path = model_path
 
     def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False, on_segment=None,
-                   should_abort=None):
+                   on_progress=None, should_abort=None):
         StubEngine.calls.append({"language": language, "translate": translate, "prompt": prompt, "words": words})
         seconds = max(1, int(audio.size / 16000))
         segments = []
@@ -83,6 +83,8 @@ class StubEngine:
             segments.append(seg)
             if on_segment:
                 on_segment(seg)
+            if on_progress:
+                on_progress(100.0 * (i + 1) / seconds)
         return engine.EngineResult(segments, language or "en")
 
 

@@ -132,3 +132,41 @@ def test_bad_media_does_not_count_against_the_engine(app, client, admin_headers,
 def _restore_breaker_defaults(app):
     yield
     configure_breaker(app.config | {"BREAKER_FAIL_MAX": 3, "BREAKER_RESET_SECONDS": 60})
+
+
+class InterleavingEngine:
+    """Reports like whisper.cpp does: window percents and segment ends, not always in step."""
+
+    def __init__(self, model_path, threads=0):
+        pass
+
+    def transcribe(self, samples, *, on_segment=None, on_progress=None, **kwargs):
+        from workers import engine
+
+        seconds = samples.size / 16000
+        segments = [engine.EngineSegment(0.0, 0.5 * seconds, "first"), engine.EngineSegment(0.5 * seconds,
+                                                                                           0.6 * seconds, "second")]
+        on_progress(0)
+        on_segment(segments[0])
+        on_progress(83)
+        on_segment(segments[1])  # ends at 60 %, behind the window's 83 %
+        on_progress(100)
+        return engine.EngineResult(segments, "en")
+
+
+def test_transcribe_progress_never_goes_back_and_stays_below_100(client, admin_headers, drain, monkeypatch):
+    from workers import engine, pipeline
+
+    reported: list[float] = []
+    original = pipeline.Progress.report
+    monkeypatch.setattr(pipeline.Progress, "report",
+                        lambda self, percent, segments: (reported.append(percent), original(self, percent, segments)))
+    monkeypatch.setattr(engine, "_build", InterleavingEngine)
+    engine._cache.clear()
+    try:
+        job_id = submit(client, admin_headers)
+        drain()
+    finally:
+        engine._cache.clear()
+    assert reported == [0.0, 50.0, 83.0, 83.0, 99.0]
+    assert job(client, admin_headers, job_id)["status"] == "completed"

@@ -53,6 +53,7 @@ class Engine(Protocol):
         prompt: str | None = None,
         words: bool = False,
         on_segment: Callable[[EngineSegment], None] | None = None,
+        on_progress: Callable[[float], None] | None = None,
         should_abort: Callable[[], bool] | None = None,
     ) -> EngineResult: ...
 
@@ -65,13 +66,18 @@ class WhisperCppEngine:
 
         self.model_path = str(model_path)
         self.threads = threads or os.cpu_count() or 1
+        # pywhispercpp calls a Python progress callback only while print_progress is on; with a
+        # callback assigned (every transcribe call assigns one) nothing is printed.
         self._model = Model(self.model_path, redirect_whispercpp_logs_to=None,
-                            print_progress=False, print_realtime=False, n_threads=self.threads)
+                            print_progress=True, print_realtime=False, n_threads=self.threads)
         self._lock = threading.Lock()
 
     def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False,
-                   on_segment=None, should_abort=None) -> EngineResult:
-        """Transcribe (or translate to English) mono 16 kHz float32 audio."""
+                   on_segment=None, on_progress=None, should_abort=None) -> EngineResult:
+        """Transcribe (or translate to English) mono 16 kHz float32 audio.
+
+        ``on_progress`` gets whisper.cpp's percent (once per 30 s window), ``on_segment`` each new segment.
+        """
         import _pywhispercpp as pw
 
         aborted = threading.Event()
@@ -85,7 +91,12 @@ class WhisperCppEngine:
             if on_segment is not None:
                 on_segment(EngineSegment(seg.t0 / 100.0, seg.t1 / 100.0, seg.text))
 
+        def progress(percent: int) -> None:
+            if on_progress is not None:
+                on_progress(float(percent))
+
         with self._lock:
+            pw.assign_progress_callback(self._model._params, progress)
             # pywhispercpp keeps keyword params between calls, so every call sets all of them.
             segments = self._model.transcribe(
                 np.ascontiguousarray(audio, dtype=np.float32),

@@ -82,18 +82,25 @@ def transcribe(ctx: StageContext) -> Path:
         raise audio.MediaError(f"model {job.model} is no longer installed")
     samples = audio.load_pcm(ctx.cache / AUDIO_CACHE)
     duration = max(samples.size / audio.SAMPLE_RATE, 0.001)
-    segments_seen = 0
+    segments_seen, percent = 0, 0.0
+
+    # whisper.cpp reports its percent once per 30 s window; segment ends fill in between. Never go back.
+    def on_progress(value: float) -> None:
+        nonlocal percent
+        percent = min(99.0, max(percent, value))
+        ctx.report(percent, segments_seen)
 
     def on_segment(segment: engine.EngineSegment) -> None:
         nonlocal segments_seen
         segments_seen += 1
-        ctx.report(min(99.0, 100.0 * segment.end / duration), segments_seen)
+        on_progress(100.0 * segment.end / duration)
 
     def load_and_transcribe() -> engine.EngineResult:
         model = engine.load_engine(model_file, int(ctx.cfg["ENGINE_THREADS"]))
         return model.transcribe(
             samples, language=job.language, translate=job.task == "translate", prompt=job.prompt,
-            words=bool(job.options.get("word_timestamps")), on_segment=on_segment, should_abort=ctx.should_abort,
+            words=bool(job.options.get("word_timestamps")), on_segment=on_segment, on_progress=on_progress,
+            should_abort=ctx.should_abort,
         )
 
     started = time.monotonic()
