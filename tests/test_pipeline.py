@@ -112,3 +112,19 @@ def test_worker_identity_survives_pid_reuse():
     assert not pipeline.worker_alive(f"{pid}:1.00")
     assert not pipeline.worker_alive("garbage")
     assert str(os.getpid()) == pid
+
+
+def test_progress_tick_updates_job_and_stage_together_and_skips_finished_jobs(app, client, admin_headers):
+    """One write sets the overall percent, the segment count and the running stage's percent."""
+    from app.services import transitions
+
+    job_id = _queued_job(client, admin_headers)
+    with app.app_context():
+        assert Job.claim(job_id, pipeline.worker_id())
+        transitions.record_progress(job_id, "transcribing", 47.5, "transcribe", 50.0, 3)
+        job = Job.get_by_id(job_id)
+        assert (job.stage, job.progress, job.segments_done) == ("transcribing", 47.5, 3)
+        assert job.stages["transcribe"]["progress"] == 50.0
+        Job.update(status="cancelled").where(Job.id == job_id).execute()
+        transitions.record_progress(job_id, "transcribing", 60.0, "transcribe", 70.0, 4)
+        assert Job.get_by_id(job_id).progress == 47.5  # a late tick never revives a finished job's progress

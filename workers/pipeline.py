@@ -123,8 +123,8 @@ def run(job_id: str) -> None:
 
             def write(percent: float, segments: int, stage: stages.Stage = stage, base: float = done_weight) -> None:
                 overall = 100.0 * (base + stage.weight * percent / 100.0) / total
-                transitions.set_progress(job_id, stage.label, min(overall, 99.0), segments_done=segments)
-                transitions.update_stage(job_id, stage.name, progress=round(percent, 1))
+                transitions.record_progress(job_id, stage.label, min(overall, 99.0), stage.name, round(percent, 1),
+                                            segments)
 
             progress = Progress(write, lambda: transitions.cancel_requested(job_id))
             ctx = stages.StageContext(job, cfg, joblog.write, progress.report, progress.should_abort)

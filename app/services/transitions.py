@@ -34,6 +34,14 @@ def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:
     return stages
 
 
+def record_progress(job_id: str, label: str, overall: float, stage: str, stage_percent: float,
+                    segments_done: int) -> None:
+    """The job's overall and its running stage's progress, in one transaction."""
+    with db.atomic("IMMEDIATE"):  # the two writes below nest as savepoints: one commit, one fsync
+        set_progress(job_id, label, overall, segments_done=segments_done)
+        update_stage(job_id, stage, progress=stage_percent)
+
+
 def cancel_requested(job_id: str) -> bool:
     """True when the user cancelled or deleted the job."""
     row = Job.select(Job.cancel_requested).where(Job.id == job_id).first()
