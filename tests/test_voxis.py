@@ -334,3 +334,23 @@ def test_the_voxis_limit_is_a_setting(app):
     app.config["RATELIMIT_VOXIS"] = "2 per minute"
     http = app.test_client()
     assert [http.get("/api/health").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_cleanup_only_jobs_run_while_the_engine_is_paused(app, client, admin_headers, drain, noisy):
+    """The engine breaker pauses transcription, not audio cleanup; a cleanup that transcribes is refused."""
+    from app.extensions import configure_breaker, engine_breaker
+
+    with app.app_context():
+        engine_breaker.open()
+    try:
+        file_id = upload_id(client, admin_headers, noisy)
+        assert_error(process(client, admin_headers, file_id=file_id, transcribe=True), 503, "paused")
+        response = process(client, admin_headers, file_id=file_id)
+        assert response.status_code == 200, response.get_json()
+        drain()
+        status = client.get(f"/api/status/{response.get_json()['job_id']}", headers=admin_headers).get_json()
+        assert status["status"] == "complete"  # the VOXIS dialect's word
+    finally:
+        with app.app_context():
+            engine_breaker.close()
+        configure_breaker(app.config)

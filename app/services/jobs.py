@@ -80,10 +80,12 @@ def probe_upload(cfg: Mapping[str, Any], path: Path) -> audio.MediaInfo:
 
 
 def _check_request(cfg: Mapping[str, Any], model: str | None, task: str | None, language: str | None,
-                   prompt: str | None) -> tuple[str, str, str | None]:
-    ensure_accepting(engine_breaker)
+                   prompt: str | None, *, uses_engine: bool = True) -> tuple[str, str, str | None]:
     if prompt is not None and len(prompt) > 2000:
         raise AppError(400, "INVALID_PROMPT", "prompt is longer than 2000 characters")
+    if not uses_engine:  # audio cleanup only: neither the engine's pause nor a missing model concerns it
+        return (model or cfg["DEFAULT_MODEL"]).strip(), validate_task(task), validate_language(language)
+    ensure_accepting(engine_breaker)
     return validate_model(cfg, model), validate_task(task), validate_language(language)
 
 
@@ -113,8 +115,9 @@ def create_job(
     enqueue: bool = True,
 ) -> Job:
     """Turn a complete uploaded file into a queued job. On any error the file is removed."""
+    uses_engine = kind != "cleanup" or bool((options or {}).get("transcribe"))
     try:
-        model, task, language = _check_request(cfg, model, task, language, prompt)
+        model, task, language = _check_request(cfg, model, task, language, prompt, uses_engine=uses_engine)
         info = probe_upload(cfg, upload)
         job_id = uuid.uuid4().hex
         name = clean_filename(original_filename)
