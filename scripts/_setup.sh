@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared setup for scripts/run and scripts/test. Sourced, not run.
 # Everything is idempotent: a second run reuses .venv and the built models.
 set -euo pipefail
@@ -33,11 +34,13 @@ ensure_venv() {  # extras, e.g. "test,base"
         say "creating $VENV"
         "$python" -m venv "$VENV"
     fi
-    local stamp="$VENV/.installed-$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${extras//,/_}"
+    local digest stamp
+    digest="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+    stamp="$VENV/.installed-$digest-${extras//,/_}"
     if [ ! -f "$stamp" ]; then
         say "installing whisper-transcriber[$extras] into .venv"
         "$VENV/bin/pip" install -q --upgrade pip
-        "$VENV/bin/pip" install -q -e "$ROOT[$extras]"
+        "$VENV/bin/pip" install -q -e "${ROOT}[${extras}]"
         rm -f "$VENV"/.installed-*
         touch "$stamp"
     fi
