@@ -64,7 +64,7 @@ def test_list_pages_filters_and_previews(client, admin_headers, stub_engine, dra
     job = body["jobs"][0]
     assert set(job) >= {"job_id", "status", "filename", "model", "created_at", "completed_at", "duration",
                         "transcript_preview"}
-    assert job["transcript_preview"].startswith("word0")
+    assert job["transcript_preview"].startswith("word0") and job["error"] is None
     assert client.get("/api/jobs/?status=failed", headers=admin_headers).get_json()["total"] == 0
     later = client.get("/api/jobs/?created_after=2999-01-01T00:00:00Z", headers=admin_headers).get_json()
     assert later["total"] == 0
@@ -198,6 +198,8 @@ def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(client, ad
     drain()
     job = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
     assert job["status"] == "failed" and "truncated" in job["error"]
+    listed = client.get("/api/jobs/", headers=admin_headers).get_json()["jobs"]
+    assert [row["error"] for row in listed] == [job["error"]]  # the list says why, too
 
 
 def test_oversized_body_is_413(app, admin_headers, client):

@@ -256,6 +256,23 @@ def test_phone_layout_and_readable_errors(chromium, live_server):
         requests.delete(f"{url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30)
 
 
+def test_a_failed_job_shows_why_in_its_row(chromium, live_server, tmp_path):
+    """A file cut short passes the upload check, fails in the worker, and the row says it is truncated."""
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes((AUDIO / "jfk.flac").read_bytes()[:60000])
+    job_id = live_server.submit(cut)
+    try:
+        with session(chromium, "failed") as page:
+            log_in(page, live_server.url)
+            row = job_row(page, job_id)
+            expect(row.locator(".badge")).to_have_text("failed", timeout=JOB_TIMEOUT)
+            expect(row.locator(".row-error")).to_contain_text("truncated")
+            expect(row.locator("[data-action=retry]")).to_be_visible()
+            shot(page, "10-failed-job")
+    finally:
+        requests.delete(f"{live_server.url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30)
+
+
 def test_admin_pages_show_stats_settings_users_keys_and_the_system_log(chromium, live_server):
     """Each admin page loads its data; the system log streams; keys can be created and revoked."""
     url = live_server.url

@@ -205,6 +205,7 @@ def summary(job: Job) -> dict[str, Any]:
         "task": job.task, "stage": job.stage, "progress": round(job.progress, 1),
         "created_at": isoformat(job.created_at), "completed_at": isoformat(job.completed_at),
         "duration": job.duration, "transcript_preview": preview or None,
+        "error": job.error if job.status == "failed" else None,
     }
 
 

@@ -36,7 +36,7 @@
       "aria-label": "Progress of " + job.filename }, WT.el("span"));
     const tr = WT.el("tr", { "data-job-id": job.job_id },
       cell("File", WT.el("a", { href: "/ui/jobs/" + encodeURIComponent(job.job_id) }, job.filename)),
-      cell("Status", WT.el("span", { class: "badge" })),
+      cell("Status", WT.el("span", { class: "badge" }), WT.el("div", { class: "row-error small", hidden: true })),
       WT.el("td", { "data-label": "Progress", class: "progress-cell" },
         WT.el("div", { class: "progress-row" }, bar, WT.el("span", { class: "progress-label" }))),
       cell("Length", ""), cell("Model", job.model), cell("Created", WT.when(job.created_at)),
@@ -51,6 +51,9 @@
     const badge = statusCell.firstChild;
     badge.className = "badge status-" + job.status;
     badge.textContent = job.status;
+    const reason = statusCell.querySelector(".row-error");
+    reason.textContent = job.error || "";
+    reason.hidden = !job.error;
     const bar = progressCell.querySelector(".bar");
     bar.firstChild.style.width = pct + "%";
     bar.setAttribute("aria-valuenow", pct);
