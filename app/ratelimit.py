@@ -4,7 +4,9 @@ Every request (except health probes) passes two application-wide flask-limiter l
 
 - ``principal``: anonymous callers ``RATELIMIT_ANON`` per client address, users ``RATELIMIT_USER``
   per user, API keys their own ``requests_per_minute`` and ``daily_quota`` per key;
-- ``admin``: ``/admin/*`` additionally ``RATELIMIT_ADMIN`` per caller.
+- ``admin``: ``/admin/*`` additionally ``RATELIMIT_ADMIN`` per caller;
+- ``chunks``: chunks of a chunked upload count against ``RATELIMIT_CHUNKS`` per caller instead of
+  ``principal``, because a big file sent in small chunks is one upload, not hundreds of requests' worth of work.
 
 Failed logins are counted apart from those, per client address and username (``RATELIMIT_LOGIN_FAILURES``);
 only failures count, and once they are used up even the right password gets a 429 until the window ends.
@@ -27,7 +29,8 @@ from app.security import Principal, current_principal
 if TYPE_CHECKING:
     from flask_limiter import Limiter
 
-LIMIT_SETTINGS = ("RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_LOGIN_FAILURES")
+LIMIT_SETTINGS = ("RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_CHUNKS", "RATELIMIT_LOGIN_FAILURES")
+CHUNK_ENDPOINT = "chunked_uploads.upload_chunk"
 ADMIN_PREFIX = "/admin"
 _LOGIN_SCOPE = "login-failures"
 _OVERRIDE = "rate_limit_headers"  # g key: headers of a 429 this module raised itself
@@ -76,6 +79,16 @@ def admin_limit() -> str:
     return current_app.config["RATELIMIT_ADMIN"]
 
 
+def chunk_limit() -> str:
+    """The limit on chunks of chunked uploads."""
+    return current_app.config["RATELIMIT_CHUNKS"]
+
+
+def is_chunk_upload() -> bool:
+    """True for a request that sends one chunk of a chunked upload."""
+    return request.endpoint == CHUNK_ENDPOINT
+
+
 def is_admin_path() -> bool:
     """True for ``/admin`` and everything below it."""
     return request.path == ADMIN_PREFIX or request.path.startswith(ADMIN_PREFIX + "/")
@@ -93,8 +106,11 @@ APPLICATION_LIMITS = [
     ApplicationLimit(limit_provider=admin_limit, key_function=rate_limit_key, scope="admin",
                      exempt_when=lambda: not is_admin_path(),
                      error_message="Rate limit for administration endpoints exceeded; see Retry-After"),
+    ApplicationLimit(limit_provider=chunk_limit, key_function=rate_limit_key, scope="chunks",
+                     exempt_when=lambda: not is_chunk_upload(),
+                     error_message="Too many upload chunks; retry after the number of seconds in Retry-After"),
     ApplicationLimit(limit_provider=principal_limit, key_function=rate_limit_key, scope="principal",
-                     error_message=_breach_message),
+                     exempt_when=is_chunk_upload, error_message=_breach_message),
 ]
 
 

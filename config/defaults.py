@@ -35,6 +35,7 @@ RATELIMIT_ENABLED = True
 RATELIMIT_ANON = "60 per minute"  # per client address
 RATELIMIT_USER = "300 per minute"  # per user; also API keys without their own limit
 RATELIMIT_ADMIN = "100 per minute"  # /admin/* per caller, on top of the above
+RATELIMIT_CHUNKS = "3000 per minute"  # chunks of chunked uploads per caller (8 MiB chunks: ~3 GiB/s)
 RATELIMIT_LOGIN_FAILURES = "10 per minute"  # failed logins per client address and username
 RATELIMIT_VOXIS = "30 per minute"  # the VOXIS API (/api/upload, /api/process, ...) per client address, shared
 TRUSTED_PROXIES = 0  # reverse proxies in front of the app; X-Forwarded-For is honoured only when > 0

@@ -129,6 +129,19 @@ def test_admin_endpoints_have_their_own_limit(app, http, admin_headers):
     assert http.get("/auth/me", headers=admin_headers).status_code == 200
 
 
+def test_upload_chunks_count_against_their_own_limit_not_the_user_limit(app, http, admin_headers):
+    """A file in many chunks is not throttled like many API calls; the chunk limit still holds."""
+    from tests.test_chunked_uploads import AUDIO_BYTES, initialize, parts, send
+
+    app.config.update(RATELIMIT_USER="3 per minute", RATELIMIT_CHUNKS="5 per minute")
+    session_id = initialize(http, admin_headers).get_json()["session_id"]  # 1 of the user's 3
+    chunks = parts(AUDIO_BYTES, 100_000)
+    assert [send(http, admin_headers, session_id, n, chunks[n]).status_code for n in range(5)] == [200] * 5
+    assert_429(send(http, admin_headers, session_id, 5, chunks[5]), 5)
+    assert [http.get("/api/jobs/", headers=admin_headers).status_code for _ in range(2)] == [200, 200]
+    assert_429(http.get("/api/jobs/", headers=admin_headers), 3)
+
+
 def test_health_is_exempt(app, http):
     """Probes never count and never get limited."""
     app.config["RATELIMIT_ANON"] = "1 per minute"
@@ -245,7 +258,8 @@ def test_fixture_apps_start_with_empty_counters(app, http):
     assert http.get("/auth/me").headers["X-RateLimit-Remaining"] == "59"
 
 
-@pytest.mark.parametrize("name", ["RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_LOGIN_FAILURES"])
+@pytest.mark.parametrize("name", ["RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_CHUNKS",
+                                  "RATELIMIT_LOGIN_FAILURES"])
 def test_unparseable_limit_refuses_to_start(make_app, name):
     """A typo in a limit fails at start, not on the first request."""
     with pytest.raises(RuntimeError, match=name):
