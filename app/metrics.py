@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from app.models import Job, db
+from app.models import Job
+from app.services import totals
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -26,7 +27,6 @@ bp = Blueprint("metrics", __name__)
 REGISTRY = CollectorRegistry()
 # Methods outside this set share one label value, so made-up methods cannot grow the series.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 HTTP_REQUESTS = Counter(
     "whisper_http_requests_total", "Total number of HTTP requests processed",
@@ -48,7 +48,7 @@ class JobCollector(Collector):
                                 value=1.0 if worker_alive() else 0.0)
         try:
             counts = Job.counts_by_status()
-            audio, rtf_count, rtf_sum, *cumulative = db.execute_sql(_TOTALS_SQL).fetchone()
+            done = totals.read()
         except Exception:
             log.exception("metrics: cannot read jobs")
             return
@@ -57,22 +57,16 @@ class JobCollector(Collector):
             jobs.add_metric([status], n)
         yield jobs
         yield GaugeMetricFamily("whisper_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0))
-        # Sums over completed jobs still on record: deleting old jobs lowers them (seen as a counter reset).
+        # Stored running totals (app/services/totals.py): deleting old jobs does not lower them.
+        yield CounterMetricFamily("whisper_jobs_completed", "Jobs completed since the database was created",
+                                  value=done["jobs"])
         yield CounterMetricFamily("whisper_audio_seconds_transcribed", "Seconds of media in completed jobs",
-                                  value=audio or 0.0)
-        buckets = [(str(le), float(n or 0)) for le, n in zip(RTF_BUCKETS, cumulative, strict=True)]
-        buckets.append(("+Inf", float(rtf_count or 0)))
+                                  value=done["audio_seconds"])
+        buckets = [(str(le), float(n)) for le, n in zip(totals.RTF_BUCKETS, done["rtf_buckets"], strict=True)]
+        buckets.append(("+Inf", float(done["rtf_count"])))
         yield HistogramMetricFamily("whisper_realtime_factor",
                                     "Processing seconds per second of media, per completed job",
-                                    buckets=buckets, sum_value=rtf_sum or 0.0)
-
-
-_TOTALS_SQL = (
-    "SELECT SUM(duration), COUNT(rtf), SUM(rtf), "
-    + ", ".join(f"SUM(rtf <= {le})" for le in RTF_BUCKETS)
-    + " FROM (SELECT duration, CASE WHEN duration > 0 AND processing_seconds IS NOT NULL "
-    "THEN processing_seconds / duration END AS rtf FROM job WHERE status = 'completed')"
-)
+                                    buckets=buckets, sum_value=done["rtf_sum"])
 
 REGISTRY.register(JobCollector())
 ProcessCollector(registry=REGISTRY)

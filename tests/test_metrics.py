@@ -87,6 +87,39 @@ def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(client, ad
     assert buckets[-1] == (float("inf"), 2) and [v for _, v in buckets] == sorted(v for _, v in buckets)
 
 
+def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(client, admin_headers, stub_engine, drain):
+    """Retention cleanup deletes jobs; Prometheus must not see the totals go down."""
+    ids = [upload(client, admin_headers).get_json()["job_id"] for _ in range(2)]
+    drain()
+    before = scrape(client)
+    for job_id in ids:
+        assert client.delete(f"/api/jobs/{job_id}", headers=admin_headers).status_code == 200
+    after = scrape(client)
+    for name in ("whisper_jobs_completed_total", "whisper_audio_seconds_transcribed_total",
+                 "whisper_realtime_factor_count", "whisper_realtime_factor_sum"):
+        assert value(after, name) == value(before, name) > 0, name
+    assert value(after, "whisper_jobs_completed_total") == 2
+
+
+def test_totals_start_from_the_jobs_on_record_and_count_each_completion_once(app, client, admin_headers,
+                                                                              stub_engine, drain):
+    """A database from before the totals existed: the first read counts its completed jobs."""
+    from app.models import Setting
+    from app.services import totals
+
+    upload(client, admin_headers)
+    drain()
+    with app.app_context():
+        Setting.delete().where(Setting.key == totals.KEY).execute()  # as if written by an older version
+        assert totals.read()["jobs"] == 1
+        Setting.delete().where(Setting.key == totals.KEY).execute()
+    upload(client, admin_headers)
+    drain()  # this completion starts the totals from the one job on record, then adds itself
+    samples = scrape(client)
+    assert value(samples, "whisper_jobs_completed_total") == 2
+    assert 21 < value(samples, "whisper_audio_seconds_transcribed_total") < 23
+
+
 def test_worker_up_follows_the_heartbeat(client):
     """0 without a recent heartbeat, 1 with one."""
     from app.health import HEARTBEAT_KEY

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.models import Job, Segment, db, isoformat, utcnow
+from app.services import totals
 from app.services.jobs import submit, transcript
 from app.services.storage import Layout, atomic_write
 
@@ -74,11 +75,14 @@ def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, 
 
 def complete_job(job_id: str, processing_seconds: float) -> None:
     """Mark a job completed once every stage has finished."""
-    now = utcnow()
+    now, seconds = utcnow(), round(processing_seconds, 3)
     with db.atomic("IMMEDIATE"):
-        Job.update(status="completed", stage="completed", progress=100.0, completed_at=now, updated_at=now,
-                   error=None, processing_seconds=round(processing_seconds, 3)).where(
+        totals.prepare()  # first: totals started from the jobs on record must not include this one yet
+        changed = Job.update(status="completed", stage="completed", progress=100.0, completed_at=now,
+                             updated_at=now, error=None, processing_seconds=seconds).where(
             (Job.id == job_id) & (Job.status == "processing")).execute()
+        if changed:
+            totals.add_completion(Job.get_by_id(job_id).duration, seconds)
 
 
 def fail(job_id: str, reason: str) -> None:

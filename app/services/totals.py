@@ -1,0 +1,64 @@
+"""Running totals of completed work (audio seconds, real-time factors) that survive deleting jobs.
+
+Prometheus counters must never go down, but retention cleanup deletes old jobs; so each completion
+is added to a stored total in the same transaction that marks the job completed. The first use on a
+database without totals starts them from the completed jobs already on record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.models import Setting, db
+
+KEY = "totals.completed"
+RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)  # upper bounds of the histogram
+
+_FROM_JOBS_SQL = (
+    "SELECT COUNT(*), SUM(duration), COUNT(rtf), SUM(rtf), "
+    + ", ".join(f"SUM(rtf <= {le})" for le in RTF_BUCKETS)
+    + " FROM (SELECT duration, CASE WHEN duration > 0 AND processing_seconds IS NOT NULL "
+    "THEN processing_seconds / duration END AS rtf FROM job WHERE status = 'completed')"
+)
+
+
+def _from_jobs() -> dict[str, Any]:
+    jobs, audio, rtf_count, rtf_sum, *buckets = db.execute_sql(_FROM_JOBS_SQL).fetchone()
+    return {"jobs": jobs or 0, "audio_seconds": audio or 0.0, "rtf_count": rtf_count or 0, "rtf_sum": rtf_sum or 0.0,
+            "rtf_buckets": [n or 0 for n in buckets]}
+
+
+def _stored() -> dict[str, Any]:
+    """The stored totals, started from the jobs on record the first time. Call inside a write transaction."""
+    value = Setting.read(KEY)
+    if value is None:
+        value = _from_jobs()
+        Setting.write(KEY, value)
+    return value
+
+
+def prepare() -> None:
+    """Make sure the totals exist before a completion is recorded (inside the completing transaction)."""
+    _stored()
+
+
+def add_completion(duration: float | None, processing_seconds: float) -> None:
+    """Count one completed job (inside the transaction that marks it completed, after ``prepare``)."""
+    value = _stored()
+    value["jobs"] += 1
+    value["audio_seconds"] += duration or 0.0
+    if duration and duration > 0:
+        rtf = processing_seconds / duration
+        value["rtf_count"] += 1
+        value["rtf_sum"] += rtf
+        value["rtf_buckets"] = [n + (rtf <= le) for n, le in zip(value["rtf_buckets"], RTF_BUCKETS, strict=True)]
+    Setting.write(KEY, value)
+
+
+def read() -> dict[str, Any]:
+    """The totals: ``jobs``, ``audio_seconds``, ``rtf_count``, ``rtf_sum`` and cumulative ``rtf_buckets``."""
+    value = Setting.read(KEY)
+    if value is not None:
+        return value
+    with db.atomic("IMMEDIATE"):
+        return _stored()
