@@ -15,7 +15,8 @@ WebSockets authenticate before the handshake, so a refused socket gets the stand
 browsers, which cannot set headers on a WebSocket), the ``Authorization``/``X-API-Key`` headers, or the
 session cookie (same-origin only, against cross-site WebSocket hijacking). Each socket sends lines
 as text messages, pings every ``WS_PING_INTERVAL`` seconds, follows the file across rotation, and
-ends when the client leaves; a job's socket closes with 1000 once the job has finished.
+ends when the client leaves; a job's socket closes with 1000 once the job has finished, any socket
+with 1008 once its token or key is revoked or its user disabled (checked every ``RECHECK_SECONDS``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from app.security import (
     decode_token,
     login_required,
     principal_from_api_key,
+    still_valid,
 )
 from app.services import jobs
 from app.services.logfiles import LogFollower, confined_log_file, open_range, require_access_log
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("logs", __name__)
 
 POLL_SECONDS = 0.3  # how often a socket looks for new lines
+RECHECK_SECONDS = 10.0  # how often a socket checks that its credentials still hold
 FINISH_GRACE_SECONDS = 1.5  # the worker writes a job's last line just after it marks the job finished
 TAIL_LINES = 50  # lines a shared-log socket sends on connect (seed 003)
 MAX_TAIL = 10_000
@@ -238,11 +241,21 @@ def _finished_for(job_id: str) -> float | None:
     return (utcnow() - (row.completed_at or utcnow())).total_seconds()
 
 
-def stream(ws: Server, follower: LogFollower, job_id: str | None = None) -> None:
-    """Send the follower's lines until the client leaves or, for a job, until the job has finished."""
+def stream(ws: Server, follower: LogFollower, job_id: str | None = None,
+           authorized: Callable[[], bool] = lambda: True) -> None:
+    """Send the follower's lines until the client leaves or, for a job, until the job has finished.
+
+    ``authorized`` is asked every ``RECHECK_SECONDS``: a revoked token or key, or a disabled user, ends the socket.
+    """
     close_at: float | None = None
+    recheck_at = time.monotonic() + RECHECK_SECONDS
     try:
         while True:
+            if time.monotonic() >= recheck_at:
+                recheck_at = time.monotonic() + RECHECK_SECONDS
+                if not authorized():
+                    ws.close(reason=1008, message="credentials revoked")
+                    return
             last_round = close_at is not None and time.monotonic() >= close_at
             for line in follower.poll():
                 ws.send(line)
@@ -256,10 +269,14 @@ def stream(ws: Server, follower: LogFollower, job_id: str | None = None) -> None
             _idle(ws, POLL_SECONDS)
     except (ConnectionClosed, OSError):
         log.debug("log socket closed by the client")  # leaving is normal; the thread is free again
+    except Exception:  # flask-sock would leave the socket open without a close frame
+        log.exception("log socket failed")
+        ws.close(reason=1011, message="internal error")
 
 
 def _follow(ws: Server) -> None:
-    stream(ws, g.socket_follower, g.socket_job)
+    principal = g.principal
+    stream(ws, g.socket_follower, g.socket_job, authorized=lambda: still_valid(principal))
 
 
 @websocket("/ws/logs/<job_id>", _job_guard)

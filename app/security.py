@@ -218,6 +218,20 @@ def authenticate() -> Principal | None:
     return None
 
 
+def still_valid(principal: Principal) -> bool:
+    """True while the credentials a long-lived connection was opened with still hold (re-read from the database)."""
+    user = User.get_or_none(User.id == principal.user.id)
+    if user is None or not user.is_active:
+        return False
+    if principal.api_key is not None:
+        key = ApiKey.get_or_none(ApiKey.key_id == principal.api_key.key_id)
+        return key is not None and key.is_active and not (key.expires_at and key.expires_at < utcnow())
+    if principal.claims:
+        expired = principal.claims.get("exp", 0) < _epoch(utcnow())
+        return not expired and Token.find_live(principal.claims["jti"]) is not None
+    return True  # HTTP Basic: the password was checked at the handshake
+
+
 def current_principal(optional: bool = False) -> Principal | None:
     """The authenticated caller, cached for the request; 401 unless ``optional``."""
     if "principal" not in g:

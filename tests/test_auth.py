@@ -330,3 +330,24 @@ def test_users_see_only_their_own_jobs_and_exports_and_admins_see_all(app, clien
     assert c.get(f"/api/jobs/{job_id}", headers=admin_headers).status_code == 200
     assert c.get(f"/api/export/download/{job_id}/srt", headers=admin_headers).status_code == 200
     assert c.get(f"/api/jobs/{job_id}", headers=alice).get_json()["status"] == "completed"
+
+
+def test_still_valid_follows_revocation_expiry_and_disabled_users(app, client, admin_headers):
+    """What long-lived sockets re-check: the token or key is still live and the user still active."""
+    from app.models import ApiKey, Token, User
+    from app.security import Principal, decode_token, principal_from_api_key, still_valid
+
+    token = admin_headers["Authorization"].removeprefix("Bearer ")
+    key = client.post("/api/api-keys/", headers=admin_headers,
+                      json={"name": "socket", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    with app.test_request_context():
+        user, claims = decode_token(token)
+        by_token = Principal(user, frozenset(), "jwt", claims=claims)
+        by_key = principal_from_api_key(key)
+        assert still_valid(by_token) and still_valid(by_key)
+        assert not still_valid(Principal(user, frozenset(), "jwt", claims={**claims, "exp": 1}))
+        Token.revoke(claims["jti"])
+        ApiKey.update(is_active=False).where(ApiKey.key_id == by_key.api_key.key_id).execute()
+        assert not still_valid(by_token) and not still_valid(by_key)
+        User.update(is_active=False).where(User.id == user.id).execute()
+        assert not still_valid(Principal(user, frozenset(), "basic"))

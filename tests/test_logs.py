@@ -330,3 +330,53 @@ def test_follower_of_a_missing_file_starts_at_its_beginning(tmp_path):
     (tmp_path / "job.log").write_text("first\nsecond\n")
     assert follower.poll() == ["first", "second"]
     follower.close()
+
+
+class FakeSocket:
+    """Records what ``stream`` does to a socket; the client never sends anything."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, line: str) -> None:
+        self.sent.append(line)
+
+    def receive(self, timeout: float | None = None) -> None:
+        return None
+
+    def close(self, reason: int, message: str) -> None:
+        self.closed = (reason, message)
+
+
+class Lines:
+    """A follower with fixed lines, then an optional failure."""
+
+    def __init__(self, lines: list[str], fail: bool = False) -> None:
+        self.lines, self.fail = lines, fail
+
+    def poll(self) -> list[str]:
+        if self.fail and not self.lines:
+            raise RuntimeError("disk went away")
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def test_stream_closes_with_1008_once_credentials_are_revoked(monkeypatch):
+    from app import logs
+
+    monkeypatch.setattr(logs, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(logs, "POLL_SECONDS", 0.0)
+    answers = iter([True, False])
+    ws = FakeSocket()
+    logs.stream(ws, Lines(["one", "two"]), authorized=lambda: next(answers))
+    assert ws.sent == ["one", "two"] and ws.closed == (1008, "credentials revoked")
+
+
+def test_stream_closes_with_1011_instead_of_hanging_when_it_fails(monkeypatch):
+    from app import logs
+
+    monkeypatch.setattr(logs, "POLL_SECONDS", 0.0)
+    ws = FakeSocket()
+    logs.stream(ws, Lines(["one"], fail=True))
+    assert ws.sent == ["one"] and ws.closed == (1011, "internal error")

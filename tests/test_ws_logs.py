@@ -172,6 +172,17 @@ def test_bad_or_missing_credentials_are_refused_with_401(live_server):
     assert response.json()["error_code"] == "UNAUTHORIZED" and response.json()["request_id"]
 
 
+def test_logging_out_ends_an_open_socket_opened_with_that_token(live_server, tokens):
+    """The socket re-checks its credentials every few seconds: a revoked token closes it with 1008."""
+    fresh = requests.post(live_server.url + "/auth/login", json={"username": "logs-admin", "password": PASSWORD},
+                          timeout=30).json()["access_token"]
+    ws = connect(live_server, "/ws/logs/system?lines=0", fresh, query=True)
+    assert requests.post(live_server.url + "/auth/logout", headers=bearer(fresh), timeout=30).status_code == 200
+    _, closed = collect(ws, timeout=30)
+    assert closed is not None and closed.reason == 1008, closed
+    assert refused(live_server, "/ws/logs/system", fresh, query=True) == 401
+
+
 def test_processing_log_socket_follows_across_rotation(live_server, tokens):
     """Append, rotate (rename and new file), append: the client sees the lines after the rotation, and
     the worker writes its next job's lines into the new file."""
