@@ -38,15 +38,10 @@ from app.extensions import sock
 from app.logging_setup import LOG_FILES, logs_dir
 from app.models import FINISHED, Job, utcnow
 from app.security import (
-    API_KEY_PREFIX,
-    SCOPES,
-    USER_SCOPES,
     Principal,
     admin_required,
     current_principal,
-    decode_token,
     login_required,
-    principal_from_api_key,
     still_valid,
 )
 from app.services import jobs
@@ -133,18 +128,8 @@ slots = _Slots()
 _guards: dict[str, Callable[..., Any]] = {}
 
 
-def _principal_from_query(token: str) -> Principal:
-    if token.startswith(API_KEY_PREFIX):
-        return principal_from_api_key(token)
-    user, claims = decode_token(token)
-    return Principal(user, frozenset(SCOPES) if user.role == "admin" else USER_SCOPES, "jwt", claims=claims)
-
-
 def socket_principal(scope: str) -> Principal:
     """The caller of a WebSocket handshake: ``?token=``, then headers or cookie; 401/403 otherwise."""
-    token = request.args.get("token", "").strip()
-    if token:
-        g.principal = _principal_from_query(token)
     principal = current_principal()
     if principal.via == "cookie":
         # Browsers send cookies on cross-site WebSocket handshakes too, and CSRF tokens do not apply.

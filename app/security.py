@@ -197,8 +197,21 @@ def principal_from_basic(username: str, password: str) -> Principal:
     return Principal(user, _user_scopes(user), "basic")
 
 
+def _is_websocket_handshake() -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def authenticate() -> Principal | None:
-    """Resolve the caller from the headers or the session cookie; None when anonymous."""
+    """Resolve the caller from the headers or the session cookie; None when anonymous.
+
+    WebSocket handshakes may also carry ``?token=`` (a JWT or an API key): browsers cannot set headers on them.
+    """
+    query_token = request.args.get("token", "").strip() if _is_websocket_handshake() else ""
+    if query_token:
+        if query_token.startswith(API_KEY_PREFIX):
+            return principal_from_api_key(query_token)
+        user, claims = decode_token(query_token)
+        return Principal(user, _user_scopes(user), "jwt", claims=claims)
     api_key = request.headers.get("X-API-Key")
     bearer = _bearer()
     basic = request.authorization if request.authorization and request.authorization.type == "basic" else None

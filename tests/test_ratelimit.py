@@ -142,6 +142,17 @@ def test_upload_chunks_count_against_their_own_limit_not_the_user_limit(app, htt
     assert_429(http.get("/api/jobs/", headers=admin_headers), 3)
 
 
+def test_websocket_token_in_the_query_counts_against_its_user(http, admin_headers):
+    """Browsers put the token in ?token= on WebSocket handshakes; the handshake counts as that user."""
+    token = headers_for(http, admin_headers, "socket-user")["Authorization"].removeprefix("Bearer ")
+    handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    response = http.get(f"/ws/logs/system?token={token}", headers=handshake)
+    assert response.status_code == 403 and response.headers["X-RateLimit-Limit"] == "300"  # the user's limit
+    response = http.get(f"/auth/me?token={token}")  # not a handshake: tokens in URLs are for WebSockets only
+    assert response.status_code == 401 and response.headers["X-RateLimit-Limit"] == "60"
+
+
 def test_health_is_exempt(app, http):
     """Probes never count and never get limited."""
     app.config["RATELIMIT_ANON"] = "1 per minute"
