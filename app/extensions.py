@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pybreaker
 from flask_limiter import Limiter
 from flask_sock import Sock
@@ -18,6 +20,9 @@ from workers.engine import Aborted
 limiter = Limiter(key_func=rate_limit_key, headers_enabled=True, default_limits=[],
                   application_limits=APPLICATION_LIMITS, strategy="fixed-window")
 sock = Sock()
+# Set when Gunicorn asks this worker to stop (config/gunicorn.conf.py): log sockets and long polls
+# end at once instead of holding the shutdown for graceful_timeout (30 s).
+stopping = threading.Event()
 # Opens after repeated engine failures; a trial call after the timeout closes it again. Its state
 # lives in SQLite so the web process (which refuses new work) sees what the workers' engine did.
 # Cancellation and bad media are not engine failures.

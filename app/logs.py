@@ -34,7 +34,7 @@ from flask import Blueprint, Response, current_app, g, request
 from simple_websocket import ConnectionClosed, Server
 
 from app.errors import AppError, bad_request
-from app.extensions import sock
+from app.extensions import sock, stopping
 from app.logging_setup import LOG_FILES, logs_dir
 from app.models import FINISHED, Job, utcnow
 from app.security import (
@@ -236,6 +236,9 @@ def stream(ws: Server, follower: LogFollower, job_id: str | None = None,
     recheck_at = time.monotonic() + RECHECK_SECONDS
     try:
         while True:
+            if stopping.is_set():
+                ws.close(reason=1001, message="server stopping")
+                return
             if time.monotonic() >= recheck_at:
                 recheck_at = time.monotonic() + RECHECK_SECONDS
                 if not authorized():

@@ -24,3 +24,18 @@ errorlog = "-"
 loglevel = os.environ.get("WT_LOG_LEVEL", "info")
 # The app opens its database connections after fork; never preload it.
 preload_app = False
+
+
+def post_worker_init(worker):
+    """Tell long-lived requests about a graceful stop (SIGTERM) the moment it starts."""
+    import signal
+
+    from app.extensions import stopping
+
+    graceful_exit = signal.getsignal(signal.SIGTERM)  # Gunicorn's own handler, installed just before
+
+    def handle_term(signum, frame):
+        stopping.set()
+        graceful_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle_term)

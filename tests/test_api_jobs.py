@@ -110,6 +110,18 @@ def test_wait_gives_up_after_the_given_seconds(client, admin_headers):
     assert body["status"] == "queued" and time.monotonic() - started >= 0.9
 
 
+def test_wait_ends_when_the_server_stops(client, admin_headers):
+    """A stopping web process answers waiting requests with the job as it is."""
+    from app.extensions import stopping
+
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    stopping.set()
+    try:
+        assert client.get(f"/api/jobs/{job_id}?wait=60", headers=admin_headers).get_json()["status"] == "queued"
+    finally:
+        stopping.clear()
+
+
 def test_wait_answers_at_once_when_every_waiting_slot_is_taken(client, admin_headers, monkeypatch):
     """Waiting requests hold web threads, so past the limit a request does not wait."""
     from app.services import jobs as service

@@ -380,3 +380,17 @@ def test_stream_closes_with_1011_instead_of_hanging_when_it_fails(monkeypatch):
     ws = FakeSocket()
     logs.stream(ws, Lines(["one"], fail=True))
     assert ws.sent == ["one"] and ws.closed == (1011, "internal error")
+
+
+def test_stream_closes_with_1001_when_the_server_stops(monkeypatch):
+    from app import logs
+    from app.extensions import stopping
+
+    monkeypatch.setattr(logs, "POLL_SECONDS", 0.0)
+    ws = FakeSocket()
+    stopping.set()
+    try:
+        logs.stream(ws, Lines(["never sent"]))
+    finally:
+        stopping.clear()
+    assert ws.closed == (1001, "server stopping")

@@ -251,3 +251,26 @@ def _try_connect(live_server, token: str) -> Client | None:
         if exc.status_code == 503:
             return None
         raise
+
+
+def test_stopping_the_appliance_closes_open_sockets_and_long_polls_at_once(tmp_path):
+    """SIGTERM: a log socket gets 1001 and a waiting request its answer, instead of holding the stop for 30 s."""
+    import signal
+    import threading
+
+    from tests.conftest import launch_appliance
+
+    with launch_appliance(tmp_path / "data", "stop-with-sockets.log", WT_QUEUE_POLL_SECONDS="3600") as server:
+        ws = connect(server, "/ws/logs/system?lines=0", server.token, query=True)
+        job_id = upload(server, server.token, AUDIO / "jfk.flac")  # stays queued: the worker polls hourly
+        answers: list[requests.Response] = []
+        poll = threading.Thread(target=lambda: answers.append(
+            requests.get(f"{server.url}/api/jobs/{job_id}?wait=60", headers=server.headers(), timeout=90)))
+        poll.start()
+        time.sleep(1)  # both requests are now inside the server
+        server.process.send_signal(signal.SIGTERM)
+        _, closed = collect(ws, timeout=20)
+        assert closed is not None and closed.reason == 1001, closed
+        poll.join(timeout=20)
+        assert answers and answers[0].status_code == 200 and answers[0].json()["status"] == "queued"
+        server.process.wait(timeout=20)  # well before Gunicorn's 30 s graceful timeout

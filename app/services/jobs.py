@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import AppError, not_found
-from app.extensions import engine_breaker
+from app.extensions import engine_breaker, stopping
 from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
 from app.services.breaker import ensure_accepting
 from app.services.storage import Layout, clean_filename
@@ -250,13 +250,13 @@ def progress(job: Job) -> dict[str, Any]:
 
 
 def wait_finished(job_id: str, timeout: float, interval: float = WAIT_INTERVAL) -> Job | None:
-    """Block until the job is completed, failed or cancelled; None after ``timeout`` seconds."""
+    """Block until the job is completed, failed or cancelled; None after ``timeout`` seconds or on shutdown."""
     deadline = time.monotonic() + timeout
     while True:
         job = Job.get_or_none(Job.id == job_id)
         if job is None or job.status in FINISHED:
             return job
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or stopping.is_set():
             return None
         time.sleep(interval)
 
