@@ -139,6 +139,24 @@ def login():
                   registration=bool(current_app.config.get("ALLOW_REGISTRATION")))
 
 
+@bp.get("/ui/register")
+def register_page():
+    """Create an account, when ALLOW_REGISTRATION is on; a signed-in user goes straight on."""
+    if not current_app.config.get("ALLOW_REGISTRATION"):
+        return render("error.html", 404, user=None, title="Registration is off",
+                      message="Accounts on this appliance are created by an administrator.")
+    if session_user() is not None:
+        return redirect("/")
+    return render("register.html", user=None)
+
+
+@bp.get("/ui/account")
+@page()
+def account_page():
+    """The signed-in user's account: who they are, and a password change."""
+    return render("account.html")
+
+
 @bp.get("/")
 @page()
 def home():

@@ -36,6 +36,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
 PUBLIC_BLUEPRINTS = frozenset({"health", "metrics", "openapi"})
 PUBLIC_ENDPOINTS = frozenset({
     "auth.login", "auth.register", "compat_legacy.token", "compat_legacy.register", "voxis.health", "dashboard.login",
+    "dashboard.register_page",
 })
 _PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "uuid": {"type": "string", "format": "uuid"}}

@@ -65,14 +65,14 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def log_in(page, url: str, password: str = ADMIN_PASSWORD) -> None:
-    """Through the login page, as the admin."""
+def log_in(page, url: str, password: str = ADMIN_PASSWORD, username: str = "admin") -> None:
+    """Through the login page, as the admin (or another user)."""
     page.goto(url + "/")
     expect(page).to_have_url(re.compile(r"/login\?next=/"))
-    page.fill("#username", "admin")
+    page.fill("#username", username)
     page.fill("#password", password)
     page.click("#login-form button[type=submit]")
-    if password == ADMIN_PASSWORD:
+    if password == ADMIN_PASSWORD or username != "admin":
         expect(page).to_have_url(url + "/")
         expect(page.locator("#logout")).to_be_visible()
         # The nav shows before the scripts at the end of the body have run.
@@ -271,6 +271,53 @@ def test_a_failed_job_shows_why_in_its_row(chromium, live_server, tmp_path):
             shot(page, "10-failed-job")
     finally:
         requests.delete(f"{live_server.url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30)
+
+
+def test_a_user_changes_their_password_on_the_account_page(chromium, live_server):
+    """From the name in the top bar: a mismatch is caught in the page, then the change works for real."""
+    old, new = "browser-old-pass-1", "browser-new-pass-2"
+    created = live_server.post("/admin/users", json={"username": "pat", "password": old, "role": "user"})
+    assert created.status_code == 201, created.text
+    with session(chromium, "account") as page:
+        log_in(page, live_server.url, old, username="pat")
+        page.click(".who-name")
+        expect(page).to_have_url(live_server.url + "/ui/account")
+        page.fill("#current", old)
+        page.fill("#password", new)
+        page.fill("#confirm", new + "x")
+        page.click("#password-form button[type=submit]")
+        expect(page.locator("#form-error")).to_have_text("The two new passwords differ.")
+        page.fill("#confirm", new)
+        page.click("#password-form button[type=submit]")
+        expect(page.locator("#form-ok")).to_contain_text("Password changed")
+        shot(page, "11-account")
+        page.goto(live_server.url + "/")  # the session survives its own password change
+        expect(page.locator(".who-name")).to_have_text("pat")
+
+    def login(password: str) -> int:
+        return requests.post(live_server.url + "/auth/login", json={"username": "pat", "password": password},
+                             timeout=30).status_code
+
+    assert (login(old), login(new)) == (401, 200)
+
+
+def test_registration_page_creates_an_account_and_signs_in(chromium, tmp_path):
+    """With ALLOW_REGISTRATION on, the login page links to a form that ends on the dashboard."""
+    from tests.conftest import launch_appliance
+
+    with launch_appliance(tmp_path / "data", "register-server.log", ALLOW_REGISTRATION="true") as server, \
+            session(chromium, "register") as page:
+        page.goto(server.url + "/login")
+        page.click("text=Create one")
+        expect(page).to_have_url(server.url + "/ui/register")
+        page.fill("#username", "newcomer")
+        page.fill("#password", "newcomer-pass-123")
+        page.fill("#confirm", "newcomer-pass-123")
+        shot(page, "12-register")
+        page.click("#register-form button[type=submit]")
+        expect(page).to_have_url(server.url + "/")
+        expect(page.locator(".who-name")).to_have_text("newcomer")
+        expect(page.locator('.nav a[href="/ui/admin"]')).to_have_count(0)  # an ordinary user
 
 
 def test_admin_pages_show_stats_settings_users_keys_and_the_system_log(chromium, live_server):

@@ -14,7 +14,7 @@ from tests.conftest import ADMIN_PASSWORD
 from tests.helpers import AUDIO, MODELS_DIR
 
 APP_DIR = Path(__file__).resolve().parent.parent / "app"
-USER_PAGES = ["/", "/ui/keys"]
+USER_PAGES = ["/", "/ui/keys", "/ui/account"]
 ADMIN_PAGES = ["/ui/admin", "/ui/admin/files", "/ui/admin/settings", "/ui/admin/users"]
 PASSWORD = "user-password-123"
 # Attribute values that load or link something: all must stay on this origin.
@@ -128,6 +128,22 @@ def test_users_see_their_pages_without_the_admin_link(user, path):
     response = user.get(path)
     assert response.status_code == 200
     assert 'href="/ui/admin"' not in response.get_data(as_text=True)
+
+
+def test_account_page_shows_the_user_and_links_from_the_top_bar(user):
+    html = user.get("/ui/account").get_data(as_text=True)
+    assert "alice" in html and 'id="password-form"' in html and 'href="/ui/account"' in html
+
+
+def test_registration_page_only_when_registration_is_on(app, client, admin):
+    """404 with an explanation by default; with ALLOW_REGISTRATION a form, linked from the login page."""
+    response = client.get("/ui/register")
+    assert response.status_code == 404 and "created by an administrator" in response.get_data(as_text=True)
+    assert 'href="/ui/register"' not in client.get("/login").get_data(as_text=True)
+    app.config["ALLOW_REGISTRATION"] = True
+    assert 'id="register-form"' in client.get("/ui/register").get_data(as_text=True)
+    assert 'href="/ui/register"' in client.get("/login").get_data(as_text=True)
+    assert admin.get("/ui/register").status_code == 302  # already signed in
 
 
 def test_dashboard_offers_installed_models_and_highlights_a_job(admin, app):
