@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -68,7 +69,8 @@ def worker() -> None:
     Layout(settings["DATA_DIR"]).ensure()
     configure_logging(settings, "worker")
     models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
-    queue.bind(settings["DATA_DIR"])
+    poll = float(settings["QUEUE_POLL_SECONDS"])
+    queue.bind(settings["DATA_DIR"], poll)
     from app.supervisor import prepare_worker
 
     prepare_worker(settings)  # standby if unwanted; ENGINE_THREADS from the saved concurrency
@@ -76,13 +78,21 @@ def worker() -> None:
     configure_breaker(settings)
     pipeline.reconcile()
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
-    poll = float(settings["QUEUE_POLL_SECONDS"])
     consumer = queue.huey.create_consumer(workers=1, worker_type="thread", periodic=True,
                                           initial_delay=poll, max_delay=poll, backoff=1.0)
     from app.supervisor import watch_concurrency
 
     watch_concurrency(consumer, settings)  # threads changed: SIGHUP self, Huey restarts after the job
+    threading.Thread(target=_interrupt_on_stop, args=(consumer,), daemon=True, name="wake-on-stop").start()
     consumer.run()
+
+
+def _interrupt_on_stop(consumer: Any) -> None:
+    # An idle worker thread waits on queue.wake for up to QUEUE_POLL_SECONDS; stopping must not wait for that.
+    from workers import queue
+
+    consumer.stop_flag.wait()
+    queue.huey.storage.interrupt()
 
 
 @main.command()

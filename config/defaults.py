@@ -26,7 +26,7 @@ DEFAULT_MODEL = "tiny.en"
 ENGINE_THREADS = 0  # 0: all cores
 WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/concurrency
 MAX_ATTEMPTS = 3
-QUEUE_POLL_SECONDS = 0.05  # idle queue check; one cheap SQLite read
+QUEUE_POLL_SECONDS = 1.0  # idle workers look at the queue this often; an enqueue wakes them at once
 
 # Rate limits (flask-limiter strings, "N per minute;M per day"). memory:// suits the single Gunicorn
 # process; with more processes point RATELIMIT_STORAGE_URI at shared storage such as redis://host:6379.

@@ -168,7 +168,7 @@ def launch_appliance(data_dir: Path, log_name: str, *, library: Path | None = No
     port = free_port()
     full_env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
                 "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                "WT_QUEUE_POLL_SECONDS": "0.1", **({"WT_MEDIA_ROOTS": str(library)} if library else {}), **env}
+                **({"WT_MEDIA_ROOTS": str(library)} if library else {}), **env}
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / log_name, "wb")  # noqa: SIM115
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=full_env,

@@ -262,7 +262,9 @@ def test_stopping_the_appliance_closes_open_sockets_and_long_polls_at_once(tmp_p
 
     with launch_appliance(tmp_path / "data", "stop-with-sockets.log", WT_QUEUE_POLL_SECONDS="3600") as server:
         ws = connect(server, "/ws/logs/system?lines=0", server.token, query=True)
-        job_id = upload(server, server.token, AUDIO / "jfk.flac")  # stays queued: the worker polls hourly
+        # The idle worker waits on queue.wake for an hour; without the pipe nothing wakes it, so the job stays queued.
+        (server.data_dir / "queue.wake").unlink()
+        job_id = upload(server, server.token, AUDIO / "jfk.flac")
         answers: list[requests.Response] = []
         poll = threading.Thread(target=lambda: answers.append(
             requests.get(f"{server.url}/api/jobs/{job_id}?wait=60", headers=server.headers(), timeout=90)))

@@ -1,11 +1,19 @@
-"""The Huey queue: SQLite storage in its own file under the data dir.
+"""The Huey queue: SQLite storage in its own file under the data dir, with a wake-up pipe beside it.
 
 The instance exists at import so tasks can be declared; ``bind`` points it at a data
 dir once settings are known (the app factory and the worker command both call it).
+
+An idle worker does not poll SQLite many times a second: it waits on a FIFO (``queue.wake``)
+for up to ``QUEUE_POLL_SECONDS``, and every enqueue, from whichever process, writes a byte to
+it. A job submitted over HTTP is picked up at once, and an idle appliance stays idle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import stat
 from pathlib import Path
 
 from huey import SqliteHuey
@@ -14,11 +22,85 @@ from huey.storage import SqliteStorage
 huey = SqliteHuey("whisper-transcriber", filename=":memory:", results=False)
 
 
-def bind(data_dir: Path | str) -> None:
-    """Use ``<data dir>/queue.db`` for the queue."""
+class WakingSqliteStorage(SqliteStorage):
+    """Huey's SQLite storage whose empty ``dequeue`` waits for a wake-up byte instead of returning at once."""
+
+    blocking = True  # Huey's worker calls dequeue() again right away instead of sleeping between polls
+
+    def __init__(self, name: str, filename: str, poll: float = 1.0, **kwargs):
+        super().__init__(name, filename=filename, **kwargs)
+        self.poll = poll
+        self.fifo = Path(filename).with_suffix(".wake")
+        self._fds: tuple[int, int] | None = None  # (reader, writer) held by a consuming process
+        self._stopping = False
+
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        """Store the task, then wake one idle worker."""
+        super().enqueue(data, priority)
+        self.wake()
+
+    def dequeue(self) -> bytes | None:
+        """The next task; when there is none, wait up to ``poll`` seconds for a wake-up and look again."""
+        if self._stopping:
+            return None
+        data = super().dequeue()
+        if data is None and self._wait() and not self._stopping:
+            data = super().dequeue()
+        return data
+
+    def wake(self) -> None:
+        """Write one byte to the FIFO; nothing happens when no worker listens (or the pipe is full)."""
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader; ENOENT: no worker has made the FIFO yet
+            return
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):  # never append to a stray regular file
+                os.write(fd, b"\0")
+        except BlockingIOError:
+            pass  # a full pipe means the workers have wake-ups waiting already
+        finally:
+            os.close(fd)
+
+    def interrupt(self) -> None:
+        """End this process's wait at once and take no more tasks (the worker is stopping)."""
+        self._stopping = True
+        if self._fds is not None:  # its own writer: works even if the FIFO was removed
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._fds[1], b"\0")
+
+    def _wait(self) -> bool:
+        fds = self._open()
+        if fds is None:  # no FIFOs on this file system: plain polling
+            select.select([], [], [], self.poll)
+            return False
+        ready, _, _ = select.select([fds[0]], [], [], self.poll)
+        if ready:
+            with contextlib.suppress(BlockingIOError):  # another worker took the byte
+                os.read(fds[0], 4096)
+        return bool(ready)
+
+    def _open(self) -> tuple[int, int] | None:
+        if self._fds is None:
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkfifo(self.fifo, 0o600)
+                if not stat.S_ISFIFO(os.stat(self.fifo).st_mode):  # a stray file would always read as ready
+                    return None
+                reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+                # Holding a writer too keeps select() from reporting end-of-file whenever no one else writes.
+                self._fds = (reader, os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                return None
+        return self._fds
+
+
+def bind(data_dir: Path | str, poll: float = 1.0) -> None:
+    """Use ``<data dir>/queue.db`` for the queue; idle workers look at it at least every ``poll`` seconds."""
     path = Path(data_dir) / "queue.db"
     if getattr(huey.storage, "filename", None) != str(path):
-        huey.storage = SqliteStorage(huey.name, filename=str(path), timeout=15)
+        huey.storage = WakingSqliteStorage(huey.name, filename=str(path), poll=poll, timeout=15)
+    huey.storage.poll = poll
 
 
 def pending_job_ids() -> set[str]:
