@@ -72,9 +72,9 @@ def read_concurrency(settings: dict[str, Any]) -> dict[str, int]:
 # ------------------------------------------------------------------ worker registry
 
 
-def record_worker() -> None:
-    """Write this worker's registry entry: pid, start time, threads and the time of this beat."""
-    proc = psutil.Process()
+def record_worker(proc: psutil.Process | None = None) -> None:
+    """Write a worker's registry entry (this process by default): pid, start time, threads, time of this beat."""
+    proc = proc or psutil.Process()
     entry = {"pid": proc.pid, "created": round(proc.create_time(), 2), "beat": time.time(), "threads": _threads}
     huey.storage.put_data(f"{WORKER_KEY_PREFIX}{proc.pid}", json.dumps(entry).encode())
 

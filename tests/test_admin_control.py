@@ -6,12 +6,10 @@ restarting, rescaling and shutting down never disturb the shared ``live_server``
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -19,6 +17,7 @@ import pytest
 import requests
 
 from app.models import AuditLog, Setting
+from app.supervisor import record_worker
 from tests.conftest import LiveServer, launch_appliance
 from tests.helpers import AUDIO, assert_error, wait_for
 
@@ -125,14 +124,11 @@ def test_server_control_without_gunicorn_is_503(app, client, admin_headers, path
 
 def test_restart_sends_sighup_to_gunicorn_and_workers_after_answering(app, client, admin_headers, fakes):
     """Without a supervisor: SIGHUP to the master and to every registered worker, once the answer is sent."""
-    from workers.queue import huey
-
     data = control(app)
     master, master_signals = fakes("gunicorn")
     worker, worker_signals = fakes("worker")
     (data / "gunicorn.pid").write_text(f"{master.pid}\n")
-    entry = {"pid": worker.pid, "created": round(worker.create_time(), 2), "beat": time.time(), "threads": 0}
-    huey.storage.put_data(f"worker:{worker.pid}", json.dumps(entry).encode())
+    record_worker(worker)
     response = client.post("/admin/restart", headers=admin_headers)
     assert response.status_code == 200 and response.get_json()["mode"] == "direct"
     assert response.get_json()["workers"] == [worker.pid]
@@ -144,14 +140,11 @@ def test_restart_sends_sighup_to_gunicorn_and_workers_after_answering(app, clien
 
 def test_shutdown_without_supervisor_stops_workers_gently_and_gunicorn(app, client, admin_headers, fakes):
     """Direct mode (systemd): SIGINT to workers (they finish their job), SIGTERM to the master."""
-    from workers.queue import huey
-
     data = control(app)
     master, master_signals = fakes("gunicorn")
     worker, worker_signals = fakes("worker")
     (data / "gunicorn.pid").write_text(f"{master.pid}\n")
-    entry = {"pid": worker.pid, "created": round(worker.create_time(), 2), "beat": time.time(), "threads": 0}
-    huey.storage.put_data(f"worker:{worker.pid}", json.dumps(entry).encode())
+    record_worker(worker)
     response = client.post("/admin/shutdown", headers=admin_headers)
     assert response.status_code == 200 and response.get_json()["mode"] == "direct"
     response.close()
