@@ -201,6 +201,14 @@ def _is_websocket_handshake() -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
+def _principal_from_bearer(token: str) -> Principal:
+    """A bearer credential: an API key (``wt_…``) or a JWT."""
+    if token.startswith(API_KEY_PREFIX):
+        return principal_from_api_key(token)
+    user, claims = decode_token(token)
+    return Principal(user, _user_scopes(user), "jwt", claims=claims)
+
+
 def authenticate() -> Principal | None:
     """Resolve the caller from the headers or the session cookie; None when anonymous.
 
@@ -208,10 +216,7 @@ def authenticate() -> Principal | None:
     """
     query_token = request.args.get("token", "").strip() if _is_websocket_handshake() else ""
     if query_token:
-        if query_token.startswith(API_KEY_PREFIX):
-            return principal_from_api_key(query_token)
-        user, claims = decode_token(query_token)
-        return Principal(user, _user_scopes(user), "jwt", claims=claims)
+        return _principal_from_bearer(query_token)
     api_key = request.headers.get("X-API-Key")
     bearer = _bearer()
     basic = request.authorization if request.authorization and request.authorization.type == "basic" else None
@@ -219,11 +224,8 @@ def authenticate() -> Principal | None:
         return principal_from_basic(basic.username or "", basic.password or "")
     if api_key:
         return principal_from_api_key(api_key.strip())
-    if bearer and bearer.startswith(API_KEY_PREFIX):
-        return principal_from_api_key(bearer)
     if bearer:
-        user, claims = decode_token(bearer)
-        return Principal(user, _user_scopes(user), "jwt", claims=claims)
+        return _principal_from_bearer(bearer)
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         user, claims = decode_token(cookie)

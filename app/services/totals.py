@@ -37,14 +37,13 @@ def _stored() -> dict[str, Any]:
     return value
 
 
-def prepare() -> None:
-    """Make sure the totals exist before a completion is recorded (inside the completing transaction)."""
-    _stored()
+def before_completion() -> dict[str, Any]:
+    """The totals, read (and if need be started) inside the completing transaction before the job is marked."""
+    return _stored()
 
 
-def add_completion(duration: float | None, processing_seconds: float) -> None:
-    """Count one completed job (inside the transaction that marks it completed, after ``prepare``)."""
-    value = _stored()
+def add_completion(value: dict[str, Any], duration: float | None, processing_seconds: float) -> None:
+    """Count one completed job into ``value`` (from ``before_completion``) and store it, in the same transaction."""
     value["jobs"] += 1
     value["audio_seconds"] += duration or 0.0
     if duration and duration > 0:

@@ -77,12 +77,12 @@ def complete_job(job_id: str, processing_seconds: float) -> None:
     """Mark a job completed once every stage has finished."""
     now, seconds = utcnow(), round(processing_seconds, 3)
     with db.atomic("IMMEDIATE"):
-        totals.prepare()  # first: totals started from the jobs on record must not include this one yet
+        done = totals.before_completion()  # first: totals started from the jobs on record must not count this one
         changed = Job.update(status="completed", stage="completed", progress=100.0, completed_at=now,
                              updated_at=now, error=None, processing_seconds=seconds).where(
             (Job.id == job_id) & (Job.status == "processing")).execute()
         if changed:
-            totals.add_completion(Job.get_by_id(job_id).duration, seconds)
+            totals.add_completion(done, Job.get_by_id(job_id).duration, seconds)
 
 
 def fail(job_id: str, reason: str) -> None:
