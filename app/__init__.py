@@ -50,7 +50,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
     from workers import queue
 
-    queue.bind(settings["DATA_DIR"])
+    queue.bind(settings["DATA_DIR"], float(settings["QUEUE_POLL_SECONDS"]))
 
     configure_breaker(settings)
     limiter.init_app(app)

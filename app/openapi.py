@@ -21,6 +21,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory, url_for
 from werkzeug.routing import Rule
 
+from app.services.jobs import MAX_WAIT_SECONDS
+
 bp = Blueprint("openapi", __name__)
 
 OPENAPI_VERSION = "3.0.3"  # what both bundled UIs render completely
@@ -57,8 +59,8 @@ STR_LIST = {"type": "array", "items": STR}
 _JOB_OPTIONS = {"model": STR, "language": STR, "task": {"type": "string", "enum": ["transcribe", "translate"]},
                 "prompt": STR}
 _WAIT = {"name": "wait", "in": "query", "required": False,
-         "description": "Seconds (0-60) to hold the answer until the job finishes",
-         "schema": {"type": "integer", "minimum": 0, "maximum": 60, "default": 0}}
+         "description": f"Seconds (0-{MAX_WAIT_SECONDS}) to hold the answer until the job finishes",
+         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0}}
 _CREATED_JOB = _obj(job_id=STR, status=STR, message=STR, filename=STR, model=STR, created_at=STR)
 
 

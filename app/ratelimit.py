@@ -1,6 +1,6 @@
 """Rate limits: who a request counts against, how much each kind of caller may do, and failed logins.
 
-Every request (except health probes) passes two application-wide flask-limiter limits:
+Every request (except health probes) passes these application-wide flask-limiter limits:
 
 - ``principal``: anonymous callers ``RATELIMIT_ANON`` per client address, users ``RATELIMIT_USER``
   per user, API keys their own ``requests_per_minute`` and ``daily_quota`` per key;
