@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import logging_setup, models
 from app.errors import register_error_handlers
-from app.extensions import configure_breaker, limiter, sock
+from app.extensions import SocketReaderThread, configure_breaker, limiter, sock
 from app.services.storage import Layout
 from app.settings import MIN_SECRET_LENGTH, ensure_secret_key, load_settings
 
@@ -43,7 +43,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if settings["TRUSTED_PROXIES"] > 0:  # only then is X-Forwarded-For the client address
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings["TRUSTED_PROXIES"], x_proto=settings["TRUSTED_PROXIES"])
     app.json.sort_keys = False
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": settings["WS_PING_INTERVAL"] or None})
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": settings["WS_PING_INTERVAL"] or None,
+                                                  "thread_class": SocketReaderThread})
 
     Layout(settings["DATA_DIR"]).ensure()
     logging_setup.init_app(app)  # JSON logs in $DATA_DIR/logs and the access log

@@ -20,6 +20,16 @@ from workers.engine import Aborted
 limiter = Limiter(key_func=rate_limit_key, headers_enabled=True, default_limits=[],
                   application_limits=APPLICATION_LIMITS, strategy="fixed-window")
 sock = Sock()
+
+
+class SocketReaderThread(threading.Thread):
+    """simple_websocket's per-socket reader. A daemon: after the server closes a socket it waits for the
+    client's reply for up to a ping interval, and a stopping web worker must not wait for a silent client."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, daemon=True, **kwargs)
+
+
 # Set when Gunicorn asks this worker to stop (config/gunicorn.conf.py): log sockets and long polls
 # end at once instead of holding the shutdown for graceful_timeout (30 s).
 stopping = threading.Event()

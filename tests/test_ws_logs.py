@@ -262,6 +262,7 @@ def test_stopping_the_appliance_closes_open_sockets_and_long_polls_at_once(tmp_p
 
     with launch_appliance(tmp_path / "data", "stop-with-sockets.log", WT_QUEUE_POLL_SECONDS="3600") as server:
         ws = connect(server, "/ws/logs/system?lines=0", server.token, query=True)
+        silent = silent_socket(server, f"/ws/logs/system?lines=0&token={server.token}")  # never answers a close
         # The idle worker waits on queue.wake for an hour; without the pipe nothing wakes it, so the job stays queued.
         (server.data_dir / "queue.wake").unlink()
         job_id = upload(server, server.token, AUDIO / "jfk.flac")
@@ -275,4 +276,15 @@ def test_stopping_the_appliance_closes_open_sockets_and_long_polls_at_once(tmp_p
         assert closed is not None and closed.reason == 1001, closed
         poll.join(timeout=20)
         assert answers and answers[0].status_code == 200 and answers[0].json()["status"] == "queued"
-        server.process.wait(timeout=20)  # well before Gunicorn's 30 s graceful timeout
+        server.process.wait(timeout=20)  # well before Gunicorn's 30 s graceful timeout or the 25 s ping
+        silent.close()
+
+
+def silent_socket(server, path: str) -> socket.socket:
+    """A WebSocket handshake by hand, then silence: the client that never replies to the server's close."""
+    host, port = server.url.removeprefix("http://").split(":")
+    raw = socket.create_connection((host, int(port)), timeout=30)
+    raw.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+    return raw
