@@ -205,7 +205,7 @@ def users_create(username: str, password: str, email: str | None, admin: bool) -
 @click.option("--runs", default=3, help="Runs per clip; the median is reported.")
 @click.option("--audio-dir", type=click.Path(exists=True, file_okay=False), default=None)
 def bench(model: str, runs: int, audio_dir: str | None) -> None:
-    """Time the bare engine and the running appliance on the shared clips."""
+    """Time the bare engine and the running appliance on the shipped clips."""
     from workers.bench import run_bench
 
     run_bench(model=model, runs=runs, audio_dir=Path(audio_dir) if audio_dir else None, echo=click.echo)

@@ -12,18 +12,28 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("WT_SHARED_DIR", ROOT.parent / "shared"))
-AUDIO = SHARED / "audio"
+AUDIO = ROOT / "tests" / "data"  # the clips the suite needs, shipped with the repository
+# Optional extra clips beside the repository; a test that wants one skips when it is absent.
+EXTRA_AUDIO = Path(os.environ.get("WT_SHARED_DIR", ROOT.parent / "shared")) / "audio"
 MODELS_DIR = Path(os.environ.get("WT_MODELS_DIR", ROOT / "data" / "models"))
 OUTPUT = ROOT / "test-output"
 
 
 def manifest() -> dict[str, dict[str, Any]]:
-    """The shared clips by file name."""
+    """The shipped clips by file name."""
     data = json.loads((AUDIO / "manifest.json").read_text())
     return {clip["file"]: clip for clip in data["clips"]}
+
+
+def extra_clip(name: str) -> Path:
+    """An optional clip from ``../shared/audio``; skips the calling test when it is not there."""
+    path = EXTRA_AUDIO / name
+    if not path.is_file():
+        pytest.skip(f"optional clip {name} not found in {EXTRA_AUDIO}")
+    return path
 
 
 def reference(name: str, key: str = "reference") -> str:

@@ -257,7 +257,7 @@ def test_shutdown_lets_the_running_job_finish_and_keeps_queued_jobs(tmp_path):
     """`run` exits 0 once the running job has finished; the queued one waits and completes after a restart."""
     data_dir = tmp_path / "data"
     with appliance(data_dir, "shutdown") as server:
-        running = server.submit(AUDIO / "OSR_us_000_0034_8k.wav")
+        running = server.submit(AUDIO / "OSR_us_000_0034_8k.flac")
         wait_for(lambda: server.get(f"/api/progress/{running}").json()["stage"] == "transcribing", timeout=90)
         waiting = server.submit(AUDIO / "jfk.flac")
         response = server.post("/admin/shutdown")

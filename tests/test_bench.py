@@ -20,7 +20,7 @@ def test_bench_reports_times_ratios_and_worker_rss_for_both_clips(tmp_path):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     number = r"\s+(\d+\.\d+)"
-    for clip, seconds in (("jfk.flac", 11.0), ("OSR_us_000_0034_8k.wav", 35.5)):
+    for clip, seconds in (("jfk.flac", 11.0), ("OSR_us_000_0034_8k.flac", 35.5)):
         row = re.search(re.escape(clip) + number * 6, result.stdout)
         assert row, result.stdout
         length, bare, served, bare_rtf, served_rtf, ratio = (float(v) for v in row.groups())

@@ -27,9 +27,9 @@ def test_jfk_upload_transcribes_within_ten_percent_wer(live_server):
 
 def test_telephone_band_osr_clip_transcribes_within_fifteen_percent_wer(live_server):
     """35.5 s of 8 kHz speech: resampled by ffmpeg, timestamps run to the end."""
-    job = live_server.wait(live_server.submit(AUDIO / "OSR_us_000_0034_8k.wav"))
+    job = live_server.wait(live_server.submit(AUDIO / "OSR_us_000_0034_8k.flac"))
     assert job["status"] == "completed", job
-    assert wer(reference("OSR_us_000_0034_8k.wav"), job["transcript"]["text"]) <= 0.15
+    assert wer(reference("OSR_us_000_0034_8k.flac"), job["transcript"]["text"]) <= 0.15
     assert job["transcript"]["segments"][-1]["end"] > 25
 
 
@@ -74,7 +74,7 @@ def test_initial_prompt_is_accepted_and_steers_vocabulary(live_server):
 
 def test_cancel_of_a_running_job_discards_partial_text(live_server, tmp_path):
     """The abort callback stops whisper.cpp; the job ends cancelled with no transcript."""
-    long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.wav", tmp_path / "long.wav", 8)
+    long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.flac", tmp_path / "long.wav", 8)
     job_id = live_server.submit(long)
     wait_for(lambda: live_server.get(f"/api/progress/{job_id}").json()["stage"] == "transcribing", timeout=60)
     assert live_server.post(f"/api/jobs/{job_id}/cancel").status_code == 200
@@ -89,7 +89,7 @@ def _worker_process(live_server) -> psutil.Process:
 
 def test_worker_killed_mid_job_loses_nothing(live_server, tmp_path):
     """SIGKILL the worker while it transcribes: `run` restarts it and the job completes."""
-    long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.wav", tmp_path / "long.wav", 4)
+    long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.flac", tmp_path / "long.wav", 4)
     job_id = live_server.submit(long)
     progress = wait_for(lambda: (p := live_server.get(f"/api/progress/{job_id}").json())["stage"] == "transcribing"
                         and p, timeout=60)
@@ -100,14 +100,14 @@ def test_worker_killed_mid_job_loses_nothing(live_server, tmp_path):
     job = live_server.wait(job_id, timeout=300)
     assert job["status"] == "completed", job
     assert job["attempts"] == 2
-    expected = " ".join([reference("OSR_us_000_0034_8k.wav")] * 4)
+    expected = " ".join([reference("OSR_us_000_0034_8k.flac")] * 4)
     assert wer(expected, job["transcript"]["text"]) <= 0.15
     assert _worker_process(live_server).pid != victim.pid
 
 
 def test_progress_is_visible_while_a_job_runs(live_server, tmp_path):
     """The percent rises through transcribing before the job completes."""
-    long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.wav", tmp_path / "long.wav", 4)
+    long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.flac", tmp_path / "long.wav", 4)
     job_id = live_server.submit(long)
     seen: set[float] = set()
     deadline = time.monotonic() + 180

@@ -21,7 +21,7 @@ def whisper() -> engine.Engine:
 @pytest.fixture(scope="module")
 def osr():
     """35.5 s of telephone-band speech: two of whisper.cpp's 30 s windows."""
-    return audio.decode(AUDIO / "OSR_us_000_0034_8k.wav")
+    return audio.decode(AUDIO / "OSR_us_000_0034_8k.flac")
 
 
 def test_progress_comes_from_whisper_cpp_and_rises_to_100(whisper, osr, capfd):
@@ -30,7 +30,7 @@ def test_progress_comes_from_whisper_cpp_and_rises_to_100(whisper, osr, capfd):
     assert len(reported) >= 2 and reported == sorted(reported) and reported[-1] == 100.0
     assert any(0 < p < 100 for p in reported)  # a report between the windows, not just start and end
     assert "Progress:" not in capfd.readouterr().err  # the callback replaces whisper.cpp's own printing
-    assert wer(reference("OSR_us_000_0034_8k.wav"), result.text) <= 0.15
+    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
 
 
 def test_segments_arrive_through_the_callback_in_order_with_confidence(whisper):

@@ -1,4 +1,4 @@
-"""``whisper-transcriber bench``: the bare engine against the running appliance on the shared clips.
+"""``whisper-transcriber bench``: the bare engine against the running appliance on the clips the test suite ships.
 
 The appliance figure is wall time from HTTP submit to the job reading completed; the bare
 figure is ffmpeg decoding plus whisper.cpp in one process, which is the least any
@@ -26,7 +26,7 @@ import requests
 from app.settings import ROOT, load_settings
 from workers import audio, engine, modelstore
 
-CLIPS = ("jfk.flac", "OSR_us_000_0034_8k.wav")
+CLIPS = ("jfk.flac", "OSR_us_000_0034_8k.flac")
 BENCH_PASSWORD = "bench-password-123"
 
 
@@ -132,7 +132,7 @@ def run_bench(model: str, runs: int, audio_dir: Path | None, echo: Callable[[str
     model_file = modelstore.model_path(settings["MODELS_DIR"], model)
     if not model_file.exists():
         raise SystemExit(f"model {model} is not installed: whisper-transcriber models install {model}")
-    audio_dir = audio_dir or ROOT.parent / "shared" / "audio"
+    audio_dir = audio_dir or ROOT / "tests" / "data"  # the clips the test suite ships
     threads = int(settings["ENGINE_THREADS"]) or os.cpu_count() or 1
     clips = [audio_dir / name for name in CLIPS]
     echo(f"model {model}, {threads} threads, median of {runs} interleaved runs, warm model")

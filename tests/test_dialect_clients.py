@@ -1,13 +1,13 @@
-"""Acceptance: the seed documents' own client code runs unmodified against the live appliance.
+"""Acceptance: the API documents' own client code runs unmodified against the live appliance.
 
-- seed 002's Python client (``WhisperTranscriberClient``), read from the seed file at run time;
-- seed 000's curl example, run with the real ``curl`` binary.
+- the full-API document's Python client (``WhisperTranscriberClient``), copied verbatim into
+  ``tests/data/clients/full_api_client.py``;
+- the legacy API document's curl example (``tests/data/clients/legacy_api_curl.txt``), run with the real ``curl``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import threading
@@ -18,27 +18,18 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, SHARED, ffmpeg, reference, wait_for, wer
+from tests.helpers import AUDIO, ffmpeg, reference, wait_for, wer
 
 pytestmark = pytest.mark.e2e
 
-SEEDS = SHARED / "seeds"
+CLIENTS = AUDIO / "clients"
 MAX_WER = 0.10
 JOB_TIMEOUT = 300  # seconds; the machine may be busy with other test runs
 
 
-def seed_text(number: str) -> str:
-    """The text of seed document ``number`` (000, 001, 002 ...)."""
-    (path,) = sorted(SEEDS.glob(f"{number}_*.txt"))
-    return path.read_text()
-
-
 def python_client_source() -> str:
-    """Seed 002's Python integration example, up to (not including) its usage example."""
-    text = seed_text("002")
-    section = text[text.index("### Python Integration Example"):]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    return code[:code.index("# Usage example")]
+    """The full-API document's Python integration example, as shipped with the tests."""
+    return (CLIENTS / "full_api_client.py").read_text()
 
 
 def call_with_deadline(func, *args: Any, timeout: float, **kwargs: Any) -> Any:
@@ -61,11 +52,11 @@ def call_with_deadline(func, *args: Any, timeout: float, **kwargs: Any) -> Any:
     return outcome["value"]
 
 
-def test_seed_002_python_client_runs_unmodified(live_server):
+def test_full_api_python_client_runs_unmodified(live_server):
     """create_job then wait_for_completion with an API key; the transcript matches the reference."""
-    namespace: dict[str, Any] = {"__name__": "seed_002_client"}
-    exec(compile(python_client_source(), "seed-002-python-client", "exec"), namespace)  # noqa: S102
-    created = live_server.post("/api/api-keys/", json={"name": "seed 002 client",
+    namespace: dict[str, Any] = {"__name__": "full_api_client"}
+    exec(compile(python_client_source(), "full-api-python-client", "exec"), namespace)  # noqa: S102
+    created = live_server.post("/api/api-keys/", json={"name": "full API client",
                                                        "permissions": ["jobs:read", "jobs:create"]})
     assert created.status_code == 201, created.text
     client = namespace["WhisperTranscriberClient"](live_server.url, created.json()["api_key"])
@@ -77,7 +68,7 @@ def test_seed_002_python_client_runs_unmodified(live_server):
     assert wer(reference("jfk.flac"), done["transcript"]["text"]) <= MAX_WER
 
 
-def test_seed_000_curl_example_works_as_written(live_server, tmp_path: Path):
+def test_legacy_api_curl_example_works_as_written(live_server, tmp_path: Path):
     """The documented ``curl -F 'file=@audio.wav' .../jobs`` call, with a token from /token and a real wav."""
     ffmpeg("-i", str(AUDIO / "jfk.flac"), str(tmp_path / "audio.wav"))
     token = requests.post(live_server.url + "/token", data={"username": "admin", "password": ADMIN_PASSWORD},
@@ -85,7 +76,7 @@ def test_seed_000_curl_example_works_as_written(live_server, tmp_path: Path):
     assert token.status_code == 200, token.text
     bearer = token.json()["access_token"]
 
-    (line,) = [ln.strip() for ln in seed_text("000").splitlines() if ln.strip().startswith("curl ")]
+    line = (CLIENTS / "legacy_api_curl.txt").read_text().strip()
     command = line.replace("http://localhost:8000", live_server.url).replace("<token>", bearer)
     result = subprocess.run(shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             check=False)
