@@ -91,6 +91,9 @@ HINTS: dict[str, dict[str, Any]] = {
                                                             total_chunks=INT)),
     },
     "chunked_uploads.upload_chunk": {
+        "parameters": [{"name": "chunk_number", "in": "path", "required": True,
+                        "description": "The chunk's number, from 1 to total_chunks",
+                        "schema": {"type": "integer", "minimum": 1}}],
         "requestBody": {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}},
         "responses": _ok("200", "The chunk was stored", _obj(chunk_number=INT, received_size=INT, checksum=STR,
@@ -148,7 +151,11 @@ def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
         operation["description"] = ("WebSocket: connect with ws:// or wss://. " + operation.get("description", ""))
         operation["x-websocket"] = True
     hints = HINTS.get(rule.endpoint, {})
-    parameters += hints.get("parameters", [])
+    # A hint describes a parameter better than the rule does (a range, a description): it replaces the rule's.
+    hinted = hints.get("parameters", [])
+    replaced = {(h["name"], h["in"]) for h in hinted}
+    parameters = [p for p in parameters if (p["name"], p["in"]) not in replaced]
+    parameters += hinted
     if parameters:
         operation["parameters"] = parameters
     if "requestBody" in hints and method in ("post", "put", "patch"):

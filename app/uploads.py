@@ -1,4 +1,4 @@
-"""Chunked uploads (seed 002, File Management): initialize, send chunks, check progress, finalize."""
+"""Chunked uploads (the full API's file management): initialize, send chunks 1 to N, check progress, finalize."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def initialize():
 @bp.post("/<session_id>/chunks/<chunk_number>")
 @login_required("jobs:create")
 def upload_chunk(session_id: str, chunk_number: str):
-    """Send chunk ``chunk_number`` (from 0) as the raw body; sending a chunk again replaces it."""
+    """Send chunk ``chunk_number`` (1 to N) as the raw body; sending a chunk again replaces it."""
     session = service.get_session(g.user, session_id)
     try:
         number = int(chunk_number)

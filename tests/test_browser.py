@@ -150,7 +150,7 @@ def test_upload_watch_progress_read_transcript_download_and_delete(chromium, liv
 
 
 def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
-    """Forced through the chunked API in 256 KB chunks; chunk 2's first request is cut off and resent."""
+    """Forced through the chunked API in 48 KB chunks (1 to 5); chunk 3's first request is cut off and resent."""
     url = live_server.url
     with session(chromium, "chunked") as page:
         log_in(page, url)
@@ -161,7 +161,7 @@ def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
             return WT.sha256Fallback(data) === await WT.sha256(data.buffer); }""")
         assert same
         page.evaluate("() => Object.assign(document.getElementById('upload').dataset, "
-                      "{chunkThreshold: '1', chunkSize: String(256 * 1024)})")
+                      "{chunkThreshold: '1', chunkSize: String(48 * 1024)})")
         dropped: list[str] = []
         seen: list[str] = []
 
@@ -172,7 +172,7 @@ def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
             else:
                 route.continue_()
 
-        page.route(re.compile(r"/api/chunked-uploads/\w+/chunks/2$"), drop_once)
+        page.route(re.compile(r"/api/chunked-uploads/\w+/chunks/3$"), drop_once)
         page.on("request", lambda r: seen.append(f"{r.method} {r.url.removeprefix(url)}"))
         page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
         uploaded = page.locator(".upload-item.done")
@@ -182,7 +182,7 @@ def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
 
         assert len(dropped) == 1
         chunk_posts = [r for r in seen if re.fullmatch(r"POST /api/chunked-uploads/\w+/chunks/\d+", r)]
-        assert sorted(int(r.rsplit("/", 1)[1]) for r in chunk_posts) == [0, 1, 2, 2, 3, 4], chunk_posts
+        assert sorted(int(r.rsplit("/", 1)[1]) for r in chunk_posts) == [1, 2, 3, 3, 4, 5], chunk_posts
         assert any(re.fullmatch(r"GET /api/chunked-uploads/\w+", r) for r in seen), "no resume status request"
         assert any(r.endswith("/finalize") for r in seen)
 
@@ -197,11 +197,11 @@ def test_chunked_upload_resumes_after_a_reload(chromium, live_server):
     """An upload that stopped after two chunks continues from the third when the same file is chosen again."""
     url = live_server.url
     force_chunks = ("() => Object.assign(document.getElementById('upload').dataset, "
-                    "{chunkThreshold: '1', chunkSize: String(256 * 1024)})")
+                    "{chunkThreshold: '1', chunkSize: String(48 * 1024)})")
     with session(chromium, "chunked-reload") as page:
         log_in(page, url)
         page.evaluate(force_chunks)
-        refuse = re.compile(r"/api/chunked-uploads/\w+/chunks/[2-9]$")
+        refuse = re.compile(r"/api/chunked-uploads/\w+/chunks/[3-9]$")
         page.route(refuse, lambda route: route.fulfill(
             status=400, content_type="application/json",
             body='{"detail": "simulated refusal", "error_code": "TEST", "timestamp": "", "request_id": ""}'))
@@ -217,7 +217,7 @@ def test_chunked_upload_resumes_after_a_reload(chromium, live_server):
         page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
         uploaded = page.locator(".upload-item.done")
         expect(uploaded).to_have_count(1)
-        assert sent == [2, 3, 4], sent  # chunks 0 and 1 were already on the server
+        assert sent == [3, 4, 5], sent  # chunks 1 and 2 were already on the server
         job_id = uploaded.get_attribute("data-job-id")
         assert requests.delete(f"{url}/api/jobs/{job_id}", headers=live_server.headers(), timeout=30).ok
 

@@ -16,7 +16,7 @@ from tests.helpers import AUDIO
 from tests.test_api_jobs import assert_error
 
 BASE = "/api/chunked-uploads"
-CHUNK = 100_000
+CHUNK = 20_000  # jfk.flac (~200 kB) in about ten chunks
 AUDIO_BYTES = (AUDIO / "jfk.flac").read_bytes()
 
 
@@ -39,9 +39,9 @@ def parts(data: bytes = AUDIO_BYTES, size: int = CHUNK) -> list[bytes]:
 
 
 def start_upload(client, headers, data: bytes = AUDIO_BYTES, skip: tuple[int, ...] = ()) -> tuple[str, list[str]]:
-    """Initialize and send every chunk except ``skip``; the session id and the sha256 of every chunk."""
+    """Initialize and send every chunk (numbered from 1) except ``skip``; the session id and every chunk's sha256."""
     session_id = initialize(client, headers, size=len(data)).get_json()["session_id"]
-    for number, part in enumerate(parts(data)):
+    for number, part in enumerate(parts(data), start=1):
         if number not in skip:
             assert send(client, headers, session_id, number, part).status_code == 200
     return session_id, [hashlib.sha256(p).hexdigest() for p in parts(data)]
@@ -102,36 +102,50 @@ def test_chunked_upload_becomes_a_job_that_completes(client, admin_headers, app,
 
 
 def test_chunk_answer_has_size_sha256_and_progress(client, admin_headers):
-    """Progress is the percentage of chunks received."""
+    """Progress is the percentage of the file's bytes received; the last chunk is the short one."""
     session_id = initialize(client, admin_headers, size=250, chunk_size=100).get_json()["session_id"]
-    body = send(client, admin_headers, session_id, 2, b"z" * 50).get_json()
-    assert body == {"chunk_number": 2, "received_size": 50, "checksum": hashlib.sha256(b"z" * 50).hexdigest(),
-                    "progress": 33.33, "received_chunks": 1, "total_chunks": 3}
+    body = send(client, admin_headers, session_id, 3, b"z" * 50).get_json()
+    assert body == {"chunk_number": 3, "received_size": 50, "checksum": hashlib.sha256(b"z" * 50).hexdigest(),
+                    "progress": 20.0, "received_chunks": 1, "total_chunks": 3}
+
+
+def test_chunks_are_numbered_from_one_as_in_the_full_api_document(client, admin_headers):
+    """The document's example: the first of 100 chunks is chunk 1 and answers progress 1.0 (percent)."""
+    session_id = initialize(client, admin_headers, size=10_000, chunk_size=100).get_json()["session_id"]
+    first = send(client, admin_headers, session_id, 1, b"a" * 100)
+    assert first.status_code == 200 and first.get_json()["chunk_number"] == 1 and first.get_json()["progress"] == 1.0
+    assert send(client, admin_headers, session_id, 100, b"b" * 100).status_code == 200
+    assert_error(send(client, admin_headers, session_id, 0, b"c" * 100), 400, "INVALID_CHUNK_NUMBER")
+    body = client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()
+    assert body["received_chunks"] == [1, 100] and body["missing_chunks"] == list(range(2, 100))
 
 
 def test_resending_a_chunk_is_idempotent(client, admin_headers, app):
     """The same chunk twice gives the same answer and one file; new data replaces the old."""
     session_id = initialize(client, admin_headers, size=200, chunk_size=100).get_json()["session_id"]
-    first = send(client, admin_headers, session_id, 0, b"a" * 100).get_json()
-    assert send(client, admin_headers, session_id, 0, b"a" * 100).get_json() == first
-    assert sorted(p.name for p in chunk_dir(app, session_id).iterdir()) == ["0.part"]
-    replaced = send(client, admin_headers, session_id, 0, b"b" * 100).get_json()
+    first = send(client, admin_headers, session_id, 1, b"a" * 100).get_json()
+    assert send(client, admin_headers, session_id, 1, b"a" * 100).get_json() == first
+    assert sorted(p.name for p in chunk_dir(app, session_id).iterdir()) == ["1.part"]
+    replaced = send(client, admin_headers, session_id, 1, b"b" * 100).get_json()
     assert replaced["checksum"] == hashlib.sha256(b"b" * 100).hexdigest() and replaced["received_chunks"] == 1
 
 
 def test_status_lists_received_and_missing_chunks_for_resuming(client, admin_headers):
     """A client that lost its connection learns what to send again."""
-    session_id, checksums = start_upload(client, admin_headers, skip=(1, 3))
+    session_id, checksums = start_upload(client, admin_headers, skip=(2, 4))
     body = client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()
     total = len(checksums)
-    assert body["missing_chunks"] == [1, 3] and body["received_chunks"] == [n for n in range(total) if n not in (1, 3)]
-    assert body["chunks"][0] == {"chunk_number": 0, "size": CHUNK, "checksum": checksums[0]}
-    assert body["status"] == "open" and body["progress"] == round(100 * (total - 2) / total, 2)
+    assert body["missing_chunks"] == [2, 4]
+    assert body["received_chunks"] == [n for n in range(1, total + 1) if n not in (2, 4)]
+    assert body["chunks"][0] == {"chunk_number": 1, "size": CHUNK, "checksum": checksums[0]}
+    received = len(AUDIO_BYTES) - 2 * CHUNK
+    assert body["status"] == "open" and body["progress"] == round(100 * received / len(AUDIO_BYTES), 2)
+    assert body["received_size"] == received
 
 
 def test_delete_abandons_the_session_and_its_chunks(client, admin_headers, app):
     """After DELETE the session is gone from disk and from the API."""
-    session_id, _ = start_upload(client, admin_headers, skip=(2,))
+    session_id, _ = start_upload(client, admin_headers, skip=(3,))
     assert client.delete(f"{BASE}/{session_id}", headers=admin_headers).status_code == 200
     assert not chunk_dir(app, session_id).exists()
     assert_error(client.get(f"{BASE}/{session_id}", headers=admin_headers), 404, "NOT_FOUND")
@@ -140,14 +154,14 @@ def test_delete_abandons_the_session_and_its_chunks(client, admin_headers, app):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("number", ["-1", "3", "x", "1.5"])
+@pytest.mark.parametrize("number", ["0", "-1", "4", "x", "1.5"])
 def test_chunk_number_out_of_range_or_not_an_integer_is_400(client, admin_headers, number):
-    """Chunks are numbered 0 .. total_chunks - 1."""
+    """Chunks are numbered 1 .. total_chunks."""
     session_id = initialize(client, admin_headers, size=300, chunk_size=100).get_json()["session_id"]
     assert_error(send(client, admin_headers, session_id, number, b"a" * 100), 400, "INVALID_CHUNK_NUMBER")
 
 
-@pytest.mark.parametrize(("number", "size"), [(0, 99), (0, 101), (2, 100), (2, 0)])
+@pytest.mark.parametrize(("number", "size"), [(1, 99), (1, 101), (3, 100), (3, 0)])
 def test_chunk_of_the_wrong_size_is_400_and_not_counted(client, admin_headers, app, number, size):
     """Every chunk but the last is chunk_size bytes; the last is the rest. Nothing half-written stays."""
     session_id = initialize(client, admin_headers, size=250, chunk_size=100).get_json()["session_id"]
@@ -166,7 +180,7 @@ def test_body_longer_than_the_chunk_without_content_length_is_refused(app, admin
         session = chunked.initialize(app.config, User.by_username("admin"), filename="a.wav", file_size=200,
                                      chunk_size=100)
         with pytest.raises(AppError) as caught:
-            chunked.receive_chunk(app.config, session, 0, io.BytesIO(b"a" * 10_000), None)
+            chunked.receive_chunk(app.config, session, 1, io.BytesIO(b"a" * 10_000), None)
         assert caught.value.error_code == "CHUNK_SIZE_MISMATCH"
         assert UploadSession.get_by_id(session.id).chunks.count() == 0
     assert list(chunk_dir(app, session.id).glob("*")) == []
@@ -177,17 +191,17 @@ def test_finalize_with_a_wrong_checksum_is_400_and_can_be_retried(client, admin_
     session_id, checksums = start_upload(client, admin_headers)
     wrong = [*checksums[:-1], "0" * 64]
     body = assert_error(finalize(client, admin_headers, session_id, wrong), 400, "CHECKSUM_MISMATCH")
-    assert str(len(checksums) - 1) in body["detail"]
+    assert str(len(checksums)) in body["detail"]  # the last chunk's number
     assert_error(finalize(client, admin_headers, session_id, checksums[:-1]), 400, "CHECKSUM_MISMATCH")
     assert stray_uploads(app) == []
     assert finalize(client, admin_headers, session_id, [c.upper() for c in checksums]).status_code == 201
 
 
 def test_finalize_with_a_missing_chunk_is_400_naming_it(client, admin_headers, app):
-    """Chunk 4 never arrived."""
-    session_id, checksums = start_upload(client, admin_headers, skip=(4,))
+    """Chunk 5 never arrived."""
+    session_id, checksums = start_upload(client, admin_headers, skip=(5,))
     body = assert_error(finalize(client, admin_headers, session_id, checksums), 400, "MISSING_CHUNKS")
-    assert "4" in body["detail"]
+    assert body["detail"].endswith(": 5")
     assert client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()["status"] == "open"
     assert stray_uploads(app) == []
 
@@ -195,9 +209,9 @@ def test_finalize_with_a_missing_chunk_is_400_naming_it(client, admin_headers, a
 def test_finalize_notices_a_chunk_damaged_on_disk(client, admin_headers, app):
     """A part file that no longer matches its checksum is dropped so the client sends it again."""
     session_id, checksums = start_upload(client, admin_headers)
-    (chunk_dir(app, session_id) / "1.part").write_bytes(b"x" * CHUNK)
+    (chunk_dir(app, session_id) / "2.part").write_bytes(b"x" * CHUNK)
     assert_error(finalize(client, admin_headers, session_id, checksums), 400, "MISSING_CHUNKS")
-    assert client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()["missing_chunks"] == [1]
+    assert client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()["missing_chunks"] == [2]
     assert stray_uploads(app) == []
 
 
@@ -257,19 +271,19 @@ def test_unknown_session_is_404_everywhere(client, admin_headers):
     """Made-up ids, including ones that look like paths."""
     for session_id in ("0123456789abcdef0123456789abcdef", "..", "x"):
         assert_error(client.get(f"{BASE}/{session_id}", headers=admin_headers), 404, "NOT_FOUND")
-        assert_error(send(client, admin_headers, session_id, 0, b"a"), 404, "NOT_FOUND")
+        assert_error(send(client, admin_headers, session_id, 1, b"a"), 404, "NOT_FOUND")
         assert_error(finalize(client, admin_headers, session_id, []), 404, "NOT_FOUND")
         assert_error(client.delete(f"{BASE}/{session_id}", headers=admin_headers), 404, "NOT_FOUND")
 
 
 def test_only_the_owner_can_touch_a_session(client, admin_headers, user_headers, app):
     """Another user, even an admin, gets 404 on every route; the owner carries on."""
-    session_id, checksums = start_upload(client, user_headers, skip=(0,))
+    session_id, checksums = start_upload(client, user_headers, skip=(1,))
     assert_error(client.get(f"{BASE}/{session_id}", headers=admin_headers), 404)
-    assert_error(send(client, admin_headers, session_id, 0, parts()[0]), 404)
+    assert_error(send(client, admin_headers, session_id, 1, parts()[0]), 404)
     assert_error(finalize(client, admin_headers, session_id, checksums), 404)
     assert_error(client.delete(f"{BASE}/{session_id}", headers=admin_headers), 404)
-    assert send(client, user_headers, session_id, 0, parts()[0]).status_code == 200
+    assert send(client, user_headers, session_id, 1, parts()[0]).status_code == 200
     assert finalize(client, user_headers, session_id, checksums).status_code == 201
 
 
@@ -290,7 +304,7 @@ def test_chunks_are_refused_while_finalizing(client, admin_headers, app):
     session_id, checksums = start_upload(client, admin_headers)
     with app.app_context():
         UploadSession.update(status="finalizing").where(UploadSession.id == session_id).execute()
-    assert_error(send(client, admin_headers, session_id, 0, parts()[0]), 409, "UPLOAD_FINALIZING")
+    assert_error(send(client, admin_headers, session_id, 1, parts()[0]), 409, "UPLOAD_FINALIZING")
     assert_error(finalize(client, admin_headers, session_id, checksums), 409, "UPLOAD_FINALIZING")
 
 
@@ -310,8 +324,8 @@ def test_expired_sessions_are_404_and_purged_with_their_chunks(client, admin_hea
     from app.models import UploadSession, utcnow
     from app.services.chunked import purge_expired_sessions
 
-    old, _ = start_upload(client, admin_headers, skip=(1, 2))
-    fresh, _ = start_upload(client, admin_headers, skip=(1, 2))
+    old, _ = start_upload(client, admin_headers, skip=(2, 3))
+    fresh, _ = start_upload(client, admin_headers, skip=(2, 3))
     with app.app_context():
         UploadSession.update(expires_at=utcnow() - timedelta(seconds=1)).where(UploadSession.id == old).execute()
     assert_error(client.get(f"{BASE}/{old}", headers=admin_headers), 404)
@@ -328,7 +342,7 @@ def test_a_chunk_renews_the_session_expiry(client, admin_headers, app):
     session_id = initialize(client, admin_headers, size=200, chunk_size=100).get_json()["session_id"]
     before = client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()["expires_at"]
     app.config["CHUNK_SESSION_TTL_SECONDS"] = 7200
-    send(client, admin_headers, session_id, 0, b"a" * 100)
+    send(client, admin_headers, session_id, 1, b"a" * 100)
     assert client.get(f"{BASE}/{session_id}", headers=admin_headers).get_json()["expires_at"] > before
 
 

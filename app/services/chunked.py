@@ -4,7 +4,8 @@ A chunk is streamed to a temporary file beside its final name, fsynced, renamed 
 ``tmp/chunks/<session>/<n>.part`` and only then recorded, all under the session's lock, so a
 crash or a dropped connection never leaves half a chunk counted. Finalizing streams the parts
 into one file in ``tmp/`` (never the whole file in memory) and hands it to
-:func:`app.services.jobs.create_job`. Chunks are numbered from 0.
+:func:`app.services.jobs.create_job`. Chunks are numbered from 1 to N, as in the full API document's
+example, everywhere: routes, listings, errors and file names.
 """
 
 from __future__ import annotations
@@ -101,13 +102,14 @@ def status(session: UploadSession) -> dict[str, Any]:
     """The session with the chunks received so far and those still missing, for resuming."""
     chunks = list(UploadChunk.select().where(UploadChunk.session == session).order_by(UploadChunk.number))
     received = {c.number for c in chunks}
+    received_size = sum(c.size for c in chunks)
     return {
         **summary(session), "filename": session.filename, "content_type": session.content_type,
         "status": session.status, "created_at": isoformat(session.created_at),
         "received_chunks": [c.number for c in chunks],
-        "missing_chunks": [n for n in range(session.total_chunks) if n not in received],
+        "missing_chunks": [n for n in _numbers(session) if n not in received],
         "chunks": [{"chunk_number": c.number, "size": c.size, "checksum": c.checksum} for c in chunks],
-        "received_size": sum(c.size for c in chunks), "progress": _progress(len(chunks), session.total_chunks),
+        "received_size": received_size, "progress": _progress(received_size, session.file_size),
     }
 
 
@@ -146,17 +148,23 @@ def purge_expired_sessions(cfg: Mapping[str, Any]) -> int:
 # -------------------------------------------------------------------- chunks
 
 
+def _numbers(session: UploadSession) -> range:
+    """The session's chunk numbers, 1 to N."""
+    return range(1, session.total_chunks + 1)
+
+
 def expected_size(session: UploadSession, number: int) -> int:
-    """The exact size of chunk ``number``: ``chunk_size``, or the remainder for the last one."""
-    if not 0 <= number < session.total_chunks:
-        raise bad_request(f"chunk_number must be between 0 and {session.total_chunks - 1}", "INVALID_CHUNK_NUMBER")
-    if number < session.total_chunks - 1:
+    """The exact size of chunk ``number`` (1 to N): ``chunk_size``, or the remainder for the last one."""
+    if number not in _numbers(session):
+        raise bad_request(f"chunk_number must be between 1 and {session.total_chunks}", "INVALID_CHUNK_NUMBER")
+    if number < session.total_chunks:
         return session.chunk_size
     return session.file_size - session.chunk_size * (session.total_chunks - 1)
 
 
-def _progress(received: int, total: int) -> float:
-    return round(100.0 * received / total, 2)
+def _progress(received_bytes: int, file_size: int) -> float:
+    """The percent of the file's bytes received so far."""
+    return round(100.0 * received_bytes / file_size, 2)
 
 
 def _require_open(session: UploadSession) -> None:
@@ -200,11 +208,12 @@ def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, s
             os.replace(temp, chunk_path(cfg, session.id, number))
             UploadChunk.replace(session=session.id, number=number, size=size, checksum=checksum).execute()
             UploadSession.update(expires_at=utcnow() + _ttl(cfg)).where(UploadSession.id == session.id).execute()
-            received = UploadChunk.select().where(UploadChunk.session == session.id).count()
+            received = UploadChunk.select().where(UploadChunk.session == session.id)
+            received_count, received_bytes = received.count(), sum(c.size for c in received)
     finally:
         temp.unlink(missing_ok=True)
     return {"chunk_number": number, "received_size": size, "checksum": checksum,
-            "progress": _progress(received, session.total_chunks), "received_chunks": received,
+            "progress": _progress(received_bytes, session.file_size), "received_chunks": received_count,
             "total_chunks": session.total_chunks}
 
 
@@ -244,13 +253,13 @@ def _named(numbers: list[int]) -> str:
 
 def _verified_chunks(session: UploadSession, checksums: list[str]) -> dict[int, UploadChunk]:
     chunks = {c.number: c for c in UploadChunk.select().where(UploadChunk.session == session)}
-    missing = [n for n in range(session.total_chunks) if n not in chunks]
+    missing = [n for n in _numbers(session) if n not in chunks]
     if missing:
         raise bad_request(f"chunks not received yet: {_named(missing)}", "MISSING_CHUNKS")
     if len(checksums) != session.total_chunks:
         raise bad_request(f"chunk_checksums must list {session.total_chunks} sha256 checksums, one per chunk "
                           f"in order; it has {len(checksums)}", "CHECKSUM_MISMATCH")
-    wrong = [n for n, given in enumerate(checksums) if given.strip().lower() != chunks[n].checksum]
+    wrong = [n for n, given in enumerate(checksums, start=1) if given.strip().lower() != chunks[n].checksum]
     if wrong:
         raise bad_request(f"checksums do not match the received data for chunks {_named(wrong)}; "
                           "upload those chunks again", "CHECKSUM_MISMATCH")
@@ -267,7 +276,7 @@ def _assemble(cfg: Mapping[str, Any], session: UploadSession, chunks: dict[int, 
     view = memoryview(buffer)
     try:
         with open(target, "wb") as out:
-            for number in range(session.total_chunks):
+            for number in _numbers(session):
                 digest, size = hashlib.sha256(), 0
                 try:
                     with open(chunk_path(cfg, session.id, number), "rb") as part:

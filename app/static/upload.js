@@ -102,7 +102,8 @@
     });
   }
 
-  /* Sends chunk n (retrying with backoff); `status` is refreshed from the server after each failure. */
+  /* Sends the file in chunks (retrying with backoff); `status` is refreshed from the server after each failure.
+     Indexes here count from 0 for slicing; the server numbers chunks 1 to N, so they are converted at the edges. */
   async function chunked(file, opts, ui) {
     const size = Number(section.dataset.chunkSize) || 8 * 1024 * 1024;
     const key = ["wt-upload", file.name, file.size, file.lastModified, size].join(":");
@@ -130,12 +131,13 @@
     const sizeOf = (n) => Math.min(size, file.size - n * size);
     const digest = async (n) => (checksums[n] = checksums[n] || await WT.sha256(
       await file.slice(n * size, n * size + sizeOf(n)).arrayBuffer()));
-    let received = new Set(status.received_chunks);
+    const fromServer = (numbers) => new Set(numbers.map((k) => k - 1));
+    let received = fromServer(status.received_chunks);
     let failures = 0;
 
     async function refresh() { // the server's view: a chunk may have arrived although its answer was lost
       status = await WT.api(base + id);
-      received = new Set(status.received_chunks);
+      received = fromServer(status.received_chunks);
     }
 
     for (let pass = 0; ; pass++) {
@@ -145,7 +147,7 @@
         try {
           await digest(n);
           ui.state("Uploading part " + (n + 1) + " of " + total + "…");
-          await send("POST", base + id + "/chunks/" + n, file.slice(n * size, n * size + sizeOf(n)),
+          await send("POST", base + id + "/chunks/" + (n + 1), file.slice(n * size, n * size + sizeOf(n)),
             "application/octet-stream", (loaded) => ui.progress((doneBytes + loaded) / file.size));
           received.add(n);
           failures = 0;
@@ -161,7 +163,7 @@
       ui.state("Verifying…");
       for (let n = 0; n < total; n++) await digest(n);
       await refresh();
-      const stored = new Map((status.chunks || []).map((c) => [c.chunk_number, c.checksum]));
+      const stored = new Map((status.chunks || []).map((c) => [c.chunk_number - 1, c.checksum]));
       const wrong = checksums.map((sum, n) => (stored.get(n) === sum ? -1 : n)).filter((n) => n >= 0);
       if (!wrong.length) break;
       if (pass >= 2) throw new WT.ApiError("The upload keeps arriving damaged; try again later.", 0, "DAMAGED");
