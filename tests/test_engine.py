@@ -53,3 +53,10 @@ def test_a_call_without_callbacks_still_transcribes(whisper, capfd):
     result = whisper.transcribe(audio.decode(AUDIO / "jfk.flac"), language="en")
     assert wer(reference("jfk.flac"), result.text) <= 0.10
     assert "Progress:" not in capfd.readouterr().err
+
+
+def test_an_english_only_model_skips_language_detection(whisper, capfd):
+    """A job that names no language must not pay whisper.cpp's detection pass on tiny.en."""
+    result = whisper.transcribe(audio.decode(AUDIO / "jfk.flac"))
+    assert "auto-detected language" not in capfd.readouterr().err
+    assert result.language == "en" and wer(reference("jfk.flac"), result.text) <= 0.10

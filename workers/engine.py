@@ -62,6 +62,7 @@ class WhisperCppEngine:
     """One whisper.cpp context. Never share it between threads."""
 
     def __init__(self, model_path: Path | str, threads: int = 0):
+        import _pywhispercpp as pw
         from pywhispercpp.model import Model
 
         self.model_path = str(model_path)
@@ -71,6 +72,7 @@ class WhisperCppEngine:
         self._model = Model(self.model_path, redirect_whispercpp_logs_to=None,
                             print_progress=True, print_realtime=False, n_threads=self.threads)
         self._lock = threading.Lock()
+        self.multilingual = bool(pw.whisper_is_multilingual(self._model._ctx))
 
     def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False,
                    on_segment=None, on_progress=None, should_abort=None) -> EngineResult:
@@ -103,14 +105,15 @@ class WhisperCppEngine:
                 new_segment_callback=segment,
                 abort_callback=abort,
                 extract_probability=True,
-                language=language or "auto",
+                # An English-only model never needs to detect: "auto" would cost a whole extra encoder pass.
+                language=language or ("auto" if self.multilingual else "en"),
                 translate=translate,
                 initial_prompt=prompt or "",
                 token_timestamps=words,
             )
             if aborted.is_set():
                 raise Aborted()
-            if pw.whisper_is_multilingual(self._model._ctx):
+            if self.multilingual:
                 lang_id = pw.whisper_full_lang_id(self._model._ctx)
                 detected = pw.whisper_lang_str(lang_id) if lang_id >= 0 else None
             else:  # English-only models never detect; their language id is meaningless
