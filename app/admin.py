@@ -12,7 +12,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from app.models import AuditLog
 from app.security import admin_required
 from app.services import admin as service
-from app.services import cleanup, files
+from app.services import admin_settings as settings
+from app.services import files
 from app.validation import json_body, string_field
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -80,35 +81,49 @@ def download_all():
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
+# Settings pairs: each GET body can be posted back as it is (read-only fields are ignored on POST).
+
+
 @bp.get("/cleanup-config")
 @admin_required
 def get_cleanup_config():
     """Retention days for uploads, transcripts and logs, and the disk-usage ceiling (0 = off)."""
-    return jsonify({**cleanup.get_config(), "last_run": cleanup.last_run()})
+    return jsonify(settings.get_cleanup())
 
 
 @bp.post("/cleanup-config")
 @admin_required
 def set_cleanup_config():
-    """Change some of the cleanup rules; the periodic task applies them."""
-    old = cleanup.get_config()
-    config = cleanup.set_config(json_body())
-    AuditLog.record("admin_cleanup_config_changed", user=g.user, ip=request.remote_addr, old=old, new=config)
-    return jsonify({**config, "last_run": cleanup.last_run()})
+    """Change some of the cleanup rules; the periodic task applies them. ``last_run`` is ignored."""
+    return jsonify(settings.set_cleanup(json_body(), actor=g.user, ip=request.remote_addr))
 
 
 @bp.get("/concurrency")
 @admin_required
 def get_concurrency():
     """Saved worker processes and threads per worker, and the workers running now."""
-    return jsonify(service.get_concurrency(current_app.config))
+    return jsonify(settings.get_concurrency(current_app.config))
 
 
 @bp.post("/concurrency")
 @admin_required
 def set_concurrency():
     """Save ``workers`` and/or ``threads_per_worker``; workers follow without losing queued jobs."""
-    return jsonify(service.set_concurrency(current_app.config, json_body(), actor=g.user, ip=request.remote_addr))
+    return jsonify(settings.set_concurrency(current_app.config, json_body(), actor=g.user, ip=request.remote_addr))
+
+
+@bp.get("/settings")
+@admin_required
+def get_settings():
+    """Model aliases in force (``{"medium": "base"}``), where they come from, and the installed models."""
+    return jsonify(settings.get_settings(current_app.config))
+
+
+@bp.post("/settings")
+@admin_required
+def set_settings():
+    """Save ``model_aliases``: a map, ``"medium=base, small=base"``, or null for ``WT_MODEL_ALIASES``."""
+    return jsonify(settings.set_settings(current_app.config, json_body(), actor=g.user, ip=request.remote_addr))
 
 
 @bp.post("/restart")

@@ -180,7 +180,8 @@ class Job(BaseModel):
     original_filename = CharField(max_length=255)
     upload_path = CharField(null=True)  # relative to the data dir
     source_path = CharField(null=True)  # absolute, for media-library files we never own
-    model = CharField()
+    model = CharField()  # the model that runs the job
+    requested_model = CharField(null=True)  # the name the client asked for (an alias, say); NULL: none
     language = CharField(null=True)
     task = CharField(default="transcribe")  # "transcribe" or "translate"
     prompt = TextField(null=True)

@@ -5,9 +5,12 @@ The web app and the workers both call :func:`load_settings`, so they always agre
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import runpy
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ ENV_NAMES = {
     "WT_MAX_MEDIA_SECONDS": "MAX_MEDIA_SECONDS",
     "WT_FFMPEG_TIMEOUT_SECONDS": "FFMPEG_TIMEOUT_SECONDS",
     "WT_DEFAULT_MODEL": "DEFAULT_MODEL",
+    "WT_MODEL_ALIASES": "MODEL_ALIASES",
     "WT_ENGINE_THREADS": "ENGINE_THREADS",
     "WT_WORKERS": "WORKERS",
     "WT_MAX_ATTEMPTS": "MAX_ATTEMPTS",
@@ -48,6 +52,7 @@ ENV_NAMES = {
     "WT_RATELIMIT_LOGIN_FAILURES": "RATELIMIT_LOGIN_FAILURES",
     "WT_RATELIMIT_VOXIS": "RATELIMIT_VOXIS",
     "WT_TRUSTED_PROXIES": "TRUSTED_PROXIES",
+    "WT_ANONYMOUS_NETWORKS": "ANONYMOUS_NETWORKS",
     "WT_OPENAI_TIMEOUT_SECONDS": "OPENAI_TIMEOUT_SECONDS",
     "OPENAI_API_KEY": "OPENAI_API_KEY",
     "OPENAI_BASE_URL": "OPENAI_BASE_URL",
@@ -63,6 +68,8 @@ ENV_NAMES = {
     "API_PASS": "API_PASS",
 }
 MIN_SECRET_LENGTH = 32
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as workers.modelstore.model_path
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _coerce(value: str, default: Any) -> Any:
@@ -89,7 +96,54 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     data_dir = Path(settings["DATA_DIR"]).expanduser().resolve()
     settings["DATA_DIR"] = str(data_dir)
     settings["MODELS_DIR"] = str(Path(settings["MODELS_DIR"] or data_dir / "models").expanduser().resolve())
+    settings["MODEL_ALIASES"] = parse_model_aliases(settings.get("MODEL_ALIASES"), "WT_MODEL_ALIASES")
+    settings["ANONYMOUS_NETWORKS"] = parse_networks(settings.get("ANONYMOUS_NETWORKS"), "WT_ANONYMOUS_NETWORKS")
     return settings
+
+
+def parse_networks(value: str | Iterable[str | Network] | None, name: str) -> tuple[Network, ...]:
+    """Comma-separated CIDRs (or a list of them) as networks, parsed once; a bad entry stops the start."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    networks: list[Network] = []
+    for item in items:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            networks.append(item)
+            continue
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            # strict: "192.168.1.7/24" is refused rather than silently widened to the whole /24
+            networks.append(ipaddress.ip_network(text))
+        except ValueError as exc:
+            raise RuntimeError(f"{name}: {text!r} is not a network such as 192.168.1.0/24, 10.0.0.5 or fd00::/8 "
+                               f"({exc})") from exc
+    return tuple(networks)
+
+
+def parse_model_aliases(value: str | dict[str, str] | None, name: str) -> dict[str, str]:
+    """``"medium=base,small=base"`` (or a dict) as {requested name: installed model}, parsed once."""
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        pairs = []
+        for item in (value or "").replace("\n", ",").split(","):
+            if not item.strip():
+                continue
+            if item.count("=") != 1:
+                raise RuntimeError(f"{name}: {item.strip()!r} is not an alias such as medium=base")
+            alias, target = item.split("=")
+            pairs.append((alias, target))
+    aliases: dict[str, str] = {}
+    for alias, target in pairs:
+        alias, target = alias.strip(), target.strip()
+        if not _MODEL_NAME.fullmatch(alias) or not _MODEL_NAME.fullmatch(target):
+            raise RuntimeError(f"{name}: {alias}={target} is not an alias such as medium=base "
+                               "(names are letters, digits, '.', '-' and '_')")
+        if alias in aliases and aliases[alias] != target:
+            raise RuntimeError(f"{name}: {alias} is given twice, as {aliases[alias]} and as {target}")
+        aliases[alias] = target
+    return aliases
 
 
 def ensure_secret_key(settings: dict[str, Any]) -> str:

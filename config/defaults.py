@@ -23,6 +23,9 @@ MAX_UPLOAD_SESSIONS_PER_USER = 10  # open chunked uploads per user; each reserve
 MAX_MEDIA_SECONDS = 4 * 3600
 FFMPEG_TIMEOUT_SECONDS = 900
 DEFAULT_MODEL = "tiny.en"
+# Model names clients ask for, answered by an installed model: "medium=base,small=base" (the full-API
+# examples ask for medium). Admins can replace the map on the settings page (POST /admin/settings).
+MODEL_ALIASES = ""
 ENGINE_THREADS = 0  # 0: all cores
 WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/concurrency
 MAX_ATTEMPTS = 3
@@ -39,6 +42,9 @@ RATELIMIT_CHUNKS = "3000 per minute"  # chunks of chunked uploads per caller (8 
 RATELIMIT_LOGIN_FAILURES = "10 per minute"  # failed logins per client address and username
 RATELIMIT_VOXIS = "30 per minute"  # the VOXIS API (/api/upload, /api/process, ...) per client address, shared
 TRUSTED_PROXIES = 0  # reverse proxies in front of the app; X-Forwarded-For is honoured only when > 0
+# Comma-separated CIDRs whose clients may call the dialects that define no authentication (VOXIS) without
+# credentials, as a non-admin service user, rate-limited per address and audited. Empty: nobody (closed).
+ANONYMOUS_NETWORKS = ""
 
 OPENAI_TIMEOUT_SECONDS = 600  # /v1/audio/* waits this long, then answers 504 with the job id
 # POST /jobs/{id}/analyze (seed 000): a chat-completions endpoint when a key is set, else a local analysis.

@@ -20,6 +20,7 @@ ROUTES = [
     ("post", "/admin/reset", {"confirm": "RESET"}), ("get", "/admin/download-all", None),
     ("get", "/admin/cleanup-config", None), ("post", "/admin/cleanup-config", {"logs_days": 1}),
     ("get", "/admin/concurrency", None), ("post", "/admin/concurrency", {"workers": 2}),
+    ("get", "/admin/settings", None), ("post", "/admin/settings", {"model_aliases": {"medium": "base"}}),
     ("post", "/admin/shutdown", None), ("post", "/admin/restart", None),
 ]
 
@@ -57,6 +58,43 @@ def test_every_admin_route_is_401_anonymous_and_403_for_users(app, user_headers,
     assert_error(call(path, json=body), 401, "UNAUTHORIZED")
     assert_error(call(path, json=body, headers=user_headers), 403, "FORBIDDEN")
     assert User.select().count() == 2
+
+
+# ------------------------------------------------------------------ settings pairs
+
+# Every GET/POST pair under /admin that holds settings, with one writable field to change.
+SETTINGS_PAIRS = [("/admin/cleanup-config", "logs_days", 7), ("/admin/concurrency", "workers", 2),
+                  ("/admin/settings", "model_aliases", {"medium": "base"})]
+
+
+@pytest.mark.parametrize(("path", "field", "value"), SETTINGS_PAIRS)
+def test_settings_round_trip_posts_the_get_body_back(app, client, admin_headers, path, field, value):
+    """Read-modify-write: GET's body (read-only fields included) posts back as is, and with one field changed."""
+    from app.services import cleanup
+
+    with app.app_context():
+        cleanup.run_cleanup(app.config)  # so cleanup-config carries a real last_run
+    before = client.get(path, headers=admin_headers).get_json()
+    unchanged = client.post(path, headers=admin_headers, json=before)
+    assert unchanged.status_code == 200, unchanged.get_json()
+    assert client.get(path, headers=admin_headers).get_json() == before
+    assert AuditLog.select().where(AuditLog.action.endswith("_changed")).count() == 0  # nothing changed
+
+    changed = client.post(path, headers=admin_headers, json={**before, field: value})
+    assert changed.status_code == 200, changed.get_json()
+    after = client.get(path, headers=admin_headers).get_json()
+    assert after[field] == value
+    assert {k: v for k, v in after.items() if k != field and not k.endswith("_source")} == \
+        {k: v for k, v in before.items() if k != field and not k.endswith("_source")}
+
+
+@pytest.mark.parametrize("path", [pair[0] for pair in SETTINGS_PAIRS])
+def test_settings_pairs_refuse_unknown_names(client, admin_headers, path):
+    """Read-only fields are ignored on POST, but a name that is neither is a 422: typos are never dropped."""
+    before = client.get(path, headers=admin_headers).get_json()
+    body = assert_error(client.post(path, headers=admin_headers, json={**before, "no_such_setting": 1}), 422)
+    assert "no_such_setting" in body["detail"]
+    assert client.get(path, headers=admin_headers).get_json() == before
 
 
 # ------------------------------------------------------------------ stats and health

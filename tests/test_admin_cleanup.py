@@ -69,6 +69,19 @@ def test_cleanup_config_rejects_bad_values(client, admin_headers, body):
     assert client.get("/admin/cleanup-config", headers=admin_headers).get_json()["uploads_days"] == 30
 
 
+def test_cleanup_config_posted_back_ignores_last_run(app, client, admin_headers):
+    """GET's body posts back with one rule changed; the client's last_run neither fails nor overwrites the task's."""
+    with app.app_context():
+        cleanup.run_cleanup(app.config)
+    body = client.get("/admin/cleanup-config", headers=admin_headers).get_json()
+    assert body["last_run"]["at"]
+    changed = client.post("/admin/cleanup-config", headers=admin_headers,
+                          json={**body, "uploads_days": 9, "last_run": {"at": "2000-01-01T00:00:00Z"}})
+    assert changed.status_code == 200, changed.get_json()
+    assert changed.get_json() == {**body, "uploads_days": 9}
+    assert cleanup.last_run() == body["last_run"]
+
+
 def test_cleanup_config_with_malformed_json_is_400(client, admin_headers):
     """Not JSON: 400."""
     assert_error(client.post("/admin/cleanup-config", headers=admin_headers, data="x",

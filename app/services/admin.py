@@ -1,4 +1,4 @@
-"""Administration: statistics, health, reset, worker concurrency and server control.
+"""Administration: statistics, health, reset and server control (settings: ``admin_settings``).
 
 Server control and systemd: restart sends SIGHUP to the Gunicorn master (it starts a new worker and
 stops the old one gracefully) and to every registered Huey worker (it finishes the running job, then
@@ -28,21 +28,13 @@ from peewee import fn
 from app import models
 from app.errors import AppError
 from app.health import worker_alive
-from app.models import ApiKey, AuditLog, Job, Segment, Setting, User, db, utcnow
+from app.models import ApiKey, AuditLog, Job, Segment, User, db, utcnow
 from app.services import files
 from app.services.storage import FOLDERS, Layout
-from app.supervisor import (
-    CONCURRENCY_KEY,
-    gunicorn_master,
-    live_workers,
-    read_concurrency,
-    supervisor_process,
-)
+from app.supervisor import gunicorn_master, live_workers, supervisor_process
 from workers import modelstore
 from workers.queue import huey
 
-MAX_WORKERS = 16
-MAX_THREADS = 64
 MB = 1024**2
 GB = 1024**3
 RESET_FOLDERS = ("uploads", "transcripts", "logs", "cache", "tmp")
@@ -312,39 +304,6 @@ def reset(cfg: Mapping[str, Any], confirm: Any, *, actor: User, ip: str | None) 
               "files_removed": removed}
     AuditLog.record("admin_reset", user=actor, ip=ip, **result)
     return result
-
-
-# ------------------------------------------------------------------ concurrency
-
-
-def get_concurrency(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The saved worker count and threads per worker, and what runs now."""
-    value = read_concurrency(dict(cfg))
-    running = live_workers()
-    return {"workers": value["workers"], "threads_per_worker": value["threads"], "cpu_count": os.cpu_count(),
-            "running_workers": len(running), "running": [{"pid": w["pid"], "threads": w.get("threads")}
-                                                          for w in running],
-            "supervisor": "run" if supervisor_process(cfg["DATA_DIR"]) else None,
-            "limits": {"workers": [1, MAX_WORKERS], "threads_per_worker": [0, MAX_THREADS]}}
-
-
-def set_concurrency(cfg: Mapping[str, Any], data: dict[str, Any], *, actor: User, ip: str | None) -> dict[str, Any]:
-    """Save workers (1-16) and threads per worker (0 = all cores, up to 64); the processes apply it."""
-    if "threads" in data and "threads_per_worker" not in data:
-        data = {**data, "threads_per_worker": data["threads"]}
-    if "workers" not in data and "threads_per_worker" not in data:
-        raise AppError(422, "MISSING_FIELD", "Give workers and/or threads_per_worker")
-    current = read_concurrency(dict(cfg))
-    new = {"workers": data.get("workers", current["workers"]),
-           "threads": data.get("threads_per_worker", current["threads"])}
-    for name, key, hi, lo in (("workers", "workers", MAX_WORKERS, 1),
-                              ("threads_per_worker", "threads", MAX_THREADS, 0)):
-        value = new[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise AppError(422, "INVALID_FIELD", f"{name} must be an integer from {lo} to {hi}")
-    Setting.write(CONCURRENCY_KEY, new)
-    AuditLog.record("admin_concurrency_changed", user=actor, ip=ip, old=current, new=new)
-    return {**get_concurrency(cfg), "message": "Saved; workers apply it after their running job"}
 
 
 # ------------------------------------------------------------------ server control

@@ -16,6 +16,7 @@ from typing import Any
 from app.errors import AppError, not_found
 from app.extensions import engine_breaker, stopping
 from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
+from app.services import model_aliases
 from app.services.breaker import ensure_accepting
 from app.services.storage import Layout, clean_filename
 from workers import audio, modelstore
@@ -34,17 +35,23 @@ _waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
 
 def validate_model(cfg: Mapping[str, Any], name: str | None) -> str:
-    """The model to use: the default when empty; 400 for unknown or missing models."""
-    name = (name or cfg["DEFAULT_MODEL"]).strip()
+    """The model to use: the default when empty, an alias's model; 400 for unknown or missing models."""
+    requested = (name or cfg["DEFAULT_MODEL"]).strip()
+    name = model_aliases.resolve(cfg, requested)
     available = modelstore.installed(cfg["MODELS_DIR"])
     if name in available:
         return name
+    if name != requested:  # an alias whose model is gone (or, from the environment, never was)
+        raise AppError(400, "MODEL_NOT_INSTALLED",
+                       f"Model {requested!r} is an alias of {name!r}, which is not installed. Installed: "
+                       f"{', '.join(available) or 'none'}. Install it with: {modelstore.install_hint(name)}")
     if not modelstore.is_whisper_name(name):
         raise AppError(400, "INVALID_MODEL", f"{name!r} is not a Whisper model name. Installed: "
                        f"{', '.join(available) or 'none'}")
     raise AppError(400, "MODEL_NOT_INSTALLED",
                    f"Model {name!r} is not installed. Installed: {', '.join(available) or 'none'}. "
-                   f"Install it with: {modelstore.install_hint(name)}")
+                   f"Install it with: {modelstore.install_hint(name)}, or let an admin alias it to an installed "
+                   "model (WT_MODEL_ALIASES or the settings page)")
 
 
 def validate_task(task: str | None) -> str:
@@ -116,6 +123,7 @@ def create_job(
 ) -> Job:
     """Turn a complete uploaded file into a queued job. On any error the file is removed."""
     uses_engine = kind != "cleanup" or bool((options or {}).get("transcribe"))
+    requested = (model or "").strip() or None  # kept beside the model that runs (an alias's, say)
     try:
         model, task, language = _check_request(cfg, model, task, language, prompt, uses_engine=uses_engine)
         info = probe_upload(cfg, upload)
@@ -127,18 +135,20 @@ def create_job(
         upload.unlink(missing_ok=True)
         raise
     return _insert(cfg, user, info, kind, enqueue, id=job_id, original_filename=name,
-                   upload_path=str(final.relative_to(cfg["DATA_DIR"])), model=model, language=language,
-                   task=task, prompt=prompt or None, options=options or {})
+                   upload_path=str(final.relative_to(cfg["DATA_DIR"])), model=model, requested_model=requested,
+                   language=language, task=task, prompt=prompt or None, options=options or {})
 
 
 def create_source_job(cfg: Mapping[str, Any], user: User | None, source: Path, *, kind: str,
                       model: str | None = None, language: str | None = None,
                       options: dict[str, Any] | None = None) -> Job:
     """Queue a file that stays where it is (a media-library file); the appliance never moves or deletes it."""
+    requested = (model or "").strip() or None
     model, task, language = _check_request(cfg, model, None, language, None)
     info = probe_upload(cfg, source)
     return _insert(cfg, user, info, kind, True, id=uuid.uuid4().hex, original_filename=source.name,
-                   source_path=str(source), model=model, language=language, task=task, options=options or {})
+                   source_path=str(source), model=model, requested_model=requested, language=language, task=task,
+                   options=options or {})
 
 
 def submit(job: Job) -> None:
@@ -216,6 +226,7 @@ def detail(job: Job) -> dict[str, Any]:
         "language": job.detected_language or job.language, "requested_language": job.language,
         "prompt": job.prompt, "updated_at": isoformat(job.updated_at), "started_at": isoformat(job.started_at),
         "attempts": job.attempts, "processing_seconds": job.processing_seconds, "media": job.media_info,
+        "requested_model": job.requested_model,  # what the client asked for; "model" is what runs
     })
     body["kind"] = job.kind
     body["stages"] = stage_view(job)

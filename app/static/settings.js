@@ -1,8 +1,10 @@
-/* Admin settings: cleanup rules (/admin/cleanup-config) and worker concurrency (/admin/concurrency). */
+/* Admin settings: cleanup rules (/admin/cleanup-config), worker concurrency (/admin/concurrency) and
+   model aliases (/admin/settings). */
 (function () {
   "use strict";
   const cleanup = document.getElementById("cleanup-form");
   const concurrency = document.getElementById("concurrency-form");
+  const aliases = document.getElementById("aliases-form");
 
   function fill(form, data) {
     for (const field of form.querySelectorAll("input")) {
@@ -30,22 +32,32 @@
       (data.supervisor ? "" : " · not started by `whisper-transcriber run`: worker count changes need a restart");
   }
 
+  function showAliases(data) {
+    const map = data.model_aliases || {};
+    document.getElementById("model_aliases").value = Object.entries(map).map(([k, v]) => k + "=" + v).join(", ");
+    document.getElementById("aliases-now").textContent =
+      (data.model_aliases_source === "admin" ? "Saved here (replaces WT_MODEL_ALIASES)" : "From WT_MODEL_ALIASES") +
+      " · installed models: " + ((data.installed_models || []).join(", ") || "none") +
+      " · default model: " + data.default_model;
+  }
+
   async function load() {
     try {
       showCleanup(await WT.api("/admin/cleanup-config"));
       showConcurrency(await WT.api("/admin/concurrency"));
+      showAliases(await WT.api("/admin/settings"));
     } catch (err) {
       WT.fail(err);
     }
   }
 
-  function onSubmit(form, url, show, message) {
+  function onSubmit(form, url, show, message, body) {
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const button = form.querySelector("button");
       button.disabled = true;
       try {
-        const data = await WT.api(url, { method: "POST", json: values(form) });
+        const data = await WT.api(url, { method: "POST", json: (body || values)(form) });
         show(data);
         WT.toast(data.message || message, "ok");
       } catch (err) {
@@ -57,5 +69,16 @@
   }
   onSubmit(cleanup, "/admin/cleanup-config", showCleanup, "Cleanup rules saved.");
   onSubmit(concurrency, "/admin/concurrency", showConcurrency, "Concurrency saved.");
+  // The text goes as it is ("medium=base, small=base"): the server parses it and says what is wrong.
+  onSubmit(aliases, "/admin/settings", showAliases, "Model names saved.",
+    () => ({ model_aliases: document.getElementById("model_aliases").value }));
+  document.getElementById("aliases-reset").addEventListener("click", async () => {
+    try {
+      showAliases(await WT.api("/admin/settings", { method: "POST", json: { model_aliases: null } }));
+      WT.toast("Model names follow WT_MODEL_ALIASES again.", "ok");
+    } catch (err) {
+      WT.fail(err);
+    }
+  });
   load();
 })();
