@@ -8,6 +8,12 @@ Every request (except health probes) passes these application-wide flask-limiter
 - ``chunks``: chunks of a chunked upload count against ``RATELIMIT_CHUNKS`` per caller instead of
   ``principal``, because a big file sent in small chunks is one upload, not hundreds of requests' worth of work.
 
+Callers from ``ANONYMOUS_NETWORKS`` without credentials act as a service user but count as anonymous
+callers here, per client address, so that one busy machine cannot use up the others' requests.
+
+A dialect may add one limit of its own, shared by all its routes, per client address (:func:`dialect_limit`);
+its responses report that limit in ``X-RateLimit-*``, unless another limit is the one that refused the request.
+
 Failed logins are counted apart from those, per client address and username (``RATELIMIT_LOGIN_FAILURES``);
 only failures count, and once they are used up even the right password gets a 429 until the window ends.
 """
@@ -19,7 +25,8 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
+from flask.blueprints import BlueprintSetupState
 from flask_limiter import ApplicationLimit
 from limits import RateLimitItem, parse_many
 
@@ -40,12 +47,13 @@ _OVERRIDE = "rate_limit_headers"  # g key: headers of a 429 this module raised i
 
 
 def _principal() -> Principal | None:
-    """The caller; bad credentials count as anonymous here (the route answers 401 for them later)."""
+    """The caller; bad credentials (401 later) and trusted-network callers count as anonymous here."""
     if "rate_principal" not in g:
         try:
-            g.rate_principal = current_principal(optional=True)
+            principal = current_principal(optional=True)
         except AppError:
-            g.rate_principal = None
+            principal = None
+        g.rate_principal = None if principal is not None and principal.via == "network" else principal
     return g.rate_principal
 
 
@@ -114,6 +122,47 @@ APPLICATION_LIMITS = [
 ]
 
 
+# ------------------------------------------------------------ dialect limits
+
+_DIALECT_SCOPES: dict[str, str] = {}  # blueprint name -> scope of its own limit, the one its headers report
+
+
+def dialect_limit(bp: Blueprint, setting: str, scope: str, error_message: str) -> None:
+    """One limit (the setting, read per request) shared by every route of ``bp``, per client address.
+
+    It applies on top of the app-wide limits and is the one ``bp``'s ``X-RateLimit-*`` headers describe.
+    """
+    from app.extensions import limiter
+
+    limiter.shared_limit(lambda: current_app.config[setting], scope=scope,
+                         key_func=lambda: f"{scope}:{request.remote_addr}", error_message=error_message)(bp)
+    _DIALECT_SCOPES[bp.name] = scope
+
+    @bp.record_once
+    def _check_setting(state: BlueprintSetupState) -> None:
+        value = state.app.config.get(setting)
+        try:
+            parse_many(str(value))
+        except ValueError as exc:
+            raise RuntimeError(f"{setting}={value!r} is not a rate limit such as '30 per minute'") from exc
+
+
+def _report_dialect_limit(response: Response) -> None:
+    """Put the dialect's own limit in the headers: flask-limiter reports the first app-wide limit instead."""
+    from app.extensions import limiter
+
+    scope = _DIALECT_SCOPES.get(request.blueprint or "")
+    current = limiter.current_limit if scope else None
+    if current is None or (current.breached and current.request_args[-1] != scope):
+        return  # not a dialect route, not limited, or refused by another limit, which the 429 must name
+    own = [limit for limit in limiter.current_limits if limit.request_args[-1] == scope]
+    if own:
+        limit = next((item for item in own if item.breached), own[0])  # shortest window first
+        response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+        response.headers["X-RateLimit-Remaining"] = str(limit.remaining)
+        response.headers["X-RateLimit-Reset"] = str(limit.reset_at)
+
+
 # --------------------------------------------------------------- failed logins
 
 
@@ -164,7 +213,8 @@ def record_login_failure(username: str) -> None:
 
 
 def _finish_headers(response: Response) -> Response:
-    """Runs after flask-limiter's own header hook: Retry-After only where it means something."""
+    """Runs after flask-limiter's own header hook: the dialect's limit, Retry-After only where it means something."""
+    _report_dialect_limit(response)
     if response.status_code == 429:
         for name, value in (g.pop(_OVERRIDE, None) or {}).items():
             response.headers[name] = value  # replaces what flask-limiter added for the request-wide limit

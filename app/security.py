@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import uuid
 from calendar import timegm
@@ -16,7 +17,7 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import current_app, g, request
+from flask import Blueprint, current_app, g, request
 
 from app.errors import AppError
 from app.models import ApiKey, Token, User, db, token_expiry, utcnow
@@ -38,7 +39,7 @@ class Principal:
 
     user: User
     scopes: frozenset[str]
-    via: str  # "jwt", "cookie", "api_key" or "basic"
+    via: str  # "jwt", "cookie", "api_key", "basic" or "network" (no credentials, a trusted network)
     api_key: ApiKey | None = None
     claims: dict[str, Any] = field(default_factory=dict)
 
@@ -250,7 +251,7 @@ def still_valid(principal: Principal) -> bool:
 def current_principal(optional: bool = False) -> Principal | None:
     """The authenticated caller, cached for the request; 401 unless ``optional``."""
     if "principal" not in g:
-        g.principal = authenticate()
+        g.principal = authenticate() or network_principal()
     if g.principal is None and not optional:
         raise unauthorized()
     return g.principal
@@ -274,6 +275,8 @@ def require(scope: str | None = None) -> Principal:
         if scope == "admin":
             raise AppError(403, "FORBIDDEN", "Administrator access required")
         raise AppError(403, "INSUFFICIENT_SCOPE", f"This API key lacks the {scope!r} permission")
+    if principal.via == "network":
+        _audit_network_request(principal)
     return principal
 
 
@@ -307,3 +310,54 @@ def require_session() -> Principal:
     if principal.api_key is not None:
         raise AppError(403, "FORBIDDEN", "API keys cannot manage accounts or API keys; sign in as the user")
     return principal
+
+
+# ------------------------------------------- trusted networks: dialects whose documents define no auth
+
+NETWORK_SCOPES = frozenset({"jobs:read", "jobs:create", "export:download"})
+_OPEN_BLUEPRINTS: set[str] = set()
+_READS = ("GET", "HEAD", "OPTIONS")
+
+
+def open_to_anonymous_networks(bp: Blueprint) -> Blueprint:
+    """Let callers from ``ANONYMOUS_NETWORKS`` use ``bp``'s routes without credentials (one line per dialect).
+
+    Only for dialects whose API documents define no authentication, so their clients send none.
+    """
+    _OPEN_BLUEPRINTS.add(bp.name)
+    return bp
+
+
+def from_anonymous_network() -> bool:
+    """True when the client address (after ``TRUSTED_PROXIES``) is in one of ``ANONYMOUS_NETWORKS``."""
+    networks = current_app.config.get("ANONYMOUS_NETWORKS") or ()
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
+    return any(address in network for network in networks)
+
+
+def network_principal() -> Principal | None:
+    """The service principal for a credential-less request to an opened dialect from a trusted network."""
+    if request.blueprint not in _OPEN_BLUEPRINTS or not from_anonymous_network():
+        return None
+    from app.services.users import network_service_user  # late: the users service imports this module
+
+    user = network_service_user()
+    return None if user is None else Principal(user, NETWORK_SCOPES, "network")
+
+
+def _audit_network_request(principal: Principal) -> None:
+    # One row per request that changes something (an upload, a job), not per status poll or download,
+    # so that polling clients do not flood the audit log; it runs after the rate limits let the request in.
+    if request.method in _READS or g.get("network_audited"):
+        return
+    from app.services.users import record_anonymous_request
+
+    g.network_audited = True
+    record_anonymous_request(principal.user, request.remote_addr, request.method, request.path)

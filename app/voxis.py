@@ -1,50 +1,29 @@
 """VOXIS routes (seed 004): upload audio, clean it up (denoise, resample, channels), poll, export.
 
 Thin adapters over ``app/services/voxis.py`` and the ordinary job pipeline. Every route shares one
-per-address limit, ``RATELIMIT_VOXIS`` (30 per minute, as the seed says), on top of the app-wide ones.
+per-address limit, ``RATELIMIT_VOXIS`` (30 per minute, as the seed says), on top of the app-wide ones,
+and reports it in ``X-RateLimit-*``. The VOXIS document defines no authentication, so callers from
+``ANONYMOUS_NETWORKS`` may use these routes without credentials (as the no-login service user).
 ``GET /api/jobs`` (no slash) is this API's list of cleanup jobs; ``/api/jobs/`` stays the canonical list.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request, send_file
-from flask.blueprints import BlueprintSetupState
-from flask_limiter.util import get_remote_address
-from limits import parse_many
+from flask import Blueprint, current_app, g, jsonify, request, send_file
 
-from app.extensions import limiter
-from app.security import login_required
+from app.ratelimit import dialect_limit
+from app.security import login_required, open_to_anonymous_networks
 from app.services import jobs as lifecycle
 from app.services import voxis as service
 from app.services.uploads import take_multipart_file
 from app.validation import int_arg, json_body
 
 bp = Blueprint("voxis", __name__)
-
-
-def voxis_limit() -> str:
-    """The shared VOXIS limit, read per request so that settings (and tests) can change it."""
-    return current_app.config["RATELIMIT_VOXIS"]
-
-
-def voxis_key() -> str:
-    """Per client address; behind trusted proxies ProxyFix has already put the client's address there."""
-    return f"voxis:{get_remote_address()}"
-
-
-# One bucket for the whole blueprint (shared), as the seed limits the API, not each route.
-limiter.shared_limit(voxis_limit, scope="voxis", key_func=voxis_key,
-                     error_message="Rate limit of the VOXIS API exceeded for this address; see Retry-After")(bp)
-
-
-@bp.record_once
-def _check_limit_setting(state: BlueprintSetupState) -> None:
-    app: Flask = state.app
-    try:
-        parse_many(str(app.config["RATELIMIT_VOXIS"]))
-    except (KeyError, ValueError) as exc:
-        raise RuntimeError(f"RATELIMIT_VOXIS={app.config.get('RATELIMIT_VOXIS')!r} is not a rate limit "
-                           "such as '30 per minute'") from exc
+# One bucket per client address for the whole blueprint, as the seed limits the API, not each route.
+# Behind trusted proxies ProxyFix has already put the client's address in remote_addr.
+dialect_limit(bp, "RATELIMIT_VOXIS", "voxis",
+              "Rate limit of the VOXIS API exceeded for this address; see Retry-After")
+open_to_anonymous_networks(bp)  # the VOXIS document defines no authentication
 
 
 @bp.get("/api/health")

@@ -135,9 +135,9 @@ def test_upload_chunks_count_against_their_own_limit_not_the_user_limit(app, htt
 
     app.config.update(RATELIMIT_USER="3 per minute", RATELIMIT_CHUNKS="5 per minute")
     session_id = initialize(http, admin_headers).get_json()["session_id"]  # 1 of the user's 3
-    chunks = parts(AUDIO_BYTES, 100_000)
-    assert [send(http, admin_headers, session_id, n, chunks[n]).status_code for n in range(5)] == [200] * 5
-    assert_429(send(http, admin_headers, session_id, 5, chunks[5]), 5)
+    chunks = parts(AUDIO_BYTES)  # the session's chunk size; chunks are numbered from 1
+    assert [send(http, admin_headers, session_id, n + 1, chunks[n]).status_code for n in range(5)] == [200] * 5
+    assert_429(send(http, admin_headers, session_id, 6, chunks[5]), 5)
     assert [http.get("/api/jobs/", headers=admin_headers).status_code for _ in range(2)] == [200, 200]
     assert_429(http.get("/api/jobs/", headers=admin_headers), 3)
 
@@ -151,6 +151,20 @@ def test_websocket_token_in_the_query_counts_against_its_user(http, admin_header
     assert response.status_code == 403 and response.headers["X-RateLimit-Limit"] == "300"  # the user's limit
     response = http.get(f"/auth/me?token={token}")  # not a handshake: tokens in URLs are for WebSockets only
     assert response.status_code == 401 and response.headers["X-RateLimit-Limit"] == "60"
+
+
+def test_a_dialect_reports_its_own_limit_unless_the_app_wide_one_refused_the_request(app, http, admin_headers):
+    """VOXIS answers carry the VOXIS limit; a 429 from the address limit names the address limit instead."""
+    app.config["RATELIMIT_ANON"] = "2 per minute"
+    assert [http.get("/api/health").headers["X-RateLimit-Limit"] for _ in range(2)] == ["30", "30"]
+    assert_429(http.get("/api/health"), 2)
+    assert http.get("/auth/me", headers=admin_headers).headers["X-RateLimit-Limit"] == "300"  # other routes unchanged
+
+
+def test_unparseable_dialect_limit_refuses_to_start(make_app):
+    """RATELIMIT_VOXIS is checked when the app is built, like the app-wide limits."""
+    with pytest.raises(RuntimeError, match="RATELIMIT_VOXIS"):
+        make_app(RATELIMIT_VOXIS="lots")
 
 
 def test_health_is_exempt(app, http):

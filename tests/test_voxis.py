@@ -329,6 +329,23 @@ def test_voxis_routes_share_30_requests_per_minute_per_address(app):
     assert http.get("/api/jobs/", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 200
 
 
+def test_voxis_responses_report_the_voxis_limit_in_the_rate_limit_headers(app, admin_headers):
+    """X-RateLimit-* describe the shared VOXIS limit (30 per minute), not the app-wide user or address limit."""
+    http = app.test_client(use_cookies=False)
+    first = http.get("/api/jobs", headers=admin_headers)
+    assert first.headers.getlist("X-RateLimit-Limit") == ["30"] and first.headers["X-RateLimit-Remaining"] == "29"
+    anonymous = http.get("/api/health")  # the same bucket: one per address for every VOXIS route
+    assert (anonymous.headers["X-RateLimit-Limit"], anonymous.headers["X-RateLimit-Remaining"]) == ("30", "28")
+    assert int(anonymous.headers["X-RateLimit-Reset"]) >= int(first.headers["X-RateLimit-Reset"])
+    assert "Retry-After" not in anonymous.headers
+    assert http.get("/api/jobs/", headers=admin_headers).headers["X-RateLimit-Limit"] == "300"  # canonical: the user's
+    app.config["RATELIMIT_VOXIS"] = "3 per minute"  # another limit, so a fresh bucket
+    remaining = [http.get("/api/jobs", headers=admin_headers).headers["X-RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    limited = http.get("/api/jobs", headers=admin_headers)
+    assert limited.status_code == 429 and limited.headers["X-RateLimit-Limit"] == "3"
+
+
 def test_the_voxis_limit_is_a_setting(app):
     """RATELIMIT_VOXIS is read per request."""
     app.config["RATELIMIT_VOXIS"] = "2 per minute"

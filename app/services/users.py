@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 hashes anything, but nobody needs more and long inputs cost CPU
 ROLES = ("user", "admin")
+NETWORK_USERNAME = "anonymous-network"  # who callers from WT_ANONYMOUS_NETWORKS act as
+NO_LOGIN_HASH = "!no-login"  # not an argon2 hash: no password ever verifies against it
 _UNSET: Any = object()
 
 
@@ -199,6 +201,35 @@ def audit_page(*, action: str | None = None, user_id: Any = None, since: datetim
             raise AppError(400, "INVALID_PARAMETER", "user_id must be an integer") from exc
     query = AuditLog.search(action=action or None, user_id=user_id or None, since=since)
     return list(query.limit(limit).offset(offset)), query.count()
+
+
+# ------------------------------------------------- the service account of WT_ANONYMOUS_NETWORKS
+
+
+def network_service_user() -> User | None:
+    """The account that credential-less callers from trusted networks act as, created on first use.
+
+    None (so those callers get a 401) when an admin disabled it, or when the name belongs to an
+    account that can log in or is an admin: anonymous callers must never borrow a real account.
+    """
+    user = User.by_username(NETWORK_USERNAME)
+    if user is None and not User.name_taken(NETWORK_USERNAME):
+        try:
+            with db.atomic("IMMEDIATE"):
+                user = User.create(username=NETWORK_USERNAME, password_hash=NO_LOGIN_HASH, role="user")
+            AuditLog.record("service_user_created", user=user)
+        except IntegrityError:  # a concurrent request created it first
+            user = User.by_username(NETWORK_USERNAME)
+    if user is None or user.password_hash != NO_LOGIN_HASH or user.role != "user":
+        log.warning("anonymous network access refused: the account %r is not the no-login service account; "
+                    "rename that user or clear WT_ANONYMOUS_NETWORKS", NETWORK_USERNAME)
+        return None
+    return user if user.is_active else None
+
+
+def record_anonymous_request(user: User, ip: str | None, method: str, path: str) -> None:
+    """Audit one credential-less request from a trusted network."""
+    AuditLog.record("anonymous_request", user=user, target=path, ip=ip, method=method)
 
 
 # ------------------------------------------------------------------- bootstrap
