@@ -12,6 +12,7 @@ from app.models import AuditLog, Token
 from app.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,
+    api_user_account,
     authenticate_password,
     issue_token,
     login_required,
@@ -31,12 +32,14 @@ def login_response(data: dict) -> tuple:
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise AppError(422, "MISSING_CREDENTIALS", "username and password are required")
     ratelimit.check_login_allowed(username)
-    user = authenticate_password(username, password)
+    # The Dubarr API_USER account signs in too, as the admin it acts as over Basic, and so sees its tasks.
+    as_api_user = api_user_account(username, password)
+    user = as_api_user or authenticate_password(username, password)
     if user is None:
         ratelimit.record_login_failure(username)
         AuditLog.record("login_failed", username=username[:150], ip=request.remote_addr)
         raise AppError(401, "INVALID_CREDENTIALS", "Incorrect username or password")
-    AuditLog.record("login", user=user, ip=request.remote_addr)
+    AuditLog.record("login", user=user, ip=request.remote_addr, **({"via": "API_USER"} if as_api_user else {}))
     token = issue_token(user)
     body = {**token, "user": {"id": str(user.id), "username": user.username, "email": user.email}}
     response = jsonify(body)

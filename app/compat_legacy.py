@@ -76,7 +76,7 @@ def delete_job(job_id: str):
 @bp.post("/jobs/<job_id>/restart")
 @login_required("jobs:create")
 def restart_job(job_id: str):
-    """Queue a failed or cancelled job again (seed 000)."""
+    """Queue a failed, cancelled or purged job again (the legacy API)."""
     job = service.restart_job(service.get_job(g.user, job_id))
     return jsonify({"id": job.id, "job_id": job.id, "status": job.status, "message": "Job re-queued"})
 

@@ -1,7 +1,8 @@
 """Dubarr's routes (seed 003): library webhooks, video uploads and task actions, over the same jobs.
 
 Authentication: Basic with ``API_USER``/``API_PASS`` as in the seed, or any of the appliance's
-own credentials (token, API key, Basic with a user's password).
+own credentials (token, API key, Basic with a user's password). A 401 here offers Basic beside Bearer,
+so a browser posting to ``/upload`` asks for the password; ``API_USER`` can also sign in to the dashboard.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from flask import Blueprint, Response, current_app, g, jsonify, redirect, reques
 from app.errors import AppError
 from app.exports import download_response
 from app.jobs import create_from_request
-from app.security import login_required
+from app.security import login_required, offer_basic
 from app.services import jobs as service
 from app.services import media
 from app.validation import json_body
 
 bp = Blueprint("dubarr", __name__)
+bp.after_request(offer_basic)
 
 
 def _wants_html() -> bool:
@@ -68,6 +70,8 @@ def download(task_id: str):
     if job.status != "completed":
         raise AppError(404, "NOT_READY", f"Task is {job.status}; there is nothing to download yet")
     if job.kind == "video":
+        if service.outputs_purged(job):
+            raise AppError(404, "NOT_FOUND", "The processed video was purged; retry the task to make it again")
         output = (job.stages.get("mux") or {}).get("output")
         path = Path(current_app.config["DATA_DIR"]) / output if output else None
         if path is None or not path.is_file():
@@ -80,7 +84,7 @@ def download(task_id: str):
 @bp.post("/retry/<task_id>")
 @login_required("jobs:create")
 def retry(task_id: str):
-    """Re-run a failed or cancelled task, reusing its cached stages."""
+    """Re-run a failed, cancelled or purged task, reusing whatever cached stages are left."""
     job = service.restart_job(service.get_job(g.user, task_id))
     return _done(job.id, "Task re-queued", status=job.status)
 
@@ -88,7 +92,7 @@ def retry(task_id: str):
 @bp.post("/purge/<task_id>")
 @login_required("jobs:create")
 def purge(task_id: str):
-    """Clear a task's cached stages so the next run starts over."""
+    """Clear a task's cached stages (the subtitled video too) so that a retry runs every stage again."""
     job = service.purge_caches(current_app.config, service.get_job(g.user, task_id))
     return _done(job.id, "Cached stages cleared")
 

@@ -67,7 +67,7 @@ def delete_job(job_id: str):
 @bp.post("/api/jobs/<job_id>/restart")
 @login_required("jobs:create")
 def restart_job(job_id: str):
-    """Queue a failed or cancelled job again."""
+    """Queue a failed, cancelled or purged job again."""
     job = service.restart_job(service.get_job(g.user, job_id))
     return jsonify({"job_id": job.id, "status": job.status, "message": "Job re-queued"})
 

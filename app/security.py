@@ -18,6 +18,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Blueprint, current_app, g, request
+from werkzeug.wrappers import Response
 
 from app.errors import AppError
 from app.models import ApiKey, Token, User, db, token_expiry, utcnow
@@ -52,6 +53,20 @@ class Principal:
 def unauthorized(detail: str = "Authentication required") -> AppError:
     """The 401 every authentication failure answers with."""
     return AppError(401, "UNAUTHORIZED", detail, {"WWW-Authenticate": "Bearer"})
+
+
+BASIC_CHALLENGE = 'Basic realm="Whisper Transcriber", charset="UTF-8"'
+
+
+def offer_basic(response: Response) -> Response:
+    """After-request hook: a 401 also offers Basic (the Dubarr dialect's scheme), so a browser asks for it.
+
+    Not for a request with a session cookie: the dashboard's own scripts send it and take the user to
+    the login page on a 401, where a browser's password prompt would only get in the way.
+    """
+    if response.status_code == 401 and SESSION_COOKIE not in request.cookies:
+        response.headers.add("WWW-Authenticate", BASIC_CHALLENGE)  # a second challenge, beside Bearer
+    return response
 
 
 # ------------------------------------------------------------------ passwords
@@ -175,6 +190,22 @@ def _bearer() -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def api_user_account(username: str, password: str) -> User | None:
+    """The first active admin when these are the Dubarr ``API_USER``/``API_PASS`` credentials, else None.
+
+    A 401 when they match but no active admin is left to act as.
+    """
+    cfg = current_app.config
+    api_user, api_pass = cfg.get("API_USER") or "", cfg.get("API_PASS") or ""
+    if not (api_user and api_pass and hmac.compare_digest(username.encode(), api_user.encode())
+            and hmac.compare_digest(password.encode(), api_pass.encode())):
+        return None
+    admin = User.active_admins().order_by(User.id).first()
+    if admin is None:
+        raise unauthorized("No active admin account to act as")
+    return admin
+
+
 def principal_from_basic(username: str, password: str) -> Principal:
     """HTTP Basic: the seed-003 ``API_USER``/``API_PASS`` account (acting as the first admin) or a user's password.
 
@@ -183,13 +214,8 @@ def principal_from_basic(username: str, password: str) -> Principal:
     from app import ratelimit  # imported late: ratelimit imports this module
 
     ratelimit.check_login_allowed(username)
-    cfg = current_app.config
-    api_user, api_pass = cfg.get("API_USER") or "", cfg.get("API_PASS") or ""
-    if api_user and api_pass and hmac.compare_digest(username.encode(), api_user.encode()) \
-            and hmac.compare_digest(password.encode(), api_pass.encode()):
-        admin = User.active_admins().order_by(User.id).first()
-        if admin is None:
-            raise unauthorized("No active admin account to act as")
+    admin = api_user_account(username, password)
+    if admin is not None:
         return Principal(admin, frozenset(SCOPES), "basic")
     user = authenticate_password(username, password)
     if user is None:

@@ -6,7 +6,10 @@ and shared. Screenshots land in ``test-output/screenshots`` as artifacts.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, OUTPUT, reference, wer
+from tests.helpers import AUDIO, OUTPUT, make_video, reference, wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install .[test])")
@@ -361,3 +364,80 @@ def test_admin_pages_show_stats_settings_users_keys_and_the_system_log(chromium,
         expect(page).to_have_url(re.compile(r"/login$"))
         page.goto(url + "/ui/admin")
         expect(page).to_have_url(re.compile(r"/login\?next="))
+
+
+def subtitle_streams(path: Path) -> list[dict]:
+    """The subtitle streams of a media file, by ffprobe."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)],
+                         capture_output=True, check=True).stdout
+    return [s for s in json.loads(out)["streams"] if s["codec_type"] == "subtitle"]
+
+
+def test_api_user_signs_in_downloads_the_subtitled_video_and_purges_and_retries(chromium, tmp_path):
+    """Dubarr's Basic account uploads a video, then in the dashboard: Video download, Purge, Retry, again."""
+    from tests.conftest import launch_appliance
+
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(AUDIO / "jfk.flac", library / "episode.flac")
+    account = {"API_USER": "dubarr", "API_PASS": "dubarr-browser-pass-1"}
+    basic = ("dubarr", account["API_PASS"])
+    with launch_appliance(tmp_path / "data", "dubarr-server.log", library=library, **account) as server:
+        url = server.url
+        video = make_video(AUDIO / "jfk.flac", tmp_path / "clip.mkv")
+        with open(video, "rb") as f:  # as a Dubarr client would: Basic credentials, a 303 to the dashboard
+            uploaded = requests.post(url + "/upload", files={"file": ("clip.mkv", f)}, auth=basic, timeout=60,
+                                     allow_redirects=False)
+        assert uploaded.status_code == 303, uploaded.text
+        task_id = uploaded.headers["X-Job-ID"]
+        hooked = requests.post(url + "/webhook", json={"path": str(library / "episode.flac")}, auth=basic, timeout=60)
+        library_id = hooked.json()["task_id"]
+
+        with session(chromium, "dubarr") as page:
+            log_in(page, url, account["API_PASS"], username="dubarr")
+            row = job_row(page, task_id)
+            expect(row.locator(".badge")).to_have_text("completed", timeout=JOB_TIMEOUT)
+            expect(job_row(page, library_id).locator(".badge")).to_have_text("completed", timeout=JOB_TIMEOUT)
+            expect(job_row(page, library_id).locator("[data-action=purge]")).to_be_visible()
+            expect(job_row(page, library_id).locator('[data-download="video"]')).to_have_count(0)  # an .srt only
+            expect(row.locator("[data-action=retry]")).to_have_count(0)
+            shot(page, "15-dubarr-dashboard")
+            with page.expect_download() as download:
+                row.locator('[data-download="video"]').click()
+            assert download.value.suggested_filename == "clip.subtitled.mkv"
+            assert subtitle_streams(Path(download.value.path()))
+
+            # The list: Purge takes the video away and offers Retry, which makes it again.
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.locator("[data-action=purge]").click()
+            expect(row.locator("[data-action=retry]")).to_be_visible()
+            expect(row.locator('[data-download="video"]')).to_have_count(0)
+            expect(row.locator("[data-action=purge]")).to_have_count(0)
+            assert requests.get(f"{url}/download/{task_id}", auth=basic, timeout=30).status_code == 404
+            row.locator("[data-action=retry]").click()
+            expect(row.locator('[data-download="video"]')).to_be_visible(timeout=JOB_TIMEOUT)
+
+            # The job page: the same buttons, and Retry after Purge ends with a downloadable video again.
+            row.locator("td.file a").click()
+            expect(page).to_have_url(f"{url}/ui/jobs/{task_id}")
+            actions = page.locator("#job-actions")
+            expect(actions.locator("[data-action=retry]")).to_be_hidden()
+            page.once("dialog", lambda dialog: dialog.accept())
+            actions.locator("[data-action=purge]").click()
+            expect(actions.locator("[data-action=retry]")).to_be_visible()
+            expect(actions.locator('[data-download="video"]')).to_have_count(0)
+            shot(page, "16-dubarr-job-purged")
+            actions.locator("[data-action=retry]").click()
+            # The page reloads when the job is queued and again when it finishes; only then is the video back.
+            expect(actions.locator('[data-download="video"]')).to_be_visible(timeout=JOB_TIMEOUT)
+            expect(page.locator("#job-status")).to_have_text("completed")
+            with page.expect_download() as download:
+                actions.locator('[data-download="video"]').click()
+            assert subtitle_streams(Path(download.value.path()))
+            shot(page, "17-dubarr-job-retried")
+
+        # Without a session, a Dubarr route's 401 offers Basic, so the browser answers with the account.
+        with session(chromium, "dubarr-basic", http_credentials={"username": basic[0], "password": basic[1]}) as page:
+            page.goto(url + "/login")
+            status = page.evaluate("id => fetch('/download/' + id).then(r => r.status)", task_id)
+            assert status == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -238,3 +239,89 @@ def test_watch_folder_queues_new_media_once_its_size_is_stable(app, library, stu
         queued = pipeline.scan_watch_dirs()
         assert len(queued) == 1
         assert pipeline.scan_watch_dirs() == []
+
+
+def upload_video(client, headers, tmp_path) -> tuple[str, Path]:
+    """POST /upload a short mp4 of JFK's speech; the task id and the uploaded file."""
+    video = make_video(AUDIO / "jfk.flac", tmp_path / "clip.mp4")
+    with open(video, "rb") as f:
+        response = client.post("/upload", headers=headers, data={"file": (f, "clip.mp4")})
+    assert response.status_code == 303, response.get_json()
+    return response.headers["X-Job-ID"], video
+
+
+def test_purged_video_task_can_be_retried_and_downloads_with_subtitles_again(app, client, admin_headers,
+                                                                             stub_engine, drain, tmp_path):
+    """Purge deletes the subtitled video; retry (409 before) runs every stage again and the download is back."""
+    task_id, _ = upload_video(client, admin_headers, tmp_path)
+    drain()
+    assert client.post(f"/retry/{task_id}", headers=admin_headers).status_code == 409  # nothing to redo yet
+    assert client.post(f"/purge/{task_id}", headers=admin_headers).status_code == 200
+    assert not (Path(app.config["DATA_DIR"]) / "cache" / task_id).exists()
+    purged = client.get(f"/download/{task_id}", headers=admin_headers)
+    assert purged.status_code == 404 and "retry" in purged.get_json()["detail"]
+    listed = client.get("/api/jobs/", headers=admin_headers).get_json()["jobs"][0]
+    assert (listed["status"], listed["kind"], listed["purged"]) == ("completed", "video", True)
+
+    retried = client.post(f"/retry/{task_id}", headers=admin_headers)
+    assert retried.status_code == 200 and retried.get_json()["status"] == "queued"
+    drain()
+    job = client.get(f"/api/jobs/{task_id}", headers=admin_headers).get_json()
+    assert job["status"] == "completed" and job["purged"] is False
+    assert all(s["status"] == "done" for s in job["stages"])
+    download = client.get(f"/download/{task_id}", headers=admin_headers)
+    assert download.status_code == 200
+    out = tmp_path / "again.mp4"
+    out.write_bytes(download.data)
+    assert "subtitle" in [s["codec_type"] for s in ffprobe_streams(out)]
+    assert client.post(f"/retry/{task_id}", headers=admin_headers).status_code == 409  # completed, not purged
+
+
+def test_purge_of_a_running_task_is_409(app, client, admin_headers, tmp_path):
+    """The worker is writing the caches; purging under it would corrupt the run."""
+    from app.models import Job
+
+    task_id, _ = upload_video(client, admin_headers, tmp_path)
+    with app.app_context():
+        Job.update(status="processing").where(Job.id == task_id).execute()
+    assert client.post(f"/purge/{task_id}", headers=admin_headers).status_code == 409
+
+
+def basic(user: str, password: str) -> dict:
+    """HTTP Basic headers."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_api_user_signs_in_to_the_dashboard_and_sees_its_tasks(app, client, stub_engine, tmp_path):
+    """The Basic-only account logs in with the same credentials and its session lists what it uploaded."""
+    app.config.update(API_USER="dubarr", API_PASS="dubarr-secret-1")
+    task_id, _ = upload_video(client, {**basic("dubarr", "dubarr-secret-1"), "Accept": "text/html"}, tmp_path)
+    landing = client.get("/", follow_redirects=False)
+    assert landing.status_code == 302 and "/login" in landing.headers["Location"]
+
+    assert client.post("/auth/login", json={"username": "dubarr", "password": "wrong"}).status_code == 401
+    signed_in = client.post("/auth/login", json={"username": "dubarr", "password": "dubarr-secret-1"})
+    assert signed_in.status_code == 200, signed_in.get_json()
+    assert client.get("/").status_code == 200  # the session cookie opens the dashboard
+    listed = client.get("/api/jobs/").get_json()["jobs"]
+    assert [j["job_id"] for j in listed] == [task_id]
+    assert client.get(f"/ui/jobs/{task_id}").status_code == 200
+
+
+def test_api_user_without_a_password_cannot_sign_in(app, client):
+    """API_USER alone (no API_PASS) is no account: the login answers as for any wrong password."""
+    app.config.update(API_USER="dubarr", API_PASS="")
+    response = client.post("/auth/login", json={"username": "dubarr", "password": "anything"})
+    assert response.status_code == 401 and response.get_json()["error_code"] == "INVALID_CREDENTIALS"
+
+
+def test_dubarr_401_offers_basic_beside_bearer(client):
+    """A browser posting to /upload without credentials gets a Basic prompt; other APIs keep Bearer only."""
+    response = client.post("/upload")
+    assert response.status_code == 401
+    challenges = response.headers.getlist("WWW-Authenticate")
+    assert "Bearer" in challenges and any(re.fullmatch(r'Basic realm="[^"]+".*', c) for c in challenges)
+    assert client.get("/download/x").headers.getlist("WWW-Authenticate")[-1].startswith("Basic ")
+    assert client.get("/api/jobs/").headers.getlist("WWW-Authenticate") == ["Bearer"]
+    client.set_cookie("wt_session", "expired-session")  # the dashboard sends its users to the login page
+    assert client.get("/download/x").headers.getlist("WWW-Authenticate") == ["Bearer"]

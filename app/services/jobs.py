@@ -216,6 +216,7 @@ def summary(job: Job) -> dict[str, Any]:
         "created_at": isoformat(job.created_at), "completed_at": isoformat(job.completed_at),
         "duration": job.duration, "transcript_preview": preview or None,
         "error": job.error if job.status == "failed" else None,
+        "kind": job.kind, "purged": outputs_purged(job),  # the dashboard offers the video, Purge and Retry by these
     }
 
 
@@ -299,11 +300,22 @@ def cancel_job(job: Job) -> Job:
     return Job.get_by_id(job.id)
 
 
+def outputs_purged(job: Job) -> bool:
+    """True for a completed job whose cached stage outputs (a subtitled video, say) were purged."""
+    # Every run records its stages, so a completed job without any lost them to purge_caches.
+    return job.status == "completed" and not job.stages
+
+
+def restartable(job: Job) -> bool:
+    """True when a retry may queue the job again: it failed, was cancelled, or its outputs were purged."""
+    return job.status in ("failed", "cancelled") or outputs_purged(job)
+
+
 def restart_job(job: Job) -> Job:
-    """Queue a failed or cancelled job again from the start. 409 for any other status."""
-    if job.status not in ("failed", "cancelled"):
+    """Queue a failed, cancelled or purged job again; it resumes after its cached stages. 409 otherwise."""
+    if not restartable(job):
         raise AppError(409, "JOB_NOT_RESTARTABLE",
-                       f"Only failed or cancelled jobs can be restarted; job is {job.status}")
+                       f"Only failed, cancelled or purged jobs can be restarted; job is {job.status}")
     job.update_fields(status="queued", stage="queued", progress=0.0, error=None, attempts=0,
                       cancel_requested=False, completed_at=None, worker_id=None)
     submit(job)
@@ -325,7 +337,10 @@ def delete_job(cfg: Mapping[str, Any], job: Job) -> None:
 
 
 def purge_caches(cfg: Mapping[str, Any], job: Job) -> Job:
-    """Forget every cached stage output so the next run starts from the beginning (409 while running)."""
+    """Forget every cached stage output so the next run starts from the beginning (409 while running).
+
+    A completed job stays completed (its transcript is in the database), and a retry runs it again.
+    """
     if job.status == "processing":
         raise AppError(409, "JOB_RUNNING", "The job is running; cancel it before purging its caches")
     shutil.rmtree(Layout(cfg["DATA_DIR"]).job_cache(job.id), ignore_errors=True)

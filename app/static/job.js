@@ -61,14 +61,27 @@
     player.addEventListener("seeked", mark);
   }
 
+  /* Purge deletes the job's cached stage outputs (the subtitled video too); Retry then runs every stage again. */
+  async function purge(jobId, label) {
+    if (!confirm("Purge the cached outputs of " + label + ", the subtitled video too? Retry makes them again.")) return false;
+    await WT.api("/purge/" + encodeURIComponent(jobId), { method: "POST" });
+    WT.toast("Purged " + label + ". Retry runs it again.", "ok");
+    return true;
+  }
+
   document.getElementById("job-actions").addEventListener("click", async (e) => {
     const button = e.target.closest("button");
     if (!button) return;
     button.disabled = true;
+    const label = document.querySelector(".job-title").textContent;
     try {
-      if (button.dataset.download) {
+      if (button.dataset.download === "video") {
+        await WT.download("/download/" + encodeURIComponent(id)); // the Dubarr route: the subtitled video
+      } else if (button.dataset.download) {
         await WT.download("/api/export/download/" + encodeURIComponent(id) + "/" + button.dataset.download);
-      } else if (await WT.jobAction(id, button.dataset.action, document.querySelector(".job-title").textContent)) {
+      } else if (button.dataset.action === "purge") {
+        if (await purge(id, label)) setTimeout(() => location.reload(), 400);
+      } else if (await WT.jobAction(id, button.dataset.action, label)) {
         if (button.dataset.action === "delete") location.assign("/");
         else setTimeout(() => location.reload(), 400);
       }

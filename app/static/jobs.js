@@ -9,6 +9,7 @@
   const PAGE = 20;
   const FORMATS = ["txt", "srt", "vtt", "json", "tsv"];
   const ACTIVE = new Set(["queued", "processing"]);
+  const CACHED_KINDS = new Set(["video", "sidecar"]); // jobs whose outputs /download and /purge act on
   let offset = 0, search = "", total = 0, failing = false, scrolled = false;
   let highlight = section.dataset.highlight || "";
 
@@ -22,9 +23,18 @@
       const pick = WT.el("select", { "aria-label": "Download transcript", "data-download": "" },
         WT.el("option", { value: "" }, "Download…"), ...FORMATS.map((f) => WT.el("option", { value: f }, f.toUpperCase())));
       box.appendChild(pick);
+      if (job.kind === "video" && !job.purged) {
+        box.appendChild(WT.el("button", { type: "button", class: "btn btn-small", "data-download": "video",
+          title: "The video with the transcript as a subtitle track" }, "Video"));
+      }
     }
     if (ACTIVE.has(job.status)) box.appendChild(WT.el("button", { type: "button", class: "btn btn-small", "data-action": "cancel" }, "Cancel"));
-    if (job.status === "failed" || job.status === "cancelled") {
+    // Video and library jobs keep their stage outputs in a cache; purging frees the space and Retry redoes them.
+    if (CACHED_KINDS.has(job.kind) && !ACTIVE.has(job.status) && !job.purged) {
+      box.appendChild(WT.el("button", { type: "button", class: "btn btn-small", "data-action": "purge",
+        title: "Delete the cached stage outputs, the subtitled video too" }, "Purge"));
+    }
+    if (job.status === "failed" || job.status === "cancelled" || job.purged) {
       box.appendChild(WT.el("button", { type: "button", class: "btn btn-small", "data-action": "retry" }, "Retry"));
     }
     box.appendChild(WT.el("button", { type: "button", class: "btn btn-small btn-danger", "data-action": "delete" }, "Delete"));
@@ -62,8 +72,9 @@
     progressCell.querySelector(".progress-label").textContent = pct + "%";
     bar.title = job.status === "processing" ? "Stage: " + job.stage : job.status;
     lengthCell.textContent = job.duration ? WT.clock(job.duration) : "–";
-    if (tr.dataset.status !== job.status) { // rebuilt only on a change, so an open menu stays open
-      tr.dataset.status = job.status;
+    const state = job.status + (job.purged ? ":purged" : "");
+    if (tr.dataset.state !== state) { // rebuilt only on a change, so an open menu stays open
+      tr.dataset.state = state;
       tr.lastChild.replaceChildren(actionsFor(job));
     }
     tr.classList.toggle("highlight", job.job_id === highlight);
@@ -110,13 +121,24 @@
   }
   const poller = WT.poll(load, 1000);
 
+  /* Purge deletes a job's cached stage outputs (the subtitled video too); Retry then runs every stage again. */
+  async function purge(jobId, label) {
+    if (!confirm("Purge the cached outputs of " + label + ", the subtitled video too? Retry makes them again.")) return false;
+    await WT.api("/purge/" + encodeURIComponent(jobId), { method: "POST" });
+    WT.toast("Purged " + label + ". Retry runs it again.", "ok");
+    return true;
+  }
+
   body.addEventListener("click", async (e) => {
-    const button = e.target.closest("button[data-action]");
+    const button = e.target.closest("button[data-action], button[data-download]");
     if (!button) return;
     const tr = button.closest("tr");
+    const label = tr.querySelector("a").textContent;
     button.disabled = true;
     try {
-      if (await WT.jobAction(tr.dataset.jobId, button.dataset.action, tr.querySelector("a").textContent)) poller.now();
+      if (button.dataset.download === "video") await WT.download("/download/" + encodeURIComponent(tr.dataset.jobId));
+      else if (button.dataset.action === "purge") { if (await purge(tr.dataset.jobId, label)) poller.now(); }
+      else if (await WT.jobAction(tr.dataset.jobId, button.dataset.action, label)) poller.now();
     } catch (err) {
       WT.fail(err);
     } finally {
