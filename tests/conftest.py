@@ -66,8 +66,11 @@ class StubEngine:
 
     calls: list[dict] = []
 
-    def __init__(self, model_path, threads=0):
-        self.model_path = model_path
+    multilingual = False
+
+    def __init__(self, model_path, threads=0, backend="whispercpp"):
+        self.model_path = str(model_path)
+        self.label = f"stub:{Path(model_path).name}"
 
     def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False, on_segment=None,
                    on_progress=None, should_abort=None):

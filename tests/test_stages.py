@@ -137,8 +137,8 @@ def _restore_breaker_defaults(app):
 class InterleavingEngine:
     """Reports like whisper.cpp does: window percents and segment ends, not always in step."""
 
-    def __init__(self, model_path, threads=0):
-        pass
+    def __init__(self, model_path, threads=0, backend="whispercpp"):
+        self.model_path, self.label = str(model_path), "interleaving"
 
     def transcribe(self, samples, *, on_segment=None, on_progress=None, **kwargs):
         from workers import engine
@@ -155,12 +155,14 @@ class InterleavingEngine:
 
 
 def test_transcribe_progress_never_goes_back_and_stays_below_100(client, admin_headers, drain, monkeypatch):
+    """Below 100 while the engine runs, whatever order its reports come in; 100 with exact counts at the end."""
     from workers import engine, pipeline
 
-    reported: list[float] = []
+    reported: list[tuple] = []
     original = pipeline.Progress.report
     monkeypatch.setattr(pipeline.Progress, "report",
-                        lambda self, percent, segments: (reported.append(percent), original(self, percent, segments)))
+                        lambda self, *args: (reported.append(args), original(self, *args)))
+    monkeypatch.setattr(pipeline, "monotonic", lambda: 0.0)  # no time passes: nothing is extrapolated
     monkeypatch.setattr(engine, "_build", InterleavingEngine)
     engine._cache.clear()
     try:
@@ -168,5 +170,7 @@ def test_transcribe_progress_never_goes_back_and_stays_below_100(client, admin_h
         drain()
     finally:
         engine._cache.clear()
-    assert reported == [0.0, 50.0, 83.0, 83.0, 99.0]
+    assert [r[0] for r in reported] == pytest.approx([0.0, 50.0, 83.0, 83.0, 99.0, 100.0])
+    assert [r[1] for r in reported] == [0, 1, 1, 2, 2, 2]
+    assert reported[-1][2] == 2  # the exact count once the engine is done
     assert job(client, admin_headers, job_id)["status"] == "completed"

@@ -152,7 +152,7 @@ def run_bench(model: str, runs: int, audio_dir: Path | None, echo: Callable[[str
         peak = rss.stop()
     finally:
         app.close()
-        engine._cache.clear()
+        engine.unload()
     bare = {name: statistics.median(values) for name, values in bare.items()}
     served = {name: statistics.median(values) for name, values in served.items()}
 

@@ -1,0 +1,1 @@
+"""Speech engine backends behind the one ``workers.engine.Engine`` interface."""
