@@ -83,8 +83,13 @@ def cancel_job(job_id: str):
 @bp.get("/api/progress/<job_id>")
 @login_required("jobs:read")
 def job_progress(job_id: str):
-    """Stage, percent and time remaining.
+    """Stage, percent, time remaining and segment counts.
 
+    ``estimated_time_remaining`` is in seconds (``estimated_time_remaining_text`` the same as "1m 30s"):
+    null while unknown, 0 once finished; once known it never grows (it holds while the percent stands
+    still, so no two readings show more time left at a higher percent). ``current_segment``
+    counts the segments transcribed so far; ``total_segments`` is null until the first one, an estimate
+    while transcribing (extrapolated from the audio transcribed so far) and the exact count afterwards.
     ``wait=N`` (seconds, up to 60) holds the answer until the job finishes or N seconds pass.
     """
     return jsonify(service.progress(_waited(service.get_job(g.user, job_id))))

@@ -105,6 +105,27 @@ class _ExcludeLogger(logging.Filter):
         return not (record.name == self.excluded or record.name.startswith(self.excluded + "."))
 
 
+class QuietPeriodicTasks(logging.Filter):
+    """Keeps Huey's routine lines about periodic tasks ("Enqueueing periodic task", "Executing", "executed in")
+    out of the logs unless the level is DEBUG: the housekeeping tasks run every minute, and one that did
+    something logs that itself. Warnings and errors about them pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for an INFO line whose subject is a periodic task (it shows as DEBUG when DEBUG is on)."""
+        from huey.api import PeriodicTask
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.levelno != logging.INFO or not args or not isinstance(args[0], PeriodicTask):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+# Where Huey logs them: task execution ("huey") and the consumer's scheduler ("huey.consumer.Scheduler").
+HUEY_TASK_LOGGERS = ("huey", "huey.consumer.Scheduler")
+
+
 # ------------------------------------------------------------------ handler
 
 
@@ -224,6 +245,11 @@ def configure_logging(settings: Mapping[str, Any], role: str) -> None:
         console.setLevel(logging.WARNING)
         console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         _add(root, console)
+
+    for name in HUEY_TASK_LOGGERS:  # a logger's filter sees only its own records, and before every handler
+        huey_logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietPeriodicTasks) for f in huey_logger.filters):
+            huey_logger.addFilter(QuietPeriodicTasks())
 
     # Job lines go to processing.log and still reach the console through the root logger.
     _add(logging.getLogger(PROCESSING_LOGGER), _file_handler(settings, "processing", role))

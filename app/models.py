@@ -190,6 +190,8 @@ class Job(BaseModel):
     stage = CharField(default="queued")
     progress = FloatField(default=0.0)
     segments_done = IntegerField(default=0)
+    total_segments = IntegerField(null=True)  # while transcribing an estimate, once transcribed the count
+    eta_seconds = FloatField(null=True)  # the worker's estimate of the time left, written with the progress
     stages = JSONField(default=dict)
     error = TextField(null=True)
     attempts = IntegerField(default=0)

@@ -83,7 +83,17 @@ HINTS: dict[str, dict[str, Any]] = {
         "responses": _ok("201", "The queued job", _CREATED_JOB),
     },
     "jobs.get_job": {"parameters": [_WAIT]},
-    "jobs.job_progress": {"parameters": [_WAIT]},
+    "jobs.job_progress": {
+        "parameters": [_WAIT],
+        "responses": _ok("200", "The job's progress", _obj(
+            job_id=STR, status=STR, stage=STR, progress=NUM,
+            estimated_time_remaining={**NUM, "nullable": True,
+                                      "description": "Seconds left; null while unknown, 0 once finished"},
+            estimated_time_remaining_text={**STR, "nullable": True, "example": "1m 30s"},
+            current_segment=INT,
+            total_segments={**INT, "nullable": True,
+                             "description": "An estimate while transcribing, the exact count afterwards"})),
+    },
     "chunked_uploads.initialize": {
         "requestBody": {"required": True, **_json(_obj(("filename", "file_size", "chunk_size"), filename=STR,
                                                        file_size=INT, chunk_size=INT, content_type=STR))},

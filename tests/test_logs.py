@@ -284,6 +284,65 @@ def test_configure_logging_twice_replaces_the_handlers(tmp_path):
     assert "only in b" in (tmp_path / "b" / "logs" / "system.log").read_text()
 
 
+def run_housekeeping(app) -> None:
+    """What the worker's consumer does every minute: the scheduler queues the periodic tasks, a worker runs them,
+    plus one ordinary task."""
+    import threading
+    from datetime import datetime
+
+    from huey.consumer import Scheduler
+
+    from workers import pipeline, tasks
+    from workers.queue import huey
+
+    pipeline.configure(dict(app.config))
+    Scheduler(huey, threading.Event(), 1, True).enqueue_periodic_tasks(datetime(2024, 1, 1, 0, 10))
+    tasks.process_job("no-such-job")
+    with app.app_context():
+        for _ in range(huey.pending_count()):  # an empty dequeue would wait for a wake-up
+            huey.execute(huey.dequeue())
+
+
+def test_housekeeping_that_finds_nothing_to_do_leaves_no_lines_in_the_system_log(app):
+    """Reconcile, watch folders and cleanup every minute: Huey's routine lines about them stay out;
+    an ordinary task's lines stay in."""
+    run_housekeeping(app)
+    messages = [r["message"] for r in json_lines(logs_dir(app) / "system.log") if r["logger"].startswith("huey")]
+    assert not [m for m in messages if any(name in m for name in ("reconcile", "watch_folders", "cleanup"))], messages
+    assert any(m.startswith("Executing workers.tasks.process_job") for m in messages), messages
+
+
+def test_housekeeping_that_did_something_still_logs_it(app, client, admin_headers):
+    from app.models import Job
+
+    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
+    job_id = client.post("/api/jobs/", headers=admin_headers, data=data).get_json()["job_id"]
+    with app.app_context():
+        Job.update(status="processing", worker_id="999999:1.00", attempts=1).where(Job.id == job_id).execute()
+    run_housekeeping(app)
+    lines = json_lines(logs_dir(app) / "system.log")
+    assert any(f"job={job_id} re-queued" in r["message"] and r["level"] == "WARNING" for r in lines)
+
+
+def test_housekeeping_lines_show_at_debug_level(app, tmp_path):
+    configure_logging({"DATA_DIR": str(tmp_path / "debug"), "LOG_LEVEL": "DEBUG"}, "worker")
+    try:
+        run_housekeeping(app)
+    finally:
+        configure_logging(app.config, "web")
+    lines = json_lines(tmp_path / "debug" / "logs" / "system.log")
+    assert any(r["level"] == "DEBUG" and r["message"].startswith("Executing workers.tasks.reconcile") for r in lines)
+
+
+@pytest.mark.e2e
+def test_the_live_workers_system_log_has_no_idle_housekeeping_lines(live_server):
+    """A real consumer queues and runs the periodic tasks as it starts (and every minute after)."""
+    lines = json_lines(live_server.data_dir / "logs" / "system.log")
+    assert any(r["message"].startswith("Huey consumer started") for r in lines)  # the worker does log here
+    assert not [r for r in lines if r["logger"] in ("huey", "huey.consumer.Scheduler")
+                and "workers.tasks.reconcile" in r["message"]]
+
+
 def test_tail_offset_finds_the_last_lines(tmp_path):
     """With and without a final newline, and for more lines than the file has."""
     path = tmp_path / "t.log"

@@ -22,15 +22,33 @@ class Clock:
 def test_progress_writes_at_most_once_per_second():
     """Many reports within a second give a single database write."""
     clock, writes = Clock(), []
-    progress = pipeline.Progress(lambda percent, segments: writes.append((percent, segments)), lambda: False,
-                                 clock=clock)
+    progress = pipeline.Progress(lambda *args: writes.append(args), lambda: False, clock=clock)
     for i in range(10):
         clock.now = i * 0.1
         progress.report(float(i), i)
-    assert writes == [(0.0, 0)]
+    assert writes == [(0.0, 0, None)]
     clock.now = 1.05
-    progress.report(11.0, 11)
-    assert writes[-1] == (11.0, 11)
+    progress.report(11.0, 11, 40)
+    assert writes[-1] == (11.0, 11, 40)
+
+
+def test_a_held_back_report_is_written_by_the_next_tick_not_dropped():
+    """The last values of a burst (a whole window's segments at once) are the ones the job shows."""
+    clock, writes = Clock(), []
+    progress = pipeline.Progress(lambda *args: writes.append(args), lambda: False, clock=clock)
+    for i in range(8):
+        progress.report(10.0 + i, i + 1)
+    assert writes == [(10.0, 1, None)]
+    clock.now = 0.5
+    progress.tick()
+    assert len(writes) == 1  # still within the interval
+    clock.now = 1.0
+    progress.tick()
+    assert writes[-1] == (17.0, 8, None)
+    progress.report(20.0, 9, 30)
+    progress.report(19.0, 8, 28)  # a stale snapshot from the other thread: ignored
+    progress.flush()
+    assert writes[-1] == (20.0, 9, 30)
 
 
 def test_cancel_checks_are_throttled_and_sticky():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,14 @@ from workers import audio, dsp, engine, modelstore
 
 AUDIO_CACHE = "audio.s16"  # 16 kHz mono s16le, written by the decode stage
 TRANSCRIPT_CACHE = "transcript.json"
+WINDOW_SECONDS = 30.0  # whisper.cpp decodes up to 30 s of audio per window and reports once per window
+
+# What a stage's live progress gives: (percent of the stage, segments so far, total segments or None).
+Snapshot = tuple[float, int, int | None]
+
+
+def _no_follow(source: Callable[[], Snapshot]) -> None:
+    """A context that polls nothing (tests, tools)."""
 
 
 @dataclass
@@ -32,8 +41,10 @@ class StageContext:
     job: Job
     cfg: Mapping[str, Any]
     log: Callable[[str, str], None]
-    report: Callable[[float, int], None]  # (percent of this stage, segments so far)
+    report: Callable[..., None]  # (percent of this stage, segments so far[, total segments])
     should_abort: Callable[[], bool]
+    follow: Callable[[Callable[[], Snapshot]], None] = _no_follow  # the runner polls this between reports
+    clock: Callable[[], float] = time.monotonic
 
     @property
     def cache(self) -> Path:
@@ -65,6 +76,65 @@ class Stage:
 # ------------------------------------------------------------------ transcription
 
 
+class AudioProgress:
+    """How far the transcription is, from the audio time whisper.cpp has done, moving smoothly in between.
+
+    whisper.cpp reports its percent once per 30 s window, and a window's segments all arrive as it ends.
+    Between those reports the position moves on at the speed measured so far (before the first window
+    ends: ``speed``, the model's speed on earlier jobs, when known), never further than the window can
+    reach. The percent never goes back and stays below 100 until the engine is done.
+    """
+
+    def __init__(self, duration: float, *, speed: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.duration, self.speed, self.clock = max(duration, 0.001), speed, clock
+        self.started = self.done_at = clock()
+        self.done = 0.0  # seconds of audio known to be transcribed
+        self.segments, self.last_end = 0, 0.0
+        self._shown = 0.0
+        self._finished = False
+        self._lock = threading.Lock()  # the engine's callbacks and the runner's polls come from two threads
+
+    def engine_percent(self, value: float) -> None:
+        """whisper.cpp's own percent: everything before that point is done."""
+        with self._lock:
+            self._advance(self.duration * value / 100.0)
+
+    def segment(self, end: float) -> None:
+        """A new segment that ends ``end`` seconds into the audio."""
+        with self._lock:
+            self.segments += 1
+            self.last_end = max(self.last_end, end)
+            self._advance(end)
+
+    def _advance(self, position: float) -> None:
+        if position <= self.done:
+            return
+        now = self.clock()
+        self.done, self.done_at = min(position, self.duration), now
+        if now > self.started:
+            self.speed = self.done / (now - self.started)
+
+    def finish(self, segments: int) -> None:
+        """The engine is done: 100 %, and the segment count is exact."""
+        with self._lock:
+            self._finished, self.segments = True, segments
+
+    def snapshot(self) -> Snapshot:
+        """Percent (extrapolated to now), segments so far, and the total they point to (None before the first)."""
+        with self._lock:
+            if self._finished:
+                return 100.0, self.segments, self.segments
+            position = self.done
+            if self.speed:
+                position += min(self.speed * (self.clock() - self.done_at), 0.9 * WINDOW_SECONDS)
+            self._shown = max(self._shown, min(99.0, 100.0 * min(position, self.duration) / self.duration))
+            total = None
+            if self.last_end > 0:  # segments per second of audio so far, over the whole audio
+                total = max(self.segments, round(self.segments * self.duration / self.last_end))
+            return self._shown, self.segments, total
+
+
 def decode(ctx: StageContext) -> Path:
     """Any audio or video → 16 kHz mono PCM in the cache."""
     out = ctx.cache / AUDIO_CACHE
@@ -82,18 +152,16 @@ def transcribe(ctx: StageContext) -> Path:
         raise audio.MediaError(f"model {job.model} is no longer installed")
     samples = audio.load_pcm(ctx.cache / AUDIO_CACHE)
     duration = max(samples.size / audio.SAMPLE_RATE, 0.001)
-    segments_seen, percent = 0, 0.0
+    tracker = AudioProgress(duration, speed=transitions.recent_speed(job.model), clock=ctx.clock)
+    ctx.follow(tracker.snapshot)  # moves the percent on while whisper.cpp works through a window
 
-    # whisper.cpp reports its percent once per 30 s window; segment ends fill in between. Never go back.
     def on_progress(value: float) -> None:
-        nonlocal percent
-        percent = min(99.0, max(percent, value))
-        ctx.report(percent, segments_seen)
+        tracker.engine_percent(value)
+        ctx.report(*tracker.snapshot())
 
     def on_segment(segment: engine.EngineSegment) -> None:
-        nonlocal segments_seen
-        segments_seen += 1
-        on_progress(100.0 * segment.end / duration)
+        tracker.segment(segment.end)
+        ctx.report(*tracker.snapshot())
 
     def load_and_transcribe() -> engine.EngineResult:
         model = engine.load_engine(model_file, int(ctx.cfg["ENGINE_THREADS"]))
@@ -107,6 +175,8 @@ def transcribe(ctx: StageContext) -> Path:
     # Loading and transcribing are one guarded call, so a load that works cannot reset the failure count.
     result = engine_breaker.call(load_and_transcribe)
     elapsed = time.monotonic() - started
+    tracker.finish(len(result.segments))
+    ctx.report(*tracker.snapshot())
     out = ctx.cache / TRANSCRIPT_CACHE
     atomic_write(out, json.dumps({
         "language": result.language, "engine_seconds": elapsed, "audio_seconds": duration,

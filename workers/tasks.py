@@ -19,6 +19,11 @@ def process_job(job_id: str) -> None:
     pipeline.run(job_id)
 
 
+# The housekeeping tasks below run every few minutes. Huey's own INFO lines about them are kept out of the
+# logs (app/logging_setup.py QuietPeriodicTasks), so a run that found nothing to do writes nothing; what a
+# run did change is logged where it happens (re-queued jobs, queued watch-folder files, cleanup removals).
+
+
 @huey.periodic_task(crontab(minute="*"))
 def reconcile() -> None:
     """Every minute, give jobs of dead workers back to the queue."""

@@ -247,18 +247,45 @@ def stage_view(job: Job) -> list[dict[str, Any]]:
 
 
 def progress(job: Job) -> dict[str, Any]:
-    """Progress of a job with a rough time-remaining estimate."""
+    """Progress of a job: percent, time left (seconds and text) and segments done and in all.
+
+    The time left is the worker's estimate, written with each progress update (``workers/pipeline.py``
+    ``Eta``); None while unknown (queued, or before the transcription has a pace), 0 once finished.
+    ``total_segments`` is None until the first segment; while transcribing it is an estimate (segments
+    so far per second of audio transcribed, over the whole audio); once transcribed, the exact count.
+    """
     remaining = None
-    if job.status == "processing" and job.started_at and 0 < job.progress < 100:
-        elapsed = (utcnow() - job.started_at).total_seconds()
-        remaining = round(elapsed * (100 - job.progress) / job.progress, 1)
+    if job.status == "processing" and job.eta_seconds is not None:
+        remaining = round(job.eta_seconds, 1)
     elif job.status in FINISHED:
         remaining = 0
     return {
         "job_id": job.id, "status": job.status, "progress": round(job.progress, 1), "stage": job.stage,
-        "estimated_time_remaining": remaining,
-        "current_segment": job.segments_done,
+        "estimated_time_remaining": remaining, "estimated_time_remaining_text": duration_text(remaining),
+        "current_segment": job.segments_done, "total_segments": total_segments(job),
     }
+
+
+def total_segments(job: Job) -> int | None:
+    """The job's segment count: exact once transcribed, an estimate while transcribing, else None."""
+    if job.status == "completed":
+        if job.total_segments is not None:
+            return job.total_segments
+        return Segment.select().where(Segment.job == job.id).count()  # completed before the count was kept
+    return job.total_segments if job.status == "processing" else None
+
+
+def duration_text(seconds: float | None) -> str | None:
+    """Seconds as people read them: "45s", "1m 30s", "1h 2m"; None stays None."""
+    if seconds is None:
+        return None
+    whole = int(max(0.0, seconds) + 0.5)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60}s"
+    hours, minutes = divmod(int(whole / 60 + 0.5), 60)
+    return f"{hours}h {minutes}m"
 
 
 def wait_finished(job_id: str, timeout: float, interval: float = WAIT_INTERVAL) -> Job | None:

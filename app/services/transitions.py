@@ -36,11 +36,25 @@ def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:
 
 
 def record_progress(job_id: str, label: str, overall: float, stage: str, stage_percent: float,
-                    segments_done: int) -> None:
-    """The job's overall and its running stage's progress, in one transaction."""
+                    segments_done: int, *, eta_seconds: float | None = None,
+                    total_segments: int | None = None) -> None:
+    """The job's overall and its running stage's progress, time left and segment counts, in one transaction."""
     with db.atomic("IMMEDIATE"):  # the two writes below nest as savepoints: one commit, one fsync
-        set_progress(job_id, label, overall, segments_done=segments_done)
+        set_progress(job_id, label, overall, segments_done=segments_done, total_segments=total_segments,
+                     eta_seconds=None if eta_seconds is None else round(eta_seconds, 1))
         update_stage(job_id, stage, progress=stage_percent)
+
+
+def recent_speed(model: str, jobs: int = 20) -> float | None:
+    """Seconds of audio per second of processing over the model's latest completed jobs; None without any."""
+    rows = (Job.select(Job.duration, Job.processing_seconds)
+            .where((Job.model == model) & (Job.status == "completed") & (Job.duration > 0)
+                   & (Job.processing_seconds > 0))
+            .order_by(Job.completed_at.desc()).limit(jobs))
+    audio = spent = 0.0
+    for row in rows:
+        audio, spent = audio + row.duration, spent + row.processing_seconds
+    return audio / spent if spent > 0 else None
 
 
 def cancel_requested(job_id: str) -> bool:
@@ -65,8 +79,9 @@ def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, 
                  "confidence": s.get("confidence"), "words": s.get("words")}
                 for i, s in enumerate(segments)
             ]).execute()
-        Job.update(text=text, confidence=confidence, detected_language=language, updated_at=utcnow()).where(
-            Job.id == job.id).execute()
+        # The counts become exact here: the worker's progress writes are throttled and the total was an estimate.
+        Job.update(text=text, confidence=confidence, detected_language=language, segments_done=len(segments),
+                   total_segments=len(segments), updated_at=utcnow()).where(Job.id == job.id).execute()
     job = Job.get_by_id(job.id)
     atomic_write(Layout(cfg["DATA_DIR"]).transcript_path(job.id),
                  json.dumps({"job_id": job.id, "filename": job.original_filename, "model": job.model,
