@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -129,7 +130,9 @@ def models_list() -> None:
 @click.argument("name")
 @click.option("--url", help="Download an official ggml file from this URL instead of building offline.")
 @click.option("--sha256", help="Expected SHA-256 of the download (required with --url).")
-def models_install(name: str, url: str | None, sha256: str | None) -> None:
+@click.option("--quantize/--no-quantize", default=True, show_default=True,
+              help="Also write the q8_0 copy that whisper.cpp runs faster (the calibration checks its accuracy).")
+def models_install(name: str, url: str | None, sha256: str | None, quantize: bool) -> None:
     """Install NAME: tiny.en and base are built offline; others need --url and --sha256."""
     folder = load_settings()["MODELS_DIR"]
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,8 @@ def models_install(name: str, url: str | None, sha256: str | None) -> None:
             path = modelstore.download(folder, name, url, sha256)
         else:
             path = modelstore.install_offline(folder, name)
+        if quantize and not name.endswith("-q8_0") and not modelstore.model_path(folder, f"{name}-q8_0").exists():
+            modelstore.quantize(folder, name, "q8_0")
     except (modelstore.ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name} installed at {path}")
@@ -205,11 +210,41 @@ def users_create(username: str, password: str, email: str | None, admin: bool) -
 @click.option("--model", default="tiny.en")
 @click.option("--runs", default=3, help="Runs per clip; the median is reported.")
 @click.option("--audio-dir", type=click.Path(exists=True, file_okay=False), default=None)
-def bench(model: str, runs: int, audio_dir: str | None) -> None:
-    """Time the bare engine and the running appliance on the shipped clips."""
+@click.option("--compare", is_flag=True, help="Side by side with faster-whisper: every engine, every workload.")
+@click.option("--workloads", default="jfk,osr,10min,batch8", show_default=True,
+              help="With --compare: which of jfk, osr, 10min and batch8 to run.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="With --compare: save the figures.")
+def bench(model: str, runs: int, audio_dir: str | None, compare: bool, workloads: str, json_out: str | None) -> None:
+    """Time the bare engine and the running appliance on the shipped clips (or --compare with faster-whisper)."""
+    if compare:
+        from workers.compare import run_compare  # late: it loads the benchmark's extra machinery
+
+        figures = run_compare(model=model, runs=runs, names=workloads.split(","), echo=click.echo)
+        if json_out:
+            Path(json_out).write_text(json.dumps(figures, indent=2))
+        return
     from workers.bench import run_bench
 
     run_bench(model=model, runs=runs, audio_dir=Path(audio_dir) if audio_dir else None, echo=click.echo)
+
+
+@main.command()
+@click.option("--model", "models", multiple=True, help="Models to measure (repeatable); default: the default model.")
+@click.option("--runs", default=2, show_default=True, help="Timed runs per clip and candidate.")
+def tune(models: tuple[str, ...], runs: int) -> None:
+    """Measure each engine and model file on this box and record the fastest accurate one (WT_ENGINE=auto)."""
+    from workers import tuning
+
+    settings = load_settings()
+    names = list(models) or [settings["DEFAULT_MODEL"]]
+    record = tuning.calibrate(settings, names, runs=runs, echo=click.echo)
+    for name, entry in record["models"].items():
+        for label, figures in entry["results"].items():
+            click.echo(f"  {name:10} {label:40} short {figures['short']['seconds']:6.2f} s "
+                       f"(WER {figures['short']['wer']:.3f})  long {figures['long']['seconds']:6.2f} s "
+                       f"(WER {figures['long']['wer']:.3f})")
+        click.echo(f"{name}: short audio on {entry['short']}, long audio on {entry['long']}")
+    click.echo(f"saved to {tuning.tuning_path(settings)}")
 
 
 if __name__ == "__main__":

@@ -251,6 +251,10 @@ def configure_logging(settings: Mapping[str, Any], role: str) -> None:
         if not any(isinstance(f, QuietPeriodicTasks) for f in huey_logger.filters):
             huey_logger.addFilter(QuietPeriodicTasks())
 
+    # pywhispercpp logs "Transcribing ..." and the inference time at INFO for every call, and the engine
+    # calls it once per piece of audio: the job's own log line says the same once.
+    logging.getLogger("pywhispercpp").setLevel(logging.WARNING)
+
     # Job lines go to processing.log and still reach the console through the root logger.
     _add(logging.getLogger(PROCESSING_LOGGER), _file_handler(settings, "processing", role))
 

@@ -62,6 +62,9 @@ class JobCollector(Collector):
                                   value=done["jobs"])
         yield CounterMetricFamily("whisper_audio_seconds_transcribed", "Seconds of media in completed jobs",
                                   value=done["audio_seconds"])
+        yield CounterMetricFamily("whisper_loops_suppressed",
+                                  "Pieces of audio decoded again because their text repeated itself",
+                                  value=done.get("loops_suppressed", 0))
         buckets = [(str(le), float(n)) for le, n in zip(totals.RTF_BUCKETS, done["rtf_buckets"], strict=True)]
         buckets.append(("+Inf", float(done["rtf_count"])))
         yield HistogramMetricFamily("whisper_realtime_factor",

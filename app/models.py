@@ -192,6 +192,8 @@ class Job(BaseModel):
     segments_done = IntegerField(default=0)
     total_segments = IntegerField(null=True)  # while transcribing an estimate, once transcribed the count
     eta_seconds = FloatField(null=True)  # the worker's estimate of the time left, written with the progress
+    engine = CharField(null=True)  # the backend and model file that transcribed it, e.g. whispercpp:ggml-tiny.en.bin
+    loops_suppressed = IntegerField(default=0)  # pieces decoded again because their text repeated itself
     stages = JSONField(default=dict)
     error = TextField(null=True)
     attempts = IntegerField(default=0)

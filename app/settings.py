@@ -39,6 +39,8 @@ ENV_NAMES = {
     "WT_FFMPEG_TIMEOUT_SECONDS": "FFMPEG_TIMEOUT_SECONDS",
     "WT_DEFAULT_MODEL": "DEFAULT_MODEL",
     "WT_MODEL_ALIASES": "MODEL_ALIASES",
+    "WT_ENGINE": "ENGINE",
+    "WT_TUNE_ON_START": "TUNE_ON_START",
     "WT_ENGINE_THREADS": "ENGINE_THREADS",
     "WT_WORKERS": "WORKERS",
     "WT_MAX_ATTEMPTS": "MAX_ATTEMPTS",
@@ -68,6 +70,7 @@ ENV_NAMES = {
     "API_PASS": "API_PASS",
 }
 MIN_SECRET_LENGTH = 32
+ENGINES = ("auto", "whispercpp", "ctranslate2")  # as workers.tuning.ENGINE_SETTINGS; settings import no workers
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # as workers.modelstore.model_path
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -96,6 +99,8 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     data_dir = Path(settings["DATA_DIR"]).expanduser().resolve()
     settings["DATA_DIR"] = str(data_dir)
     settings["MODELS_DIR"] = str(Path(settings["MODELS_DIR"] or data_dir / "models").expanduser().resolve())
+    if settings.get("ENGINE") not in ENGINES:
+        raise RuntimeError(f"WT_ENGINE must be one of {', '.join(ENGINES)}, not {settings.get('ENGINE')!r}")
     settings["MODEL_ALIASES"] = parse_model_aliases(settings.get("MODEL_ALIASES"), "WT_MODEL_ALIASES")
     settings["ANONYMOUS_NETWORKS"] = parse_networks(settings.get("ANONYMOUS_NETWORKS"), "WT_ANONYMOUS_NETWORKS")
     return settings

@@ -190,6 +190,7 @@ class Supervisor:
         self.backoff = 1.0
         self.next_spawn = 0.0
         self.wanted = 1
+        self.tuner: subprocess.Popen | None = None
 
     def run(self) -> int:
         """Supervise until stopped; 0 after a clean stop, 1 when the web server died."""
@@ -203,6 +204,7 @@ class Supervisor:
         # Its own process group too: Gunicorn's worker hangs in its thread-pool shutdown when a terminal's
         # Ctrl-C reaches it directly and its master's quit signal arrives on top.
         self.web = subprocess.Popen([*self.cmd, "serve"], process_group=0)
+        self.tuner = self._start_tuning()
         code, next_poll = 0, 0.0
         try:
             while True:
@@ -225,6 +227,19 @@ class Supervisor:
             self.stop()
             self.pidfile.unlink(missing_ok=True)
         return code
+
+    def _start_tuning(self) -> subprocess.Popen | None:
+        """First start on this box: calibrate the engines in the background (about 30 s) for WT_ENGINE=auto."""
+        from workers import tuning  # late: only the supervisor's first start needs the calibration
+
+        if self.settings.get("ENGINE") != "auto" or not self.settings.get("TUNE_ON_START"):
+            return None
+        if tuning.read_record(self.settings) is not None:
+            return None
+        log.info("calibrating the engines in the background; jobs run meanwhile on the default engine")
+        print("Measuring the engines on this box (about 30 s, once; `whisper-transcriber tune` repeats it)",
+              flush=True)
+        return subprocess.Popen([*self.cmd, "tune"], process_group=0)
 
     def _spawn(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches the supervisor, which forwards one SIGINT
@@ -276,6 +291,8 @@ class Supervisor:
     def stop(self) -> None:
         """Workers finish their running job (SIGINT); the web server stops (SIGTERM); wait for all."""
         workers = [*self.active, *self.retiring]
+        if self.tuner is not None and self.tuner.poll() is None:
+            self.tuner.terminate()  # a calibration cut short saves nothing; the next start runs it again
         # Retiring workers already had their SIGINT: a second one would make Huey abandon the job.
         for proc, sig in [*((w, signal.SIGINT) for w in self.active), (self.web, signal.SIGTERM)]:
             if proc.poll() is None:

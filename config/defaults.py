@@ -26,6 +26,9 @@ DEFAULT_MODEL = "tiny.en"
 # Model names clients ask for, answered by an installed model: "medium=base,small=base" (the full-API
 # examples ask for medium). Admins can replace the map on the settings page (POST /admin/settings).
 MODEL_ALIASES = ""
+# auto: the calibration decides per job (whisper-transcriber tune); whispercpp or ctranslate2 force one engine.
+ENGINE = "auto"
+TUNE_ON_START = True  # `run` calibrates the engines once in the background when this box has no record yet
 ENGINE_THREADS = 0  # 0: all cores
 WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/concurrency
 MAX_ATTEMPTS = 3

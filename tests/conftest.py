@@ -171,6 +171,8 @@ def launch_appliance(data_dir: Path, log_name: str, *, library: Path | None = No
     port = free_port()
     full_env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
                 "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                # Calibrating takes ~30 s of both cores; tests that want it (test_tuning) turn it back on.
+                "WT_TUNE_ON_START": "false",
                 **({"WT_MEDIA_ROOTS": str(library)} if library else {}), **env}
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / log_name, "wb")  # noqa: SIM115

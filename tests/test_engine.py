@@ -1,11 +1,15 @@
-"""The whisper.cpp engine in-process with the real tiny.en model: text, progress, segments and abort."""
+"""The engines in-process with the real tiny.en model: text, progress, segments, abort, words, prompts.
+
+The contract tests run against both backends (``any_engine``); the whisper.cpp tests below them cover
+what only that backend does (pieces, sized audio_ctx, the loop guard).
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers import AUDIO, MODELS_DIR, reference, wer
-from workers import audio, engine
+from tests.helpers import AUDIO, MODELS_DIR, ffmpeg, reference, wer
+from workers import audio, engine, modelstore
 
 MODEL = MODELS_DIR / "ggml-tiny.en.bin"
 
@@ -16,6 +20,15 @@ def whisper() -> engine.Engine:
     loaded = engine.load_engine(MODEL, 2)
     yield loaded
     engine.unload()
+
+
+@pytest.fixture(scope="module", params=["whispercpp", "ctranslate2"])
+def any_engine(request) -> engine.Engine:
+    """Each backend in turn, with tiny.en: every behaviour a job relies on must hold for both."""
+    path = MODEL if request.param == "whispercpp" else modelstore.ct2_dir(MODELS_DIR, "tiny.en")
+    loaded = engine.load_engine(path, 2, request.param)
+    yield loaded
+    engine.unload(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -33,31 +46,31 @@ def test_progress_comes_from_whisper_cpp_and_rises_to_100(whisper, osr, capfd):
     assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
 
 
-def test_segments_arrive_through_the_callback_in_order_with_confidence(whisper):
+def test_segments_arrive_through_the_callback_in_order_with_confidence(any_engine):
     seen: list[engine.EngineSegment] = []
-    result = whisper.transcribe(audio.decode(AUDIO / "jfk.flac"), language="en", on_segment=seen.append)
+    result = any_engine.transcribe(audio.decode(AUDIO / "jfk.flac"), language="en", on_segment=seen.append)
     assert [s.text for s in seen] == [s.text for s in result.segments]
     assert all(0 <= s.start < s.end <= 11.5 for s in result.segments)
     assert all(s.confidence is not None and 0 < s.confidence <= 1 for s in result.segments)
     assert result.language == "en" and wer(reference("jfk.flac"), result.text) <= 0.10
 
 
-def test_abort_stops_the_engine_and_returns_no_partial_text(whisper, osr):
+def test_abort_stops_the_engine_and_returns_no_partial_text(any_engine, osr):
     progress: list[float] = []
     with pytest.raises(engine.Aborted):
-        whisper.transcribe(osr, language="en", on_progress=progress.append, should_abort=lambda: bool(progress))
+        any_engine.transcribe(osr, language="en", on_progress=progress.append, should_abort=lambda: bool(progress))
     assert progress and progress[-1] < 100.0
 
 
-def test_a_call_without_callbacks_still_transcribes(whisper, capfd):
-    result = whisper.transcribe(audio.decode(AUDIO / "jfk.flac"), language="en")
+def test_a_call_without_callbacks_still_transcribes(any_engine, capfd):
+    result = any_engine.transcribe(audio.decode(AUDIO / "jfk.flac"), language="en")
     assert wer(reference("jfk.flac"), result.text) <= 0.10
     assert "Progress:" not in capfd.readouterr().err
 
 
-def test_an_english_only_model_skips_language_detection(whisper, capfd):
-    """A job that names no language must not pay whisper.cpp's detection pass on tiny.en."""
-    result = whisper.transcribe(audio.decode(AUDIO / "jfk.flac"))
+def test_an_english_only_model_skips_language_detection(any_engine, capfd):
+    """A job that names no language must not pay a detection pass on tiny.en."""
+    result = any_engine.transcribe(audio.decode(AUDIO / "jfk.flac"))
     assert "auto-detected language" not in capfd.readouterr().err
     assert result.language == "en" and wer(reference("jfk.flac"), result.text) <= 0.10
 
@@ -113,3 +126,39 @@ def test_repetition_is_measured_by_repeated_sentences_or_compression():
     assert not looping(segs("Yes.", "Yes."))  # a speaker may repeat himself once
     assert looping(segs(*["The blind man was found on the beach."] * 3))
     assert looping(segs("the the the the the the the the the the the the the the the the the the the the the"))
+
+
+def test_progress_rises_to_100_on_either_engine(any_engine, osr):
+    reported: list[float] = []
+    result = any_engine.transcribe(osr, on_progress=reported.append)
+    assert reported == sorted(reported) and reported[-1] == 100.0 and any(0 < p < 100 for p in reported)
+    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
+
+
+def test_word_timestamps_are_ordered_and_inside_their_segment(any_engine):
+    result = any_engine.transcribe(audio.decode(AUDIO / "jfk.flac"), words=True)
+    words = [w for s in result.segments for w in s.words]
+    assert len(words) >= 15 and [w["start"] for w in words] == sorted(w["start"] for w in words)
+    assert all(0 <= w["start"] <= w["end"] <= 11.5 and 0 < w["probability"] <= 1 for w in words)
+    assert wer(reference("jfk.flac"), " ".join(w["word"] for w in words)) <= 0.10
+
+
+def test_a_prompt_steers_the_vocabulary_on_either_engine(any_engine):
+    result = any_engine.transcribe(audio.decode(AUDIO / "hotwords.mp3"), prompt="ComfyUI")
+    assert "comfyui" in result.text.lower().replace(" ", "")
+
+
+@pytest.mark.parametrize("backend", ["whispercpp", "ctranslate2"])
+def test_a_multilingual_model_detects_german_and_translates_it(backend, tmp_path):
+    german = tmp_path / "german.wav"
+    ffmpeg("-ss", "34", "-i", str(AUDIO / "multilingual.mp3"), "-t", "20", str(german))
+    path = MODELS_DIR / "ggml-base.bin" if backend == "whispercpp" else modelstore.ct2_dir(MODELS_DIR, "base")
+    base = engine.load_engine(path, 2, backend)
+    try:
+        heard = base.transcribe(audio.decode(german))
+        english = base.transcribe(audio.decode(german), translate=True)
+    finally:
+        engine.unload(backend)
+    assert heard.language == "de"
+    words = set(english.text.lower().replace(",", " ").replace(".", " ").split())
+    assert len(words & {"the", "software", "permission", "copy", "and", "of", "to"}) >= 3, english.text

@@ -9,6 +9,7 @@ their runs alternate so that the machine's drifting speed does not favour either
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -47,12 +48,14 @@ def bare_seconds(model_file: Path, clip: Path, threads: int) -> float:
 class Appliance:
     """A ``whisper-transcriber run`` on a free port with a throwaway data dir."""
 
-    def __init__(self, models_dir: str, threads: int):
-        self.tmp = tempfile.TemporaryDirectory(prefix="wt-bench-")
+    def __init__(self, models_dir: str, threads: int, *, data_dir: str | None = None,
+                 env: dict[str, str] | None = None):
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="wt-bench-")
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "WT_DATA_DIR": self.tmp.name, "WT_MODELS_DIR": models_dir, "WT_PORT": str(port),
-               "WT_ADMIN_PASSWORD": BENCH_PASSWORD, "WT_ENGINE_THREADS": str(threads)}
+        env = {**os.environ, "WT_DATA_DIR": self.data_dir, "WT_MODELS_DIR": models_dir, "WT_PORT": str(port),
+               "WT_ADMIN_PASSWORD": BENCH_PASSWORD, "WT_ENGINE_THREADS": str(threads), "WT_TUNE_ON_START": "false",
+               **(env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -74,6 +77,19 @@ class Appliance:
     def worker(self) -> psutil.Process:
         """The worker process of the supervisor."""
         return next(p for p in psutil.Process(self.process.pid).children() if "worker" in p.cmdline())
+
+    def transcribe_text(self, clip: Path) -> str:
+        """Submit as a user does (no model, no language), wait (long poll) until completed; the text."""
+        with open(clip, "rb") as f:
+            job_id = self.session.post(self.url + "/api/jobs/", files={"file": (clip.name, f)},
+                                       timeout=60).json()["job_id"]
+        while True:
+            job = self.session.get(f"{self.url}/api/jobs/{job_id}?wait=60", timeout=90).json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+        if job["status"] != "completed":
+            raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('error')}")
+        return job["transcript"]["text"]
 
     def transcribe_seconds(self, clip: Path, model: str) -> float:
         """Submit over HTTP and wait (long poll) until completed; seconds."""
@@ -99,7 +115,7 @@ class Appliance:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        self.tmp.cleanup()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class PeakRss:

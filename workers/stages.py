@@ -20,7 +20,7 @@ from app.extensions import engine_breaker
 from app.models import Job
 from app.services import exports, transitions
 from app.services.storage import Layout, atomic_write
-from workers import audio, dsp, engine, modelstore
+from workers import audio, dsp, engine, modelstore, tuning
 
 AUDIO_CACHE = "audio.s16"  # 16 kHz mono s16le, written by the decode stage
 TRANSCRIPT_CACHE = "transcript.json"
@@ -145,13 +145,17 @@ def decode(ctx: StageContext) -> Path:
 
 
 def transcribe(ctx: StageContext) -> Path:
-    """whisper.cpp over the decoded audio → transcript.json in the cache."""
+    """The engine over the decoded audio → transcript.json in the cache.
+
+    Which engine and model file: ``WT_ENGINE`` and, for ``auto``, the calibration's pick for audio this long.
+    """
     job = ctx.job
-    model_file = modelstore.model_path(ctx.cfg["MODELS_DIR"], job.model)
-    if not model_file.exists():
-        raise audio.MediaError(f"model {job.model} is no longer installed")
     samples = audio.load_pcm(ctx.cache / AUDIO_CACHE)
     duration = max(samples.size / audio.SAMPLE_RATE, 0.001)
+    try:
+        choice = tuning.choose(ctx.cfg, job.model, duration)
+    except modelstore.ModelError as exc:
+        raise audio.MediaError(f"model {job.model} is no longer installed") from exc
     tracker = AudioProgress(duration, speed=transitions.recent_speed(job.model), clock=ctx.clock)
     ctx.follow(tracker.snapshot)  # moves the percent on while whisper.cpp works through a window
 
@@ -164,7 +168,7 @@ def transcribe(ctx: StageContext) -> Path:
         ctx.report(*tracker.snapshot())
 
     def load_and_transcribe() -> engine.EngineResult:
-        model = engine.load_engine(model_file, int(ctx.cfg["ENGINE_THREADS"]))
+        model = engine.load_engine(choice.path, int(ctx.cfg["ENGINE_THREADS"]), choice.backend)
         return model.transcribe(
             samples, language=job.language, translate=job.task == "translate", prompt=job.prompt,
             words=bool(job.options.get("word_timestamps")), on_segment=on_segment, on_progress=on_progress,
@@ -180,18 +184,21 @@ def transcribe(ctx: StageContext) -> Path:
     out = ctx.cache / TRANSCRIPT_CACHE
     atomic_write(out, json.dumps({
         "language": result.language, "engine_seconds": elapsed, "audio_seconds": duration,
+        "engine": choice.label, "loops_suppressed": result.loops_suppressed,
         "segments": [{"start": s.start, "end": s.end, "text": s.text, "confidence": s.confidence, "words": s.words}
                      for s in result.segments],
     }))
-    ctx.log("INFO", f"transcribed {len(result.segments)} segments, language {result.language}, "
-                    f"{elapsed:.2f} s (real-time factor {elapsed / duration:.3f})")
+    ctx.log("INFO", f"transcribed {len(result.segments)} segments with {choice.label}, language "
+                    f"{result.language}, {elapsed:.2f} s (real-time factor {elapsed / duration:.3f})"
+                    + (f", {result.loops_suppressed} looping pieces decoded again" if result.loops_suppressed else ""))
     return out
 
 
 def finalize(ctx: StageContext) -> None:
     """Store the cached transcript in the database and as ``transcripts/<id>.json``."""
     data = json.loads((ctx.cache / TRANSCRIPT_CACHE).read_text())
-    transitions.store_transcript(ctx.cfg, ctx.job, data["segments"], language=data["language"])
+    transitions.store_transcript(ctx.cfg, ctx.job, data["segments"], language=data["language"],
+                                 engine=data.get("engine"), loops_suppressed=data.get("loops_suppressed", 0))
 
 
 # ------------------------------------------------------------------------ media

@@ -32,7 +32,7 @@ from app.models import ApiKey, AuditLog, Job, Segment, User, db, utcnow
 from app.services import files
 from app.services.storage import FOLDERS, Layout
 from app.supervisor import gunicorn_master, live_workers, supervisor_process
-from workers import modelstore
+from workers import modelstore, tuning
 from workers.queue import huey
 
 MB = 1024**2
@@ -191,7 +191,21 @@ def stats(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "queue_depth": _queue_depth(),
         "real_time_factor": rtf,
         "storage_by_folder": by_folder,
+        "engine": engine_choice(cfg),
     }
+
+
+def engine_choice(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """WT_ENGINE, what the default model runs on for short and long audio, and the calibration behind it."""
+    model = cfg["DEFAULT_MODEL"]
+    choices: dict[str, str | None] = {}
+    for kind, seconds in (("short", 10.0), ("long", 600.0)):
+        try:
+            choices[kind] = tuning.choose(cfg, model, seconds).label
+        except modelstore.ModelError:
+            choices[kind] = None
+    return {"setting": cfg.get("ENGINE", "auto"), "default_model": model, "choice": choices,
+            "calibration": tuning.read_record(cfg)}
 
 
 # ------------------------------------------------------------------ health

@@ -228,6 +228,7 @@ def detail(job: Job) -> dict[str, Any]:
         "prompt": job.prompt, "updated_at": isoformat(job.updated_at), "started_at": isoformat(job.started_at),
         "attempts": job.attempts, "processing_seconds": job.processing_seconds, "media": job.media_info,
         "requested_model": job.requested_model,  # what the client asked for; "model" is what runs
+        "engine": job.engine, "loops_suppressed": job.loops_suppressed,  # what transcribed it, and how often it looped
     })
     body["kind"] = job.kind
     body["stages"] = stage_view(job)

@@ -64,7 +64,7 @@ def cancel_requested(job_id: str) -> bool:
 
 
 def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *,
-                     language: str | None) -> None:
+                     language: str | None, engine: str | None = None, loops_suppressed: int = 0) -> None:
     """Replace the job's segments and text in one transaction, then write ``transcripts/<id>.json``."""
     text = " ".join(s["text"].strip() for s in segments if s["text"].strip())
     confidences = [s["confidence"] for s in segments if s.get("confidence") is not None]
@@ -81,7 +81,8 @@ def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, 
             ]).execute()
         # The counts become exact here: the worker's progress writes are throttled and the total was an estimate.
         Job.update(text=text, confidence=confidence, detected_language=language, segments_done=len(segments),
-                   total_segments=len(segments), updated_at=utcnow()).where(Job.id == job.id).execute()
+                   total_segments=len(segments), engine=engine, loops_suppressed=loops_suppressed,
+                   updated_at=utcnow()).where(Job.id == job.id).execute()
     job = Job.get_by_id(job.id)
     atomic_write(Layout(cfg["DATA_DIR"]).transcript_path(job.id),
                  json.dumps({"job_id": job.id, "filename": job.original_filename, "model": job.model,
@@ -97,7 +98,8 @@ def complete_job(job_id: str, processing_seconds: float) -> None:
                              updated_at=now, error=None, processing_seconds=seconds).where(
             (Job.id == job_id) & (Job.status == "processing")).execute()
         if changed:
-            totals.add_completion(done, Job.get_by_id(job_id).duration, seconds)
+            finished = Job.get_by_id(job_id)
+            totals.add_completion(done, finished.duration, seconds, finished.loops_suppressed)
 
 
 def fail(job_id: str, reason: str) -> None:

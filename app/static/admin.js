@@ -71,6 +71,25 @@
     document.getElementById("queue-line").textContent = "Jobs waiting in the queue: " + (stats.queue_depth || 0);
   }
 
+  /* WT_ENGINE, the default model's engine for short and long audio, and the calibration's figures. */
+  function engine(stats) {
+    const e = stats.engine || {}, choice = e.choice || {}, cal = e.calibration;
+    document.getElementById("engine-setting").textContent = "WT_ENGINE=" + (e.setting || "auto");
+    document.getElementById("engine-choice").textContent = e.default_model
+      ? e.default_model + ": short audio on " + (choice.short || "–") + ", long audio on " + (choice.long || "–")
+      : "";
+    const results = ((cal && cal.models && cal.models[e.default_model]) || {}).results || {};
+    const cell = (r) => (r ? r.seconds.toFixed(2) + " s · WER " + (100 * r.wer).toFixed(1) + " %" : "–");
+    const body = document.querySelector("#engine-results tbody");
+    body.replaceChildren(...Object.entries(results).map(([label, r]) => WT.el("tr", {},
+      WT.el("td", { "data-label": "Engine" }, label), WT.el("td", { "data-label": "Short" }, cell(r.short)),
+      WT.el("td", { "data-label": "Long" }, cell(r.long)))));
+    if (!cal) body.appendChild(WT.el("tr", {}, WT.el("td", { colspan: 3, class: "muted" },
+      "Not calibrated yet: run whisper-transcriber tune (the first start does it in the background).")));
+    document.getElementById("engine-cpu").textContent = cal
+      ? "Measured " + cal.created_at + " on " + cal.cpu.machine + " (" + cal.cpu.flags.join(" ") + ")" : "";
+  }
+
   let failing = false;
   async function sample() {
     let stats;
@@ -103,6 +122,7 @@
     document.getElementById("mem-detail").textContent = peak("mem");
     system(stats);
     workers(stats);
+    engine(stats);
     document.getElementById("stats-updated").textContent = "updated " + new Date().toLocaleTimeString();
   }
   WT.poll(sample, 10000);
