@@ -145,11 +145,15 @@ def models_install(name: str, url: str | None, sha256: str | None, quantize: boo
             path = modelstore.download(folder, name, url, sha256)
         else:
             path = modelstore.install_offline(folder, name)
-        if quantize and not name.endswith("-q8_0") and not modelstore.model_path(folder, f"{name}-q8_0").exists():
-            modelstore.quantize(folder, name, "q8_0")
     except (modelstore.ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name} installed at {path}")
+    if quantize and not name.endswith("-q8_0") and not modelstore.model_path(folder, f"{name}-q8_0").exists():
+        try:
+            modelstore.quantize(folder, name, "q8_0")
+            click.echo(f"{name}-q8_0 written beside it (whisper.cpp runs it faster; the calibration checks it)")
+        except (modelstore.ModelError, ValueError) as exc:  # the model itself is installed and usable
+            click.echo(f"warning: no q8_0 copy of {name}: {exc}", err=True)
 
 
 @models.command("import")

@@ -427,6 +427,12 @@ def test_cli_models_install_builds_tiny_en_offline(cli: CliRunner, tmp_path: Pat
     assert f"tiny.en installed at {target}" in result.output
     assert read_ggml(target).hparams["n_text_layer"] == 4
     assert run(cli, "list").output.split()[0] == "tiny.en"
+    assert modelstore.installed(tmp_path / "models") == ["tiny.en", "tiny.en-q8_0"]  # the q8_0 copy, by default
+
+
+def test_cli_models_install_can_skip_the_q8_0_copy(cli: CliRunner, tmp_path: Path) -> None:
+    assert run(cli, "install", "tiny.en", "--no-quantize").exit_code == 0
+    assert modelstore.installed(tmp_path / "models") == ["tiny.en"]
 
 
 def test_cli_models_install_rejects_unknown_names(cli: CliRunner, tmp_path: Path) -> None:

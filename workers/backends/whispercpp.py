@@ -139,10 +139,15 @@ class WhisperCppEngine:
             lang_id = pw.whisper_full_lang_id(self._model._ctx)
             detected = pw.whisper_lang_str(lang_id) if lang_id >= 0 else None
         ctx = self._model._ctx
+        # A sized context covers a little more than the piece: no time may point past the audio it has.
+        end = offset + len(piece) / SAMPLE_RATE
+
+        def at(t: int) -> float:
+            return min(offset + t / 100.0, end)
+
         return [
-            EngineSegment(offset + s.t0 / 100.0, offset + s.t1 / 100.0, s.text,
-                          None if np.isnan(s.probability) else float(s.probability),
-                          _words(ctx, i, offset) if words else None)
+            EngineSegment(at(s.t0), at(s.t1), s.text, None if np.isnan(s.probability) else float(s.probability),
+                          _words(ctx, i, offset, end) if words else None)
             for i, s in enumerate(found)
         ], detected
 
@@ -167,7 +172,7 @@ def looping(segments: list[EngineSegment]) -> bool:
     return repetition_score(segments) > 0
 
 
-def _words(ctx, segment: int, offset: float) -> list[dict]:
+def _words(ctx, segment: int, offset: float, end: float) -> list[dict]:
     """Group a segment's text tokens into words (a token starting with a space starts a word)."""
     import _pywhispercpp as pw
 
@@ -182,9 +187,9 @@ def _words(ctx, segment: int, offset: float) -> list[dict]:
         if pending is None or piece.startswith(b" "):
             if pending is not None:
                 words.append(pending)
-            pending = {"bytes": b"", "start": offset + data.t0 / 100.0, "probs": []}
+            pending = {"bytes": b"", "start": min(offset + data.t0 / 100.0, end), "probs": []}
         pending["bytes"] += piece
-        pending["end"] = offset + data.t1 / 100.0
+        pending["end"] = max(pending["start"], min(offset + data.t1 / 100.0, end))
         pending["probs"].append(float(data.p))
     if pending is not None:
         words.append(pending)
