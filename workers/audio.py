@@ -1,18 +1,29 @@
-"""Probe media in-process with PyAV and decode it with ffmpeg: anything ffmpeg reads becomes 16 kHz mono float32."""
+"""Probe media in-process with PyAV and decode it with ffmpeg: anything ffmpeg reads becomes 16 kHz mono PCM.
+
+Jobs decode to a 16-bit file within the length limit and read it back as a memory map, piece by piece.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workers.engine import Aborted
+
 if TYPE_CHECKING:
     import av
 
 SAMPLE_RATE = 16000
+LIMIT_MARGIN_SECONDS = 1.0  # ffmpeg decodes this much past WT_MAX_MEDIA_SECONDS: audio that reaches it is too long
+POLL_SECONDS = 0.1  # how often a running decode checks for a cancel, its timeout and its progress
+STDERR_TAIL = 8192  # bytes of ffmpeg's error output kept for the message (a damaged file can log per frame)
 
 
 class MediaError(Exception):
@@ -98,11 +109,18 @@ def _media_info(container: av.container.InputContainer) -> MediaInfo:
     )
 
 
+def duration_text(seconds: float) -> str:
+    """A length in the unit that reads best: ``4.0 h``, ``1.5 min``, ``12 s``."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def check_duration(info: MediaInfo, max_seconds: float) -> None:
     """Refuse media longer than the configured maximum."""
     if info.duration > max_seconds:
         raise MediaError(
-            f"The media is {info.duration / 3600:.1f} h long; the limit is {max_seconds / 3600:.1f} h "
+            f"The media is {duration_text(info.duration)} long; the limit is {duration_text(max_seconds)} "
             "(WT_MAX_MEDIA_SECONDS)",
             "MEDIA_TOO_LONG",
         )
@@ -116,16 +134,18 @@ def _check_decoded(stderr: str, decoded: float, expected_seconds: float | None) 
                          f"{expected_seconds:.1f} s could be decoded")
 
 
-def _decode_command(path: Path | str, output: str) -> list[str]:
+def _decode_command(path: Path | str, output: str, max_seconds: float | None = None) -> list[str]:
+    # -t is an output option here: it bounds the audio written, whatever the container claims.
+    limit = ["-t", f"{max_seconds:.3f}"] if max_seconds else []
     return ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(path), "-map", "0:a:0", "-vn",
-            "-ac", "1", "-ar", str(SAMPLE_RATE), *PCM_FORMAT, output]
+            "-ac", "1", "-ar", str(SAMPLE_RATE), *limit, *PCM_FORMAT, output]
 
 
 PCM_FORMAT = ("-f", "s16le", "-acodec", "pcm_s16le")  # what the decode stage caches: 16 kHz mono 16-bit
 
 
 def decode(path: Path | str, timeout: float = 900, expected_seconds: float | None = None) -> np.ndarray:
-    """Decode the first audio track to 16 kHz mono float32 in [-1, 1], in memory.
+    """Decode the first audio track to 16 kHz mono float32 in [-1, 1], in memory (clips and tools, not jobs).
 
     When ffmpeg reports errors and yields much less audio than ``expected_seconds`` (the
     probed duration), the file is truncated or damaged and a MediaError says so.
@@ -139,15 +159,73 @@ def decode(path: Path | str, timeout: float = 900, expected_seconds: float | Non
     return samples
 
 
-def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_seconds: float | None = None) -> float:
-    """Decode to a raw 16 kHz mono s16le file (streamed by ffmpeg, never in memory); returns seconds."""
+def _run_polled(cmd: list[str], timeout: float, should_abort: Callable[[], bool] | None,
+                on_tick: Callable[[], None] | None) -> tuple[int, str]:
+    """Run ffmpeg, checking every ``POLL_SECONDS`` for a cancel and the timeout; kill it on either.
+
+    Returns the exit code and the tail of its error output. Raises Aborted on cancel and MediaError
+    (MEDIA_TIMEOUT) on timeout, in both cases only once ffmpeg is gone.
+    """
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty ffmpeg can never block on it
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        except FileNotFoundError as exc:
+            raise MediaError(f"{cmd[0]} is not installed", "FFMPEG_MISSING") from exc
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if should_abort is not None and should_abort():
+                    raise Aborted()
+                if time.monotonic() >= deadline:
+                    raise MediaError(f"ffmpeg took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT")
+                if on_tick is not None:
+                    on_tick()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        size = errors.seek(0, 2)
+        errors.seek(max(0, size - STDERR_TAIL))
+        return proc.returncode, errors.read().decode("utf-8", "replace").strip()
+
+
+def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_seconds: float | None = None, *,
+                   max_seconds: float | None = None, should_abort: Callable[[], bool] | None = None,
+                   on_progress: Callable[[float], None] | None = None) -> float:
+    """Decode to a raw 16 kHz mono s16le file (streamed by ffmpeg, never in memory); returns seconds.
+
+    At most ``max_seconds`` plus a margin is decoded, whatever the container claims: audio that reaches
+    the margin is too long (MEDIA_TOO_LONG). ``should_abort`` is polled while ffmpeg runs; a cancel stops
+    it at once (Aborted). ``on_progress`` gets the seconds decoded so far. The partial output
+    (``<out>.part``) is removed on every failure: an error, the timeout, a cancel, too long.
+    """
     tmp = out.with_name(out.name + ".part")
-    result = _run(_decode_command(path, str(tmp)), timeout)
-    stderr = result.stderr.decode("utf-8", "replace").strip()
+    cap = max_seconds + LIMIT_MARGIN_SECONDS if max_seconds else None
+
+    def tick() -> None:
+        if on_progress is None:
+            return
+        try:
+            size = tmp.stat().st_size
+        except FileNotFoundError:  # ffmpeg has not opened its output yet
+            return
+        on_progress(size / 2 / SAMPLE_RATE)
+
     try:
-        if result.returncode != 0:
+        returncode, stderr = _run_polled(_decode_command(path, str(tmp), cap), timeout, should_abort, tick)
+        if returncode != 0:
             raise MediaError(f"The media could not be decoded: {_last_line(stderr)}")
         seconds = tmp.stat().st_size / 2 / SAMPLE_RATE
+        # Half the margin: a file at the limit whose decoder adds a few ms of padding still passes.
+        if max_seconds and seconds > max_seconds + LIMIT_MARGIN_SECONDS / 2:
+            claim = f", although the file claims {duration_text(expected_seconds)}" if expected_seconds else ""
+            raise MediaError(f"MEDIA_TOO_LONG: the audio goes on past the limit of {duration_text(max_seconds)} "
+                             f"(WT_MAX_MEDIA_SECONDS){claim}; decoding stopped there", "MEDIA_TOO_LONG")
         _check_decoded(stderr, seconds, expected_seconds)
         tmp.replace(out)
     finally:
@@ -155,9 +233,57 @@ def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_s
     return seconds
 
 
-def load_pcm(path: Path) -> np.ndarray:
-    """Read a file written by :func:`decode_to_file` as float32 in [-1, 1]."""
-    return np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0
+class PcmFile:
+    """16 kHz mono s16le audio in a file, read a slice at a time as float32: hours of audio never sit in memory.
+
+    It stands in for the 1-D float32 array the engines take (``len``, ``size``, ``dtype``, contiguous
+    slices); ``np.asarray`` reads it whole, for code that needs all of it at once. Reads, not a memory
+    map: mapped pages would count in the worker's RSS (460 MB for 4 h), and a cache file removed under a
+    running job would kill the worker with SIGBUS instead of failing the job.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 1
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.size = self.path.stat().st_size // 2
+        self.shape = (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("PcmFile is read by slices")
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise IndexError("PcmFile slices must be contiguous")
+        with open(self.path, "rb") as f:
+            f.seek(2 * start)
+            return to_float32(np.fromfile(f, dtype="<i2", count=max(0, stop - start)))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        samples = self[:]
+        return samples if dtype is None else samples.astype(dtype, copy=False)
+
+
+def load_pcm(path: Path) -> PcmFile:
+    """The samples of a file written by :func:`decode_to_file`, read lazily (see :class:`PcmFile`).
+
+    A 4 h file is 920 MB as float32; the engines read the pieces they work on, so memory stays
+    bounded by a piece, not the file.
+    """
+    return PcmFile(path)
+
+
+def to_float32(samples: np.ndarray) -> np.ndarray:
+    """Samples as contiguous float32 in [-1, 1]: 16-bit PCM is scaled, float audio passes (no copy if it can)."""
+    if samples.dtype.kind == "i" and samples.dtype.itemsize == 2:
+        out = np.asarray(samples, dtype=np.float32)  # a plain array, even from a memory map
+        out *= 1.0 / 32768.0
+        return out
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def _last_line(stderr: str) -> str:

@@ -217,11 +217,18 @@ def ingest(ctx: StageContext) -> Path:
     """The first audio track → float WAV at its own rate; more than two channels are mixed to stereo."""
     out = ctx.cache / INGEST_CACHE
     channels = (ctx.job.media_info or {}).get("channels") or 2
-    args = ["-i", str(ctx.source()), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le"]
+    # -t: a header may lie about the length, so the limit bounds what ffmpeg writes, not what it was told.
+    limit = float(ctx.cfg["MAX_MEDIA_SECONDS"])
+    args = ["-i", str(ctx.source()), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le",
+            "-t", f"{limit + audio.LIMIT_MARGIN_SECONDS:.3f}"]
     if channels > 2:
         args += ["-ac", "2"]
     _render(ctx, args, out)
     info = _probe(ctx, out)
+    if info.duration > limit + audio.LIMIT_MARGIN_SECONDS / 2:
+        out.unlink(missing_ok=True)
+        raise audio.MediaError(f"MEDIA_TOO_LONG: the audio goes on past the limit of {limit:.0f} s "
+                               "(WT_MAX_MEDIA_SECONDS); cleaning stopped there")
     ctx.log("INFO", f"ingested {info.duration:.1f} s at {info.sample_rate} Hz, {info.channels} channel(s)")
     return out
 

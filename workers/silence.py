@@ -13,9 +13,12 @@ import math
 
 import numpy as np
 
+from workers.audio import to_float32
+
 SAMPLE_RATE = 16_000
 FRAME = 320  # 20 ms: the resolution of a cut
 SMOOTH_FRAMES = 10  # 200 ms: a cut lands in a pause, not in the gap between two syllables
+ENERGY_BLOCK_FRAMES = 1500  # 30 s: the loudness of long audio is measured a block at a time
 WINDOW_SECONDS = 30.0  # whisper's window: no piece is longer
 TARGET_SECONDS = 20.0
 ENCODER_POSITIONS_PER_SECOND = 50  # 1500 positions for 30 s
@@ -52,10 +55,18 @@ def split_at_silences(samples: np.ndarray, *, target: float = TARGET_SECONDS,
 
 
 def _smoothed_energy_db(samples: np.ndarray) -> np.ndarray:
-    """Loudness per 20 ms frame in dB, averaged over 200 ms."""
+    """Loudness per 20 ms frame in dB, averaged over 200 ms.
+
+    Computed a block at a time: ``samples`` may be a PcmFile (or 16-bit array) of hours of audio, which
+    is never converted to float32 whole.
+    """
     frames = len(samples) // FRAME
-    blocks = np.asarray(samples[: frames * FRAME], dtype=np.float32).reshape(frames, FRAME)
-    power = np.mean(blocks * blocks, axis=1) + 1e-10
+    power = np.empty(frames, dtype=np.float32)
+    for first in range(0, frames, ENERGY_BLOCK_FRAMES):
+        last = min(frames, first + ENERGY_BLOCK_FRAMES)
+        blocks = to_float32(samples[first * FRAME: last * FRAME]).reshape(last - first, FRAME)
+        power[first:last] = np.mean(blocks * blocks, axis=1)
+    power += 1e-10
     smooth = np.convolve(power, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")
     return 10.0 * np.log10(smooth)
 

@@ -136,10 +136,22 @@ class AudioProgress:
 
 
 def decode(ctx: StageContext) -> Path:
-    """Any audio or video → 16 kHz mono PCM in the cache."""
+    """Any audio or video → 16 kHz mono PCM in the cache, at most ``MAX_MEDIA_SECONDS`` of it.
+
+    The limit is enforced here, on the audio itself: a header can claim any length (a FLAC that says 1 s
+    may hold 10 h). A cancel stops ffmpeg within a poll.
+    """
     out = ctx.cache / AUDIO_CACHE
-    seconds = audio.decode_to_file(ctx.media(), out, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"],
-                                   expected_seconds=None if ctx.media() != ctx.source() else ctx.job.duration)
+    media = ctx.media()
+    limit = float(ctx.cfg["MAX_MEDIA_SECONDS"])
+    expected = ctx.job.duration if media == ctx.source() else None  # a cleaned file has no probed length of its own
+    scale = min(expected or limit, limit) + audio.LIMIT_MARGIN_SECONDS
+
+    def progress(seconds: float) -> None:
+        ctx.report(min(99.0, 100.0 * seconds / scale), 0)
+
+    seconds = audio.decode_to_file(media, out, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"], expected_seconds=expected,
+                                   max_seconds=limit, should_abort=ctx.should_abort, on_progress=progress)
     ctx.log("INFO", f"decoded {seconds:.1f} s of audio")
     return out
 
@@ -150,7 +162,7 @@ def transcribe(ctx: StageContext) -> Path:
     Which engine and model file: ``WT_ENGINE`` and, for ``auto``, the calibration's pick for audio this long.
     """
     job = ctx.job
-    samples = audio.load_pcm(ctx.cache / AUDIO_CACHE)
+    samples = audio.load_pcm(ctx.cache / AUDIO_CACHE)  # read lazily: the engines take it a piece at a time
     duration = max(samples.size / audio.SAMPLE_RATE, 0.001)
     try:
         choice = tuning.choose(ctx.cfg, job.model, duration)

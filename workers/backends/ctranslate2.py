@@ -10,22 +10,26 @@ temperatures. The model loads from a local CTranslate2 directory and never touch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from workers.audio import PcmFile, to_float32
 from workers.engine import Aborted, EngineResult, EngineSegment
 from workers.modelstore import ModelError, is_ct2_dir
+from workers.silence import split_at_silences
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0  # one whisper window; longer audio is split by VAD and decoded in batches
+BLOCK_SECONDS = 600.0  # longer audio is fed to faster-whisper in blocks of about this length, cut at pauses
 MAX_COMPRESSION_RATIO = 2.4  # faster-whisper's own threshold: text that compresses this well is looping
 MIN_CONFIDENCE = 1e-9  # exp() of a very negative log probability underflows to 0; a confidence stays above 0
 
@@ -59,17 +63,20 @@ class CTranslate2Engine:
         """What ran a job, for its record: the engine and the model directory."""
         return f"{self.name}:{self.model_dir.name}"
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None, translate: bool = False,
+    def transcribe(self, audio: np.ndarray | PcmFile, *, language: str | None = None, translate: bool = False,
                    prompt: str | None = None, words: bool = False,
                    on_segment: Callable[[EngineSegment], None] | None = None,
                    on_progress: Callable[[float], None] | None = None,
                    should_abort: Callable[[], bool] | None = None) -> EngineResult:
-        """Transcribe (or translate to English) mono 16 kHz float32 audio.
+        """Transcribe (or translate to English) mono 16 kHz audio: float32 in [-1, 1], 16-bit PCM or a PcmFile.
 
         ``on_segment`` gets each segment (in file time) as faster-whisper yields it, ``on_progress`` the
-        percent of the audio covered so far (never decreasing, ending at 100.0).
+        percent of the audio covered so far (never decreasing, ending at 100.0). Audio longer than
+        ``BLOCK_SECONDS`` goes to faster-whisper one block at a time, each cut at a pause and converted
+        to float32 on its own: faster-whisper copies its input and computes every piece's features up
+        front, which for hours of audio would take gigabytes.
         """
-        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        samples = audio if isinstance(audio, np.ndarray | PcmFile) else np.asarray(audio, dtype=np.float32)
         duration = len(samples) / SAMPLE_RATE
         options = {
             # An English-only model never detects: it transcribes English whatever it is told.
@@ -93,44 +100,60 @@ class CTranslate2Engine:
         with self._lock:
             if aborting():
                 raise Aborted()
-            batched = duration > WINDOW_SECONDS
-            if batched:
-                # Word timing state left behind by an aborted run must not shift this run's words.
-                self._batched.last_speech_timestamp = 0.0
-                # Batched mode decodes without timestamps (faster-whisper's default): one segment per VAD piece.
-                # With timestamps it drops the unfinished last sentence of a piece (no later window decodes it
-                # again), which loses text (a whole sentence of the OSR clip).
-                segments, info = self._batched.transcribe(samples, batch_size=self.batch_size,
-                                                          without_timestamps=True, **options)
-            else:
-                # One window: VAD would only cost time, and whisper.cpp decodes short audio whole too.
-                segments, info = self._model.transcribe(samples, vad_filter=False, **options)
-            result = EngineResult(language=info.language)
-            try:
-                for segment in segments:
-                    if batched and segment.compression_ratio > MAX_COMPRESSION_RATIO:
-                        items = self._redecode(samples, segment, {**options, "language": info.language}, aborting)
-                        result.loops_suppressed += 1
-                    else:
-                        items = [_segment(segment, words)]
-                    for item in items:
+            result = EngineResult(language=options["language"])
+            blocks = split_at_silences(samples, target=BLOCK_SECONDS, longest=1.5 * BLOCK_SECONDS) or [(0, 0)]
+            for index, (start, end) in enumerate(blocks):
+                if aborting():
+                    raise Aborted()
+                block = self._block(to_float32(samples[start:end]), start / SAMPLE_RATE, options, words, result,
+                                    aborting)
+                with contextlib.closing(block):  # a failing callback stops faster-whisper's generator at once
+                    for item in block:
                         result.segments.append(item)
                         if on_segment is not None:
                             on_segment(item)
                         progress(100.0 * item.end / duration if duration else 0.0)
-                    # Segments are decoded lazily: stopping here saves the rest of the work.
-                    if aborting():
-                        raise Aborted()
-            finally:
-                segments.close()  # stop the generator now, not whenever it is garbage-collected
+                if index == 0:
+                    options["language"] = result.language  # detected on the first block, kept for the others
         progress(100.0)
         return result
 
+    def _block(self, samples: np.ndarray, offset: float, options: dict, words: bool, result: EngineResult,
+               aborting: Callable[[], bool]) -> Generator[EngineSegment, None, None]:
+        """The segments of one float32 block, ``offset`` seconds into the file, in file time."""
+        batched = len(samples) / SAMPLE_RATE > WINDOW_SECONDS
+        if batched:
+            # Word timing state left behind by an aborted run must not shift this run's words.
+            self._batched.last_speech_timestamp = 0.0
+            # Batched mode decodes without timestamps (faster-whisper's default): one segment per VAD piece.
+            # With timestamps it drops the unfinished last sentence of a piece (no later window decodes it
+            # again), which loses text (a whole sentence of the OSR clip).
+            segments, info = self._batched.transcribe(samples, batch_size=self.batch_size,
+                                                      without_timestamps=True, **options)
+        else:
+            # One window: VAD would only cost time, and whisper.cpp decodes short audio whole too.
+            segments, info = self._model.transcribe(samples, vad_filter=False, **options)
+        result.language = result.language or info.language
+        try:
+            for segment in segments:
+                if batched and segment.compression_ratio > MAX_COMPRESSION_RATIO:
+                    yield from self._redecode(samples, segment, {**options, "language": info.language}, aborting,
+                                              offset)
+                    result.loops_suppressed += 1
+                else:
+                    yield _segment(segment, words, offset)
+                # Segments are decoded lazily: stopping here saves the rest of the work.
+                if aborting():
+                    raise Aborted()
+        finally:
+            segments.close()  # stop the generator now, not whenever it is garbage-collected
+
     def _redecode(self, samples: np.ndarray, looping, options: dict,
-                  aborting: Callable[[], bool]) -> list[EngineSegment]:
+                  aborting: Callable[[], bool], block_offset: float = 0.0) -> list[EngineSegment]:
         """Decode a looping batched piece again, sequentially with temperature fallback, in file time."""
-        offset = float(looping.start)
-        piece = samples[int(offset * SAMPLE_RATE):math.ceil(float(looping.end) * SAMPLE_RATE)]
+        start = float(looping.start)
+        piece = samples[int(start * SAMPLE_RATE):math.ceil(float(looping.end) * SAMPLE_RATE)]
+        offset = block_offset + start
         log.info("re-decoding a looping piece at %.1f s (compression ratio %.1f)", offset, looping.compression_ratio)
         segments, _ = self._model.transcribe(piece, vad_filter=False, **options)
         items: list[EngineSegment] = []

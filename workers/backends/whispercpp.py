@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.audio import PcmFile, to_float32
 from workers.engine import Aborted, EngineResult, EngineSegment
 from workers.silence import SAMPLE_RATE, audio_ctx_for, split_at_silences
 
@@ -50,16 +51,18 @@ class WhisperCppEngine:
         """What ran a job, for its record: the engine and the model file."""
         return f"whispercpp:{Path(self.model_path).name}"
 
-    def transcribe(self, audio: np.ndarray, *, language: str | None = None, translate: bool = False,
+    def transcribe(self, audio: np.ndarray | PcmFile, *, language: str | None = None, translate: bool = False,
                    prompt: str | None = None, words: bool = False,
                    on_segment: Callable[[EngineSegment], None] | None = None,
                    on_progress: Callable[[float], None] | None = None,
                    should_abort: Callable[[], bool] | None = None) -> EngineResult:
-        """Transcribe (or translate to English) mono 16 kHz float32 audio, piece by piece.
+        """Transcribe (or translate to English) mono 16 kHz audio, piece by piece.
 
+        ``audio`` is float32 in [-1, 1], 16-bit PCM, or the decode stage's :class:`PcmFile`: only the piece
+        at hand is read and converted to float32, so hours of audio never sit in memory whole.
         ``on_progress`` gets the percent of the audio done, ``on_segment`` each new segment in file time.
         """
-        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        samples = audio if isinstance(audio, np.ndarray | PcmFile) else np.asarray(audio, dtype=np.float32)
         total = max(len(samples), 1)
         # An English-only model never needs to detect: "auto" would cost a whole extra encoder pass.
         language = language or (None if self.multilingual else "en")
@@ -73,12 +76,13 @@ class WhisperCppEngine:
                     if on_progress is not None:
                         on_progress(100.0 * (start + percent / 100.0 * (end - start)) / total)
 
-                segments, detected = self._piece(samples[start:end], start / SAMPLE_RATE, language=language,
+                piece = to_float32(samples[start:end])
+                segments, detected = self._piece(piece, start / SAMPLE_RATE, language=language,
                                                  translate=translate, prompt=prompt, words=words,
                                                  on_segment=on_segment, on_progress=piece_progress,
                                                  should_abort=should_abort)
                 if looping(segments):
-                    segments, detected = self._retry(samples[start:end], start / SAMPLE_RATE, language=language,
+                    segments, detected = self._retry(piece, start / SAMPLE_RATE, language=language,
                                                      translate=translate, prompt=prompt, words=words,
                                                      should_abort=should_abort, first=segments)
                     result.loops_suppressed += 1
