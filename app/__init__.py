@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import peewee
 from flask import Flask, Request, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -74,7 +75,11 @@ def _register_hooks(app: Flask) -> None:
     def start_request() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        models.db.connect(reuse_if_open=True)
+        try:
+            models.db.connect(reuse_if_open=True)
+        except peewee.OperationalError:
+            if request.endpoint != "health.health":
+                raise  # the health probe reports the database error itself and still answers 200
 
     @app.after_request
     def tag_response(response):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+from typing import Any
 
+import peewee
 from flask import Blueprint, current_app, g, jsonify, request
 
 from app import ratelimit
@@ -23,6 +26,17 @@ from app.services import users
 from app.validation import form_or_json, json_body
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+log = logging.getLogger(__name__)
+
+
+def _audit(action: str, **fields: Any) -> None:
+    """Record a login in the audit log; when that write fails (a full disk), log it and let the login go on."""
+    try:
+        AuditLog.record(action, **fields)
+    except (peewee.DatabaseError, OSError) as exc:
+        user = fields.get("user")
+        log.warning("audit log write failed (%s): %s for %s from %s", exc, action,
+                    getattr(user, "username", None) or fields.get("username"), fields.get("ip"))
 
 
 def login_response(data: dict) -> tuple:
@@ -37,9 +51,9 @@ def login_response(data: dict) -> tuple:
     user = as_api_user or authenticate_password(username, password)
     if user is None:
         ratelimit.record_login_failure(username)
-        AuditLog.record("login_failed", username=username[:150], ip=request.remote_addr)
+        _audit("login_failed", username=username[:150], ip=request.remote_addr)
         raise AppError(401, "INVALID_CREDENTIALS", "Incorrect username or password")
-    AuditLog.record("login", user=user, ip=request.remote_addr, **({"via": "API_USER"} if as_api_user else {}))
+    _audit("login", user=user, ip=request.remote_addr, **({"via": "API_USER"} if as_api_user else {}))
     token = issue_token(user)
     body = {**token, "user": {"id": str(user.id), "username": user.username, "email": user.email}}
     response = jsonify(body)

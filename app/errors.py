@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, g, has_request_context, jsonify, request
+import peewee
+from flask import Flask, current_app, g, has_app_context, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+SQLITE_FULL = "database or disk is full"  # SQLITE_FULL, as sqlite3 words it
+# SQLite reports a failed -shm or -wal allocation as an I/O error: on an (almost) full disk that is what it is.
+SQLITE_IOERR = "disk I/O error"
+NEARLY_FULL_BYTES = 1024**2
 
 
 class AppError(Exception):
@@ -73,7 +83,32 @@ _HTTP_CODES = {
     422: "UNPROCESSABLE_ENTITY",
     429: "RATE_LIMITED",
     503: "SERVICE_UNAVAILABLE",
+    507: "INSUFFICIENT_STORAGE",
 }
+
+
+def _nearly_full() -> bool:
+    if not has_app_context() or "DATA_DIR" not in current_app.config:
+        return False
+    try:
+        return shutil.disk_usage(current_app.config["DATA_DIR"]).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc``, or an exception it was raised from, says the disk (or the quota) is full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(exc, sqlite3.OperationalError | peewee.OperationalError):
+            message = str(exc)
+            if SQLITE_FULL in message or (SQLITE_IOERR in message and _nearly_full()):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -101,5 +136,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
+        if is_disk_full(exc):  # wherever it happened: an upload, the database, a log or a transcript
+            # The text, not the exception: a kept record must not keep the traceback's open files alive.
+            log.warning("disk full: %s", str(exc), extra={"request_id": getattr(g, "request_id", None)})
+            return _respond(507, "INSUFFICIENT_STORAGE", "The server's disk is full; the request could not be "
+                            "completed. Try again once space is freed")
         log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
         return _respond(500, "INTERNAL_ERROR", "Internal server error; the request id is in the server log")

@@ -11,6 +11,7 @@ standard ``RotatingFileHandler`` (whose rollover in one process leaves the other
 or deleted files, and lets two processes rotate the same file twice):
 
 - every line is one ``os.write`` on an ``O_APPEND`` descriptor, so lines never interleave or overwrite;
+  on a full disk a line is dropped whole (and counted in a later line), never written in part;
 - before each write the handler compares the file's inode with its own descriptor and reopens when the
   file was renamed or removed (what ``WatchedFileHandler`` does), so rotation by anyone is followed;
 - whoever finds the file over ``LOG_MAX_BYTES`` rotates it by renaming (``x.log`` → ``x.log.1`` …), under an
@@ -22,6 +23,7 @@ A job's own log, ``logs/jobs/<id>.log``, is plain text for people, written by th
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -39,6 +41,7 @@ LOG_FILES = {"system": "system.log", "processing": "processing.log", "access": "
 PROCESSING_LOGGER = "processing"
 ACCESS_LOGGER = "access"
 ROTATE_LOCK = ".rotate.lock"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _FILE_MODE = 0o640
 # LogRecord attributes that are not "extra" fields given by the caller.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "role"}
@@ -139,6 +142,7 @@ class SharedRotatingFileHandler(logging.Handler):
         self.backups = max(1, int(backups))
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
+        self.dropped = 0  # lines not written for want of disk space, reported by the next line that fits
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -149,9 +153,46 @@ class SharedRotatingFileHandler(logging.Handler):
             if self.max_bytes and self._over_limit(os.fstat(self._fd).st_size, len(data)):
                 self.rotate(len(data))
                 self._ensure_open()
-            os.write(self._fd, data)
+            if self.dropped and self._write_whole(self._dropped_line(record)):
+                self.dropped = 0
+            if not self._write_whole(data):
+                self.dropped += 1  # a full disk: the line is lost, never half written, and stderr is not flooded
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                self.dropped += 1  # reopening after a rotation can fail the same way
+            else:
+                self.handleError(record)
         except Exception:
             self.handleError(record)
+
+    def _write_whole(self, data: bytes) -> bool:
+        """Append ``data`` with one ``os.write``: all of it, or nothing (False) when the disk is full.
+
+        Near a full disk the kernel writes what fits and returns a short count; that tail is cut off
+        again, so readers never see half a JSON line. Lines are far smaller than a block, so a short
+        write happens only at the very last free block.
+        """
+        space = os.fstatvfs(self._fd)
+        if space.f_bavail * space.f_frsize < len(data):
+            return False  # not even one free block: do not start a line that cannot end
+        try:
+            written = os.write(self._fd, data)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                return False
+            raise
+        if written < len(data):
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)  # O_APPEND: just after this process's own bytes
+            if os.fstat(self._fd).st_size == end:  # nobody appended since: take the fragment back
+                os.ftruncate(self._fd, end - written)
+            return False
+        return True
+
+    def _dropped_line(self, record: logging.LogRecord) -> bytes:
+        note = logging.makeLogRecord({"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+                                      "msg": "%d log lines were dropped: the disk was full",
+                                      "args": (self.dropped,), "created": record.created})
+        return (self.format(note) + "\n").encode("utf-8", "replace")
 
     def _over_limit(self, size: int, incoming: int) -> bool:
         # An empty file is never rotated, even for a record larger than the limit.

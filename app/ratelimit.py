@@ -16,16 +16,22 @@ its responses report that limit in ``X-RateLimit-*``, unless another limit is th
 
 Failed logins are counted apart from those, per client address and username (``RATELIMIT_LOGIN_FAILURES``);
 only failures count, and once they are used up even the right password gets a 429 until the window ends.
+
+Refusals are logged once per client address and limit per minute, with the count of the others
+(:class:`RejectionSummary`): a client hammering a limit must not flood the system log and its live sockets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
 from flask.blueprints import BlueprintSetupState
 from flask_limiter import ApplicationLimit
 from limits import RateLimitItem, parse_many
@@ -209,12 +215,78 @@ def record_login_failure(username: str) -> None:
             limiter.limiter.hit(item, *args)
 
 
+# ------------------------------------------------------------------- logging refusals
+
+
+_log = logging.getLogger(__name__)
+
+
+class RejectionSummary(logging.Filter):
+    """Keeps one "ratelimit … exceeded" line per client address, limit and minute, and logs the count of the rest.
+
+    It sits on flask-limiter's logger; the count is written once the minute is over (by the next request).
+    """
+
+    WINDOW = 60.0  # seconds
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, str], list] = {}  # (address, limit) -> [window start, suppressed]
+        self._due = math.inf  # when the oldest window ends
+
+    def reset(self) -> None:
+        """Forget every window (a new app starts with empty counters)."""
+        with self._lock:
+            self._windows.clear()
+            self._due = math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a repeated refusal within its minute; every other record passes untouched."""
+        if not (isinstance(record.msg, str) and record.msg.startswith("ratelimit ") and record.args):
+            return True
+        address = (request.remote_addr if has_request_context() else None) or "-"
+        limit = str(record.args[0] if isinstance(record.args, tuple) else record.args)
+        self.flush()  # first, so a minute's summary comes before the next minute's first line
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get((address, limit))
+            if window is not None and now - window[0] < self.WINDOW:
+                window[1] += 1
+                return False
+            self._windows[(address, limit)] = [now, 0]
+            self._due = min(self._due, now + self.WINDOW)
+        record.remote_addr = address
+        return True
+
+    def flush(self) -> None:
+        """Log how many refusals each finished minute suppressed; cheap when no minute has ended."""
+        now = self.clock()
+        if now < self._due:
+            return
+        with self._lock:
+            ended = [(key, window[1]) for key, window in self._windows.items() if now - window[0] >= self.WINDOW]
+            for key, _ in ended:
+                del self._windows[key]
+            self._due = min((window[0] + self.WINDOW for window in self._windows.values()), default=math.inf)
+        for (address, limit), suppressed in ended:
+            if suppressed:
+                _log.info("ratelimit %s refused %s %d more times within a minute of the first refusal (not logged "
+                          "one by one)", limit, address, suppressed,
+                          extra={"remote_addr": address, "suppressed": suppressed})
+
+
+rejections = RejectionSummary()
+
+
 # ------------------------------------------------------------------------ setup
 
 
 def _finish_headers(response: Response) -> Response:
     """Runs after flask-limiter's own header hook: the dialect's limit, Retry-After only where it means something."""
     _report_dialect_limit(response)
+    rejections.flush()  # a minute that ended since the last refusal is summarised even if no refusal follows
     if response.status_code == 429:
         for name, value in (g.pop(_OVERRIDE, None) or {}).items():
             response.headers[name] = value  # replaces what flask-limiter added for the request-wide limit
@@ -238,6 +310,10 @@ def setup_rate_limits(app: Flask) -> None:
         except ValueError as exc:
             raise RuntimeError(f"{name}={app.config[name]!r} is not a rate limit such as '60 per minute'") from exc
     limiter.exempt(health.bp)
+    rejections.reset()
+    limiter_log = logging.getLogger("flask-limiter")
+    if rejections not in limiter_log.filters:
+        limiter_log.addFilter(rejections)
     # The limiter registered its check before the app's own hooks; run it after them, so that a 429
     # carries the request id and the database connection is open when the key function authenticates.
     before = app.before_request_funcs.setdefault(None, [])

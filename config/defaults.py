@@ -21,6 +21,9 @@ MAX_CHUNK_SIZE = 64 * 1024**2  # bytes per chunk of a chunked upload (the file i
 CHUNK_SESSION_TTL_SECONDS = 3600  # a chunked upload expires this long after its last chunk
 MAX_UPLOAD_SESSIONS_PER_USER = 10  # open chunked uploads per user; each reserves disk until finished
 MAX_MEDIA_SECONDS = 4 * 3600
+# Below this much free space on the data disk uploads are refused (507) and /health says "disk": "low";
+# the rest keeps the database, the logs and queued jobs working. 0 turns the floor off.
+MIN_FREE_MB = 500
 FFMPEG_TIMEOUT_SECONDS = 900
 DEFAULT_MODEL = "tiny.en"
 # Model names clients ask for, answered by an installed model: "medium=base,small=base" (the full-API

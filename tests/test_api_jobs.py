@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -300,3 +301,93 @@ def test_health_reports_database_and_worker(client):
     """No auth; status ok."""
     body = client.get("/health").get_json()
     assert body["status"] == "ok" and body["database"] == "ok" and body["worker_alive"] is False
+
+
+def test_cancelled_jobs_are_not_counted_as_errors_in_queue_stats(client, admin_headers):
+    """Dubarr's ERROR means failed; a job the user cancelled is counted under ``jobs`` only."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    client.post(f"/api/jobs/{job_id}/cancel", headers=admin_headers)
+    body = client.get("/health").get_json()
+    assert body["jobs"]["cancelled"] == 1
+    assert body["queue_stats"] == {"QUEUED": 0, "PROCESSING": 0, "DONE": 0, "ERROR": 0}
+
+
+# ------------------------------------------------------------ languages, names, errors
+
+JFK = (AUDIO / "jfk.flac").read_bytes()
+
+
+@pytest.mark.parametrize("language", ["zz", "klingon", "xx-US", "english!", "e" * 300])
+def test_a_language_whisper_does_not_know_is_400_naming_valid_ones(client, admin_headers, app, language):
+    """No silent auto-detection of a typo: the answer names codes and a name that would work."""
+    body = assert_error(upload(client, admin_headers, language=language), 400, "INVALID_LANGUAGE")
+    assert "'en'" in body["detail"] and "'German'" in body["detail"] and len(body["detail"]) < 300
+    assert leftovers(app) == []
+
+
+@pytest.mark.parametrize(("given", "stored"), [("de", "de"), ("German", "de"), ("  HAITIAN creole ", "ht"),
+                                               ("en-US", "en"), ("pt_BR", "pt"), ("yue", "yue"), ("AUTO", None),
+                                               ("", None)])
+def test_language_codes_english_names_and_regions_become_whisper_codes(client, admin_headers, given, stored):
+    """The job keeps whisper's code, whatever form the client sent it in."""
+    job_id = upload(client, admin_headers, language=given).get_json()["job_id"]
+    assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()["requested_language"] == stored
+
+
+def _chunked_finalize(client, headers, language: str):
+    base = "/api/chunked-uploads"
+    session = client.post(f"{base}/initialize", headers=headers, json={
+        "filename": "jfk.flac", "file_size": len(JFK), "chunk_size": len(JFK), "content_type": "audio/flac"})
+    session_id = session.get_json()["session_id"]
+    client.post(f"{base}/{session_id}/chunks/1", headers=headers, data=JFK, content_type="application/octet-stream")
+    return client.post(f"{base}/{session_id}/finalize", headers=headers,
+                       json={"language": language, "chunk_checksums": [hashlib.sha256(JFK).hexdigest()]})
+
+
+def _voxis_process(client, headers, language: str):
+    uploaded = client.post("/api/upload", headers=headers, data={"file": (io.BytesIO(JFK), "jfk.flac")})
+    return client.post("/api/process", headers=headers,
+                       json={"file_id": uploaded.get_json()["file_id"], "transcribe": True, "language": language})
+
+
+def _multipart(path: str, **form):
+    return lambda client, headers, language: client.post(
+        path, headers=headers, data={"file": (io.BytesIO(JFK), "jfk.flac"), "language": language, **form})
+
+
+DIALECTS = {
+    "full API": _multipart("/api/jobs/"), "v1": _multipart("/jobs/"), "legacy": _multipart("/jobs"),
+    "Dubarr": _multipart("/upload"), "OpenAI": _multipart("/v1/audio/transcriptions", model="whisper-1"),
+    "chunked": _chunked_finalize, "VOXIS": _voxis_process,
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_every_dialect_refuses_an_unknown_language_the_same_way(client, admin_headers, dialect):
+    """One check for all: language=zz is a 400 INVALID_LANGUAGE everywhere, and no job is created."""
+    from app.models import Job
+
+    assert_error(DIALECTS[dialect](client, admin_headers, "zz"), 400, "INVALID_LANGUAGE")
+    assert Job.select().count() == 0
+
+
+def test_an_over_long_file_name_is_cut_in_its_stem_and_keeps_its_extension(client, admin_headers):
+    """Exports and downloads are named after it, so the extension must survive."""
+    name = "interview with the mayor " * 20 + ".flac"
+    filename = upload(client, admin_headers, name=name).get_json()["filename"]
+    assert filename.endswith(".flac") and 250 <= len(filename) <= 255
+    assert name.startswith(filename[:-len(".flac")])  # the stem's end was cut, nothing else
+
+
+def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(app, client, admin_headers, stub_engine, drain):
+    """The reason users read (job, list and stage record) never shows where the server keeps its data."""
+    job_id = upload(client, admin_headers).get_json()["job_id"]
+    for stored in (Path(app.config["DATA_DIR"]) / "uploads").iterdir():
+        stored.unlink()  # the decoder then fails naming the file it was given
+    drain()
+    job = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
+    stage_errors = [stage["error"] for stage in job["stages"] if stage.get("error")]
+    assert job["status"] == "failed" and f"uploads/{job_id}.flac" in job["error"]
+    for text in (job["error"], *stage_errors, client.get("/api/jobs/", headers=admin_headers).get_json()["jobs"][0]
+                 ["error"]):
+        assert app.config["DATA_DIR"] not in text and "/tmp/" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.logging_setup import SharedRotatingFileHandler, configure_logging
+from app.logging_setup import JsonFormatter, SharedRotatingFileHandler, configure_logging
 from app.services.logfiles import LogFollower, confined_log_file, tail_offset
 from tests.conftest import ADMIN_PASSWORD, login
 from tests.helpers import AUDIO, assert_error
@@ -272,6 +273,54 @@ def test_shared_handler_keeps_only_the_configured_backups(tmp_path):
     handler.close()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["x.log", "x.log.1", "x.log.2"]
     assert "line 049" in (tmp_path / "x.log").read_text()
+
+
+def _json_handler(path: Path) -> SharedRotatingFileHandler:
+    handler = SharedRotatingFileHandler(path)
+    handler.setFormatter(JsonFormatter("web"))
+    return handler
+
+
+def test_a_short_write_near_a_full_disk_is_taken_back_so_no_line_is_torn(tmp_path, monkeypatch):
+    """The kernel wrote only what fitted: the fragment is cut off again and the count of lost lines follows."""
+    handler = _json_handler(tmp_path / "system.log")
+    real_write = os.write
+
+    def short_for_the_second_line(fd: int, data: bytes) -> int:
+        if fd == handler._fd and b"second" in data:
+            return real_write(fd, data[:25])  # what fits in the last free block
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_for_the_second_line)
+    for message in ("first", "second", "third"):
+        handler.emit(logging.makeLogRecord({"msg": message, "levelname": "INFO"}))
+    handler.close()
+    messages = [entry["message"] for entry in json_lines(tmp_path / "system.log")]
+    assert messages == ["first", "1 log lines were dropped: the disk was full", "third"]
+
+
+def test_a_full_disk_drops_whole_lines_without_tracebacks_on_stderr(tmp_path, monkeypatch, capsys):
+    """ENOSPC loses the line and says so later, instead of a logging traceback per line."""
+    handler = _json_handler(tmp_path / "system.log")
+    real_write = os.write
+    full = [False]
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == handler._fd and full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    handler.emit(logging.makeLogRecord({"msg": "before"}))
+    full[0] = True
+    for i in range(5):
+        handler.emit(logging.makeLogRecord({"msg": f"lost {i}"}))
+    full[0] = False
+    handler.emit(logging.makeLogRecord({"msg": "after"}))
+    handler.close()
+    messages = [entry["message"] for entry in json_lines(tmp_path / "system.log")]
+    assert messages == ["before", "5 log lines were dropped: the disk was full", "after"]
+    assert "Logging error" not in capsys.readouterr().err
 
 
 def test_configure_logging_twice_replaces_the_handlers(tmp_path):

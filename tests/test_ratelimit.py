@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -191,6 +193,33 @@ def test_limit_resets_after_its_window(app, http):
     assert [http.get("/auth/me").status_code for _ in range(3)] == [401, 401, 429]
     time.sleep(1.1)
     assert http.get("/auth/me").status_code == 401
+
+
+def test_refusals_are_logged_once_per_address_and_limit_per_minute_with_a_count(app, http, monkeypatch):
+    """A client hammering a limit writes two system-log lines a minute, not one per request."""
+    from app import ratelimit
+
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit.rejections, "clock", lambda: now[0])
+    app.config["RATELIMIT_ANON"] = "2 per minute"
+    a, b = {"REMOTE_ADDR": "10.0.0.1"}, {"REMOTE_ADDR": "10.0.0.2"}
+    statuses = [http.get("/auth/me", environ_base=a).status_code for _ in range(50)]
+    statuses += [http.get("/auth/me", environ_base=b).status_code for _ in range(20)]
+    assert statuses.count(429) == 48 + 18
+    log = Path(app.config["DATA_DIR"]) / "logs" / "system.log"
+
+    def lines() -> list[dict]:
+        return [entry for entry in map(json.loads, log.read_text().splitlines()) if "ratelimit" in entry["message"]]
+
+    assert [(entry["remote_addr"], "exceeded at endpoint" in entry["message"]) for entry in lines()] == [
+        ("10.0.0.1", True), ("10.0.0.2", True)]
+    now[0] += 61  # the minute is over: the next request, refused or not, writes the counts
+    assert http.get("/health").status_code == 200
+    summaries = [(entry["remote_addr"], entry["suppressed"]) for entry in lines()[2:]]
+    assert summaries == [("10.0.0.1", 47), ("10.0.0.2", 17)]
+    assert "47 more times" in lines()[2]["message"] and "2 per 1 minute" in lines()[2]["message"]
+    assert http.get("/auth/me", environ_base=a).status_code == 429
+    assert len(lines()) == 5  # a new minute: its first refusal is logged again
 
 
 # -------------------------------------------------------------- failed logins

@@ -16,7 +16,7 @@ from typing import Any
 from app.errors import AppError, not_found
 from app.extensions import engine_breaker, stopping
 from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
-from app.services import model_aliases
+from app.services import languages, model_aliases
 from app.services.breaker import ensure_accepting
 from app.services.storage import Layout, clean_filename
 from workers import audio, modelstore
@@ -62,14 +62,24 @@ def validate_task(task: str | None) -> str:
     return task
 
 
-def validate_language(language: str | None) -> str | None:
-    """A short language code, or None for auto-detection."""
-    language = (language or "").strip().lower()
-    if language in ("", "auto"):
+def validate_language(language: Any) -> str | None:
+    """Whisper's code for a language code or English name, or None for auto-detection; 400 for anything else.
+
+    Every dialect reaches this (through ``_check_request``): an unknown language is refused, never
+    silently auto-detected.
+    """
+    if language is not None and not isinstance(language, str):
+        raise AppError(400, "INVALID_LANGUAGE", "language must be a string such as 'en'")
+    language = (language or "").strip()
+    if language.lower() in ("", "auto"):
         return None
-    if not (2 <= len(language) <= 8 and language.replace("-", "").isalpha()):
-        raise AppError(400, "INVALID_LANGUAGE", f"language {language!r} is not a language code such as 'en'")
-    return language
+    code = languages.code_for(language)
+    if code is None:
+        examples = ", ".join(repr(example) for example in languages.EXAMPLES)
+        raise AppError(400, "INVALID_LANGUAGE",
+                       f"language {language[:40]!r} is not one of whisper's languages: use a code such as "
+                       f"{examples}, an English name such as 'German', or leave it empty to detect the language")
+    return code
 
 
 def probe_upload(cfg: Mapping[str, Any], path: Path) -> audio.MediaInfo:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 FOLDERS = ("uploads", "transcripts", "logs", "tmp", "cache", "models")
 _EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
+_DISPLAY_EXT = re.compile(r"^\.[A-Za-z0-9]{1,16}$")
+MAX_FILENAME = 255
 
 
 class Layout:
@@ -58,10 +60,18 @@ def safe_extension(filename: str | None) -> str:
 
 
 def clean_filename(filename: str | None) -> str:
-    """A display name: the last path component, without control characters, at most 255 chars."""
+    """A display name: the last path component, without control characters, at most 255 chars.
+
+    A longer name loses the end of its stem, never its extension: exports and downloads are named after it.
+    """
     name = re.split(r"[\\/]", filename or "")[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    return (name or "upload")[:255]
+    name = "".join(ch for ch in name if ch.isprintable()).strip() or "upload"
+    if len(name) <= MAX_FILENAME:
+        return name
+    ext = Path(name).suffix
+    if not _DISPLAY_EXT.match(ext):
+        return name[:MAX_FILENAME]
+    return name[:MAX_FILENAME - len(ext)].rstrip() + ext
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

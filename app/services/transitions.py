@@ -7,7 +7,10 @@ the transitions the pipeline drives, each in its own IMMEDIATE transaction.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from app.models import Job, Segment, db, isoformat, utcnow
@@ -23,8 +26,32 @@ def set_progress(job_id: str, stage: str, percent: float, **extra: Any) -> None:
             (Job.id == job_id) & (Job.status == "processing")).execute()
 
 
+def public_reason(reason: str, data_dir: str | Path | None = None) -> str:
+    """A failure reason as users read it: paths in the data dir relative to it, so no server layout shows.
+
+    Reasons come from anywhere (ffmpeg, OSError, the engine); both stage records and the job's error pass here.
+    """
+    root = data_dir or _data_dir()
+    if not root:
+        return reason
+    for prefix in dict.fromkeys((str(root).rstrip("/"), os.path.realpath(root))):
+        if len(prefix) <= 1:
+            continue  # a data dir of "/" has nothing to hide
+        reason = re.sub(re.escape(prefix) + r"/+", "", reason)
+        reason = re.sub(re.escape(prefix) + r"(?![\w.-])", "<data dir>", reason)
+    return reason
+
+
+def _data_dir() -> Path | None:
+    # The database is always $DATA_DIR/whisper.db (app.models.open_database), in the web process and the workers.
+    database = getattr(db.obj, "database", None)
+    return Path(database).parent if database and database != ":memory:" else None
+
+
 def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into one stage's record (read-modify-write in one IMMEDIATE transaction)."""
+    if isinstance(fields.get("error"), str):
+        fields["error"] = public_reason(fields["error"])
     with db.atomic("IMMEDIATE"):
         row = Job.select(Job.stages).where(Job.id == job_id).first()
         if row is None:
@@ -103,8 +130,8 @@ def complete_job(job_id: str, processing_seconds: float) -> None:
 
 
 def fail(job_id: str, reason: str) -> None:
-    """Mark a job failed with a reason the user can read."""
-    now = utcnow()
+    """Mark a job failed with a reason the user can read (paths relative to the data dir)."""
+    reason, now = public_reason(reason), utcnow()
     with db.atomic("IMMEDIATE"):
         Job.update(status="failed", stage="failed", error=reason, completed_at=now, updated_at=now).where(
             Job.id == job_id).execute()
