@@ -280,11 +280,11 @@ def run(job_id: str) -> None:
         joblog.write("WARNING", f"engine paused after repeated failures; job re-queued, retry in {wait} s")
     except audio.MediaError as exc:
         _fail_stage(job_id, job, str(exc))
-        joblog.write("ERROR", f"failed: {exc}")
+        joblog.write("ERROR", f"failed: {transitions.public_reason(str(exc))}")  # its owner reads this log
     except Exception as exc:  # the job must never stay in processing
         log.exception("job %s failed", job_id)
         _fail_stage(job_id, job, f"Internal error while processing: {exc}")
-        joblog.write("ERROR", f"failed: internal error: {exc}")
+        joblog.write("ERROR", f"failed: internal error: {transitions.public_reason(str(exc))}")
 
 
 def _fail_stage(job_id: str, job: Job, reason: str) -> None:
