@@ -25,6 +25,8 @@ def create_from_request(**overrides):
     return service.create_job(current_app.config, g.user, path, filename, **params)
 
 
+# Both spellings, answered directly: a 308 from one to the other makes clients send a large upload twice.
+@bp.post("/api/jobs")
 @bp.post("/api/jobs/")
 @login_required("jobs:create")
 def create_job():

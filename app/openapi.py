@@ -21,7 +21,10 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory, url_for
 from werkzeug.routing import Rule
 
+from app.services.exports import FORMATS
+from app.services.files import BROWSABLE, LISTED
 from app.services.jobs import MAX_WAIT_SECONDS
+from app.services.voxis import EXPORT_FORMATS, MP3_BITRATES
 
 bp = Blueprint("openapi", __name__)
 
@@ -62,6 +65,11 @@ _WAIT = {"name": "wait", "in": "query", "required": False,
          "description": f"Seconds (0-{MAX_WAIT_SECONDS}) to hold the answer until the job finishes",
          "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0}}
 _CREATED_JOB = _obj(job_id=STR, status=STR, message=STR, filename=STR, model=STR, created_at=STR)
+_TRANSCRIPT_FORMAT = {"type": "string", "enum": list(FORMATS)}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -94,12 +102,6 @@ HINTS: dict[str, dict[str, Any]] = {
             total_segments={**INT, "nullable": True,
                              "description": "An estimate while transcribing, the exact count afterwards"})),
     },
-    "chunked_uploads.initialize": {
-        "requestBody": {"required": True, **_json(_obj(("filename", "file_size", "chunk_size"), filename=STR,
-                                                       file_size=INT, chunk_size=INT, content_type=STR))},
-        "responses": _ok("201", "The upload session", _obj(session_id=STR, upload_url=STR, expires_at=STR,
-                                                            total_chunks=INT)),
-    },
     "chunked_uploads.upload_chunk": {
         "parameters": [{"name": "chunk_number", "in": "path", "required": True,
                         "description": "The chunk's number, from 1 to total_chunks",
@@ -128,10 +130,58 @@ HINTS: dict[str, dict[str, Any]] = {
                 job_id=STR, filename=STR, relevance_score=NUM, created_at=STR,
                 matches={"type": "array", "items": _obj(text=STR, timestamp=NUM, confidence=NUM)})})),
     },
+    "admin.delete_file": {
+        "requestBody": {"required": True, **_json(_obj(
+            ("folder", "filename"), folder={"type": "string", "enum": list(LISTED)},
+            filename={**STR, "minLength": 1, "description": "The file's path inside the folder"}))},
+        "responses": _ok("200", "The file was deleted", _obj(
+            message=STR, folder=STR, filename=STR, size=INT, job_id={**STR, "nullable": True})),
+    },
+    "admin.browse": {
+        "parameters": [
+            _query("folder", {"type": "string", "enum": list(BROWSABLE)}, "The folder to browse", required=True),
+            _query("path", STR, "A directory inside the folder (default: its top)"),
+        ],
+    },
+    "exports.download": {
+        "parameters": [{"name": "fmt", "in": "path", "required": True, "description": "The transcript format",
+                        "schema": _TRANSCRIPT_FORMAT}],
+    },
+    "compat_legacy.download": {
+        "parameters": [_query("format", _TRANSCRIPT_FORMAT, "The transcript format (default srt)")],
+    },
+    "voxis.export": {
+        "parameters": [
+            _query("format", {"type": "string", "enum": list(EXPORT_FORMATS)}, "The audio format (default wav)"),
+            _query("quality", {"type": "string", "enum": list(MP3_BITRATES)}, "The mp3 bit rate (default high)"),
+        ],
+    },
     "metrics.metrics": {
         "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STR}}}},
     },
 }
+
+
+def _initialize_hint(cfg: Any) -> dict[str, Any]:
+    """Chunked-upload sizes are bounded by this appliance's settings."""
+    file_size = {**INT, "minimum": 1, "description": "The whole file's size in bytes"}
+    if cfg.get("MAX_CONTENT_LENGTH"):
+        file_size["maximum"] = int(cfg["MAX_CONTENT_LENGTH"])
+    chunk_size = {**INT, "minimum": 1, "maximum": int(cfg["MAX_CHUNK_SIZE"]),
+                  "description": "Bytes per chunk (the last may be shorter)"}
+    return {
+        "requestBody": {"required": True, **_json(_obj(("filename", "file_size", "chunk_size"), filename=STR,
+                                                       file_size=file_size, chunk_size=chunk_size,
+                                                       content_type=STR))},
+        "responses": _ok("201", "The upload session", _obj(session_id=STR, upload_url=STR, expires_at=STR,
+                                                            total_chunks=INT)),
+    }
+
+
+def _hints(endpoint: str) -> dict[str, Any]:
+    if endpoint == "chunked_uploads.initialize":
+        return _initialize_hint(current_app.config)
+    return HINTS.get(endpoint, {})
 
 
 # ----------------------------------------------------------------- generator
@@ -157,10 +207,11 @@ def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
     }
     if description.strip():
         operation["description"] = description.strip()
-    if getattr(rule, "websocket", False):
+    websocket = getattr(rule, "websocket", False)
+    if websocket:
         operation["description"] = ("WebSocket: connect with ws:// or wss://. " + operation.get("description", ""))
-        operation["x-websocket"] = True
-    hints = HINTS.get(rule.endpoint, {})
+        operation["x-websocket"] = True  # a plain HTTP request to it is a 400
+    hints = _hints(rule.endpoint)
     # A hint describes a parameter better than the rule does (a range, a description): it replaces the rule's.
     hinted = hints.get("parameters", [])
     replaced = {(h["name"], h["in"]) for h in hinted}
@@ -168,10 +219,11 @@ def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
     parameters += hinted
     if parameters:
         operation["parameters"] = parameters
-    if "requestBody" in hints and method in ("post", "put", "patch"):
+    if "requestBody" in hints and method in ("post", "put", "patch", "delete"):
         operation["requestBody"] = hints["requestBody"]
-    operation["responses"] = {**hints.get("responses", {"200": {"description": "Success"}}),
-                              "default": {"$ref": "#/components/responses/Error"}}
+    success = {"101": {"description": "Switching Protocols: the WebSocket is open"}} if websocket else {
+        "200": {"description": "Success"}}
+    operation["responses"] = {**hints.get("responses", success), "default": {"$ref": "#/components/responses/Error"}}
     if blueprint in PUBLIC_BLUEPRINTS or rule.endpoint in PUBLIC_ENDPOINTS:
         operation["security"] = []
     return operation

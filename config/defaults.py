@@ -8,6 +8,9 @@ DATA_DIR = "./data"
 MODELS_DIR = None  # default: $DATA_DIR/models
 HOST = "127.0.0.1"
 PORT = 8000
+# A request's headers must arrive within this many seconds, and its body (or the reading of an answer) may
+# pause no longer; the connection is closed past either (slow clients never hold request threads meanwhile).
+CLIENT_IDLE_SECONDS = 30.0
 
 SECRET_KEY = None  # generated and kept in $DATA_DIR/secret_key when unset
 JWT_EXPIRES_SECONDS = 3600

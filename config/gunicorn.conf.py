@@ -7,7 +7,9 @@ with many threads lets WebSockets (one thread each) and HTTP share it.
 import os
 
 bind = f"{os.environ.get('WT_HOST', '127.0.0.1')}:{os.environ.get('WT_PORT', '8000')}"
-worker_class = "gthread"
+# gthread, except that a request reaches a thread only once it has arrived: slow or stalled clients
+# (WT_CLIENT_IDLE_SECONDS bounds them) cannot hold the threads that answer everyone else.
+worker_class = "app.slowclients.GuardedThreadWorker"
 workers = 1
 threads = int(os.environ.get("WT_WEB_THREADS", "64"))
 timeout = 120

@@ -111,3 +111,52 @@ def test_only_known_asset_files_are_served(client):
     for url in ("/docs/assets/swagger/index.html", "/docs/assets/swagger/..%2F__init__.py",
                 "/docs/assets/redoc/index.html", "/docs/assets/redoc/../../openapi.json"):
         assert_error(client.get(url), 404)
+
+
+def test_bodies_and_parameters_the_fuzzer_needs_are_described_exactly(app, client):
+    """Required bodies and enums: DELETE /admin/files, browse, export formats, chunk sizes from the settings."""
+    from app.services.exports import FORMATS
+    from app.services.files import BROWSABLE, LISTED
+
+    paths = spec(client)["paths"]
+    delete = paths["/admin/files"]["delete"]["requestBody"]
+    schema = delete["content"]["application/json"]["schema"]
+    assert delete["required"] and set(schema["required"]) == {"folder", "filename"}
+    assert schema["properties"]["folder"]["enum"] == list(LISTED)
+    folder, path = paths["/admin/browse"]["get"]["parameters"]
+    assert (folder["name"], folder["required"], folder["schema"]["enum"]) == ("folder", True, list(BROWSABLE))
+    assert (path["name"], path["required"]) == ("path", False)
+    fmt = next(p for p in paths["/api/export/download/{job_id}/{fmt}"]["get"]["parameters"] if p["name"] == "fmt")
+    assert fmt["in"] == "path" and fmt["schema"]["enum"] == list(FORMATS)
+    legacy = paths["/jobs/{job_id}/download"]["get"]["parameters"]
+    assert next(p for p in legacy if p["name"] == "format")["schema"]["enum"] == list(FORMATS)
+    voxis = paths["/api/export/{job_id}"]["get"]["parameters"]
+    voxis = {p["name"]: p["schema"]["enum"] for p in voxis if p["in"] == "query"}
+    assert voxis == {"format": ["wav", "mp3", "flac"], "quality": ["low", "medium", "high"]}
+    sizes = paths["/api/chunked-uploads/initialize"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    chunk_size = sizes["properties"]["chunk_size"]
+    assert (chunk_size["minimum"], chunk_size["maximum"]) == (1, app.config["MAX_CHUNK_SIZE"])
+    assert sizes["properties"]["file_size"]["maximum"] == app.config["MAX_CONTENT_LENGTH"]
+
+
+def test_websocket_routes_are_marked_and_answer_101(client):
+    """x-websocket and a 101 response, so tools (and readers) do not take them for plain GETs."""
+    paths = spec(client)["paths"]
+    for path in ("/ws/logs", "/ws/logs/system", "/ws/logs/{job_id}"):
+        operation = paths[path]["get"]
+        assert operation["x-websocket"] is True and operation["description"].startswith("WebSocket")
+        assert "101" in operation["responses"] and "200" not in operation["responses"]
+    assert "x-websocket" not in paths["/api/jobs/"]["get"]
+
+
+def test_post_api_jobs_without_the_trailing_slash_creates_the_job(client, admin_headers):
+    """No 308 to /api/jobs/ (a client would send the upload twice); both spellings are documented."""
+    from tests.helpers import AUDIO
+
+    with open(AUDIO / "jfk.flac", "rb") as f:
+        response = client.post("/api/jobs", data={"file": (f, "jfk.flac")}, headers=admin_headers)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["status"] == "queued"
+    paths = spec(client)["paths"]
+    assert "post" in paths["/api/jobs"] and "post" in paths["/api/jobs/"]
+    assert "get" in paths["/api/jobs"]  # the VOXIS job list keeps the slash-less GET
