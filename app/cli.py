@@ -1,4 +1,4 @@
-"""The ``whisper-transcriber`` command: run, serve, worker, models, users and bench."""
+"""The ``whisper-transcriber`` command: run, serve, worker, models, engine, users and bench."""
 
 from __future__ import annotations
 
@@ -179,6 +179,90 @@ def models_quantize(name: str, qtype: str) -> None:
     except (modelstore.ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name}-{qtype} written to {path}")
+
+
+# ---------------------------------------------------------------------- engine
+
+
+@main.group()
+def engine() -> None:
+    """Inspect whisper.cpp, or compile it for this CPU (optional)."""
+
+
+@engine.command("info")
+def engine_info() -> None:
+    """Show the installed pywhispercpp build and what whisper.cpp reports about this CPU."""
+    import _pywhispercpp as pw
+
+    from workers import native_build
+
+    kind = "native build" if native_build.installed_is_native() else "PyPI wheel"
+    click.echo(f"pywhispercpp {native_build.installed_version()} ({kind})")
+    click.echo(f"whisper.cpp: {pw.whisper_print_system_info().strip()}")
+    record = native_build.NativeBuild(load_settings()["DATA_DIR"], []).read_record()
+    if record:
+        click.echo(f"last native build ({record['created_at']}): {record['message']}")
+
+
+def _engine_models(settings: dict[str, Any]) -> list[Path]:
+    """The default model's f16 and q8_0 files, which the native build is verified on (q8_0 written if missing)."""
+    name = str(settings["DEFAULT_MODEL"]).removesuffix("-q8_0")
+    folder = settings["MODELS_DIR"]
+    f16, q8 = modelstore.model_path(folder, name), modelstore.model_path(folder, f"{name}-q8_0")
+    if not f16.is_file():
+        raise click.ClickException(f"model {name} is not installed: whisper-transcriber models install {name}")
+    if not q8.is_file():
+        try:
+            modelstore.quantize(folder, name, "q8_0")
+        except (modelstore.ModelError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    return [f16, q8]
+
+
+def _forget_calibration(settings: dict[str, Any]) -> None:
+    from workers import tuning
+
+    path = tuning.tuning_path(settings)
+    if path.exists():  # measured on the previous build: WT_ENGINE=auto would choose by stale figures
+        path.unlink()
+        click.echo("the engine calibration is redone at the next start (or now: whisper-transcriber tune)")
+
+
+@engine.command("build")
+@click.option("--revert", is_flag=True, help="Reinstall PyPI's wheel of the installed version.")
+@click.option("--once", is_flag=True, help="Do nothing when this version was already built (or refused) on this box.")
+@click.option("--runs", default=3, show_default=True, help="Interleaved rounds of the verification.")
+def engine_build(revert: bool, once: bool, runs: int) -> None:
+    """Compile pywhispercpp for this CPU and install it only when verified on the shipped clips and faster."""
+    import platform
+
+    from workers import native_build
+
+    settings = load_settings()
+    if revert:
+        try:
+            outcome = native_build.NativeBuild(settings["DATA_DIR"], [], echo=click.echo).revert()
+        except native_build.BuildError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(outcome.message)
+        _forget_calibration(settings)
+        return
+    builder = native_build.NativeBuild(settings["DATA_DIR"], _engine_models(settings), runs=runs, echo=click.echo)
+    plan = native_build.plan_build(native_build.read_cpuinfo(), platform.machine())
+    if once and builder.already_done(native_build.installed_version(), plan):
+        click.echo(f"already done for this version: {(builder.read_record() or {}).get('message')}")
+        return
+    outcome = builder.run()
+    if outcome.baseline and outcome.native:
+        for model, clips in outcome.baseline.items():
+            for clip, base in clips.items():
+                new = outcome.native[model][clip]
+                click.echo(f"  {model:24} {clip:24} CPU {base['cpu']:6.2f} s -> {new['cpu']:6.2f} s  "
+                           f"WER {base['wer']:.3f} -> {new['wer']:.3f}")
+    click.echo(outcome.message)
+    if not outcome.installed:
+        sys.exit(1)
+    _forget_calibration(settings)
 
 
 # ----------------------------------------------------------------------- users
