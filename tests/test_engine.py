@@ -162,3 +162,21 @@ def test_a_multilingual_model_detects_german_and_translates_it(backend, tmp_path
     assert heard.language == "de"
     words = set(english.text.lower().replace(",", " ").replace(".", " ").split())
     assert len(words & {"the", "software", "permission", "copy", "and", "of", "to"}) >= 3, english.text
+
+
+def test_switching_models_frees_the_old_one():
+    """Each switch loaded a model and never freed the last (pywhispercpp keeps its Model alive)."""
+    import psutil
+
+    process = psutil.Process()
+    samples = audio.decode(AUDIO / "jfk.flac")[: 16000 * 3]
+    rss = []
+    try:
+        for _ in range(4):
+            for path in (MODEL, MODELS_DIR / "ggml-base.bin"):
+                engine.load_engine(path, 2).transcribe(samples)
+            rss.append(process.memory_info().rss / 2**20)
+    finally:
+        engine.unload()
+    # base alone is ~150 MB of weights: four rounds of leaking would add ~900 MB.
+    assert rss[-1] - rss[0] < 150, [round(r) for r in rss]

@@ -93,7 +93,7 @@ def load_engine(model_path: Path | str, threads: int = 0, backend: str = "whispe
     with _cache_lock:
         loaded = _cache.get(backend)
         if loaded is None or getattr(loaded, "model_path", None) != key:
-            _cache.pop(backend, None)  # drop the old model before loading the new one
+            _close(_cache.pop(backend, None))  # free the old model before loading the new one
             log.info("loading model %s with %s", key, backend)
             _cache[backend] = _build(Path(model_path), threads, backend)
         return _cache[backend]
@@ -102,7 +102,12 @@ def load_engine(model_path: Path | str, threads: int = 0, backend: str = "whispe
 def unload(backend: str | None = None) -> None:
     """Forget loaded engines (all, or one backend's), so their memory can be freed."""
     with _cache_lock:
-        if backend is None:
-            _cache.clear()
-        else:
-            _cache.pop(backend, None)
+        for name in list(_cache) if backend is None else [backend]:
+            _close(_cache.pop(name, None))
+
+
+def _close(loaded: Engine | None) -> None:
+    """Free an engine's native memory now; dropping the Python object is not enough for whisper.cpp."""
+    close = getattr(loaded, "close", None)
+    if close is not None:
+        close()

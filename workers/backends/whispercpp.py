@@ -46,6 +46,19 @@ class WhisperCppEngine:
         self._lock = threading.Lock()
         self.multilingual = bool(pw.whisper_is_multilingual(self._model._ctx))
 
+    def close(self) -> None:
+        """Free the whisper.cpp context now.
+
+        pywhispercpp hands whisper.cpp a bound method of its Model as the segment callback, which keeps
+        the Model alive, so its ``__del__`` (whisper_free) never runs: each model switch leaked ~100-170 MB.
+        """
+        import _pywhispercpp as pw
+
+        with self._lock:
+            ctx, self._model._ctx = self._model._ctx, None
+            if ctx is not None:
+                pw.whisper_free(ctx)
+
     @property
     def label(self) -> str:
         """What ran a job, for its record: the engine and the model file."""
