@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,6 +35,10 @@ def main() -> None:
 def serve() -> None:
     """Run the web app under Gunicorn (gthread, one process, many threads)."""
     settings = load_settings()
+    from workers.lifecycle import follow_supervisor
+
+    # Under `run`: Gunicorn gets SIGTERM (a graceful stop) when the supervisor dies; the request survives exec.
+    follow_supervisor(signal.SIGTERM)
     Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # Gunicorn writes its pid file there
     os.environ["WT_DATA_DIR"] = settings["DATA_DIR"]  # the Gunicorn config reads it
     os.environ.setdefault("WT_HOST", str(settings["HOST"]))
@@ -61,6 +66,9 @@ def worker() -> None:
     """Run one Huey consumer: one process, one model, one job at a time."""
     _setup_logging()
     settings = load_settings()
+    from workers import lifecycle
+
+    lifecycle.lower_priority(int(settings["WORKER_NICE"]))  # first: threads started later inherit it
     from app import models
     from app.extensions import configure_breaker
     from app.logging_setup import configure_logging
@@ -69,6 +77,7 @@ def worker() -> None:
 
     Layout(settings["DATA_DIR"]).ensure()
     configure_logging(settings, "worker")
+    supervised = lifecycle.watch_supervisor()  # under `run`: exit (and stop ffmpeg) when the supervisor dies
     models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
     poll = float(settings["QUEUE_POLL_SECONDS"])
     queue.bind(settings["DATA_DIR"], poll)
@@ -78,6 +87,7 @@ def worker() -> None:
     pipeline.configure(settings)
     configure_breaker(settings)
     pipeline.reconcile()
+    recycler = lifecycle.install_recycling(queue.huey, settings, supervised)  # memory or job limit reached
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
     consumer = queue.huey.create_consumer(workers=1, worker_type="thread", periodic=True,
                                           initial_delay=poll, max_delay=poll, backoff=1.0)
@@ -85,7 +95,9 @@ def worker() -> None:
 
     watch_concurrency(consumer, settings)  # threads changed: SIGHUP self, Huey restarts after the job
     threading.Thread(target=_interrupt_on_stop, args=(consumer,), daemon=True, name="wake-on-stop").start()
-    consumer.run()
+    consumer.run()  # without a supervisor a recycling worker re-executes itself in here
+    if recycler.reason:
+        sys.exit(lifecycle.RECYCLE_EXIT_CODE)  # `run` starts a fresh worker at once
 
 
 def _interrupt_on_stop(consumer: Any) -> None:
@@ -321,9 +333,11 @@ def bench(model: str, runs: int, audio_dir: str | None, compare: bool, workloads
 @click.option("--runs", default=2, show_default=True, help="Timed runs per clip and candidate.")
 def tune(models: tuple[str, ...], runs: int) -> None:
     """Measure each engine and model file on this box and record the fastest accurate one (WT_ENGINE=auto)."""
-    from workers import tuning
+    from workers import lifecycle, tuning
 
     settings = load_settings()
+    if lifecycle.follow_supervisor(signal.SIGTERM):  # started by `run`: background work, like a worker's
+        lifecycle.lower_priority(int(settings["WORKER_NICE"]))
     names = list(models) or [settings["DEFAULT_MODEL"]]
     record = tuning.calibrate(settings, names, runs=runs, echo=click.echo)
     for name, entry in record["models"].items():

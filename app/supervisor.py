@@ -13,6 +13,11 @@ is applied in two places:
 
 Signals to the supervisor: SIGHUP reloads (Gunicorn reloads its worker, workers restart gracefully);
 SIGINT or SIGTERM stop everything cleanly (workers finish their job) and ``run`` exits with 0.
+
+Its children never outlive it: each one finds the supervisor's pid in ``WT_SUPERVISOR_PID`` and has the
+kernel signal it when the supervisor dies, even by SIGKILL (``workers/lifecycle.py``). A worker that
+exits with ``RECYCLE_EXIT_CODE`` (it outgrew ``WT_WORKER_MAX_RSS_MB`` or ``WT_WORKER_MAX_JOBS``) is
+replaced at once, without the delay that follows a crash.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import psutil
 
 from app.models import Job, Setting, db
+from workers.lifecycle import RECYCLE_EXIT_CODE, SUPERVISOR_ENV
 from workers.queue import huey
 
 log = logging.getLogger("supervisor")
@@ -182,6 +188,7 @@ class Supervisor:
     def __init__(self, settings: dict[str, Any]):
         self.settings = settings
         self.cmd = [sys.executable, "-m", "app.cli"]
+        self.env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}  # children exit when this process dies
         self.pidfile = Path(settings["DATA_DIR"]) / SUPERVISOR_PIDFILE
         self.active: list[subprocess.Popen] = []
         self.retiring: list[subprocess.Popen] = []
@@ -203,7 +210,7 @@ class Supervisor:
             signal.signal(signum, lambda signum, frame: self.signals.append(signum))
         # Its own process group too: Gunicorn's worker hangs in its thread-pool shutdown when a terminal's
         # Ctrl-C reaches it directly and its master's quit signal arrives on top.
-        self.web = subprocess.Popen([*self.cmd, "serve"], process_group=0)
+        self.web = subprocess.Popen([*self.cmd, "serve"], process_group=0, env=self.env)
         self.tuner = self._start_tuning()
         code, next_poll = 0, 0.0
         try:
@@ -239,22 +246,26 @@ class Supervisor:
         log.info("calibrating the engines in the background; jobs run meanwhile on the default engine")
         print("Measuring the engines on this box (about 30 s, once; `whisper-transcriber tune` repeats it)",
               flush=True)
-        return subprocess.Popen([*self.cmd, "tune"], process_group=0)
+        return subprocess.Popen([*self.cmd, "tune"], process_group=0, env=self.env)
 
     def _spawn(self) -> None:
         # Its own process group: a terminal's Ctrl-C reaches the supervisor, which forwards one SIGINT
         # (a second SIGINT would make Huey abandon the running job).
-        proc = subprocess.Popen([*self.cmd, "worker"], process_group=0)
+        proc = subprocess.Popen([*self.cmd, "worker"], process_group=0, env=self.env)
         self.started[proc.pid] = time.monotonic()
         self.active.append(proc)
         log.info("worker %s started (%d of %d)", proc.pid, len(self.active), self.wanted)
 
     def _reap(self) -> None:
-        """Forget exited workers; an active worker that exited is replaced after a growing delay."""
+        """Forget exited workers; a recycled one is replaced at once, one that failed after a growing delay."""
         self.retiring = [p for p in self.retiring if p.poll() is None]
         for proc in [p for p in self.active if p.poll() is not None]:
             self.active.remove(proc)
-            if time.monotonic() - self.started.pop(proc.pid, 0.0) > 60:
+            started = self.started.pop(proc.pid, 0.0)
+            if proc.returncode == RECYCLE_EXIT_CODE:  # it logged why (memory or job count) before exiting
+                log.info("worker %s exited to be recycled; starting a fresh one now", proc.pid)
+                continue
+            if time.monotonic() - started > 60:
                 self.backoff = 1.0
             log.warning("worker %s exited with %s; replacing it in %.0f s", proc.pid, proc.returncode, self.backoff)
             self.next_spawn = time.monotonic() + self.backoff

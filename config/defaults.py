@@ -37,6 +37,11 @@ ENGINE = "auto"
 TUNE_ON_START = True  # `run` calibrates the engines once in the background when this box has no record yet
 ENGINE_THREADS = 0  # 0: all cores
 WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/concurrency
+# A worker is replaced by a fresh process between jobs once its resident memory passes this many MB.
+# 0: sized for the model (1024 MB, or 512 MB plus 3x the largest model file it ran when that is more); -1: never.
+WORKER_MAX_RSS_MB = 0
+WORKER_MAX_JOBS = 0  # ... or after this many jobs; 0: never
+WORKER_NICE = 10  # CPU priority of the workers (0-19, higher is lower): the web server gets the CPU first
 MAX_ATTEMPTS = 3
 QUEUE_POLL_SECONDS = 1.0  # idle workers look at the queue this often; an enqueue wakes them at once
 

@@ -14,12 +14,14 @@ import contextlib
 import os
 import select
 import stat
+import time
 from pathlib import Path
 
 from huey import SqliteHuey
 from huey.storage import SqliteStorage
 
 huey = SqliteHuey("whisper-transcriber", filename=":memory:", results=False)
+STOPPING_PAUSE = 0.05  # seconds an interrupted dequeue waits before answering "nothing"
 
 
 class WakingSqliteStorage(SqliteStorage):
@@ -42,6 +44,7 @@ class WakingSqliteStorage(SqliteStorage):
     def dequeue(self) -> bytes | None:
         """The next task; when there is none, wait up to ``poll`` seconds for a wake-up and look again."""
         if self._stopping:
+            time.sleep(STOPPING_PAUSE)  # Huey's worker calls again at once until its stop flag is set: no spin
             return None
         data = super().dequeue()
         if data is None and self._wait() and not self._stopping:
