@@ -87,7 +87,7 @@ def run_cleanup(tmp_path: Path, source: Path, *, abort: bool = False, **options)
     job = Job(id=f"dsp-{len(list(tmp_path.iterdir()))}", kind="cleanup", options=options, source_path=str(source),
               original_filename=source.name, duration=float(info["format"]["duration"]),
               media_info={"sample_rate": int(info["sample_rate"]), "channels": info["channels"]})
-    cfg = {"DATA_DIR": str(tmp_path), "FFMPEG_TIMEOUT_SECONDS": 120}
+    cfg = {"DATA_DIR": str(tmp_path), "FFMPEG_TIMEOUT_SECONDS": 120, "MAX_MEDIA_SECONDS": 3600}
     ctx = StageContext(job, cfg, lambda level, message: print(level, message), lambda p, s: None, lambda: abort)
     for stage in (dsp.ingest, dsp.denoise, dsp.resample):
         out = stage(ctx)

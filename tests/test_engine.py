@@ -14,11 +14,16 @@ from workers import audio, engine, modelstore
 MODEL = MODELS_DIR / "ggml-tiny.en.bin"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def whisper() -> engine.Engine:
-    """One loaded model for the module, as a worker keeps it."""
-    loaded = engine.load_engine(MODEL, 2)
-    yield loaded
+    """tiny.en as a worker keeps it: loaded once, and again only after another test has freed it."""
+    return engine.load_engine(MODEL, 2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_engines_after_the_module():
+    """Leave no model loaded for the next module."""
+    yield
     engine.unload()
 
 
@@ -180,3 +185,11 @@ def test_switching_models_frees_the_old_one():
         engine.unload()
     # base alone is ~150 MB of weights: four rounds of leaking would add ~900 MB.
     assert rss[-1] - rss[0] < 150, [round(r) for r in rss]
+
+
+def test_a_closed_engine_refuses_to_transcribe_instead_of_crashing():
+    """A caller still holding a model that a switch freed gets an error, not a segfault in whisper.cpp."""
+    loaded = engine.load_engine(MODEL, 2)
+    engine.unload()
+    with pytest.raises(RuntimeError, match="closed"):
+        loaded.transcribe(audio.decode(AUDIO / "jfk.flac")[:16000])

@@ -81,6 +81,8 @@ class WhisperCppEngine:
         language = language or (None if self.multilingual else "en")
         result = EngineResult(language=language)
         with self._lock:
+            if self._model._ctx is None:  # whisper.cpp would dereference the freed context and crash the worker
+                raise RuntimeError(f"{self.label} was closed; load the model again")
             for start, end in split_at_silences(samples):
                 if should_abort is not None and should_abort():
                     raise Aborted()
