@@ -36,7 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings = load_settings(config)
     if settings["ENV"] == "production" and len(settings.get("SECRET_KEY") or "") < MIN_SECRET_LENGTH:
         raise RuntimeError(f"SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production")
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     app.config.update(settings)
     app.config["SECRET_KEY"] = ensure_secret_key(settings)
     app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
@@ -96,46 +96,42 @@ def _register_hooks(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from app import (
-        admin,
-        apikeys,
-        auth,
-        compat_legacy,
-        compat_v1,
-        dashboard,
-        dubarr,
-        exports,
-        health,
-        jobs,
-        logs,
-        metrics,
-        openai_compat,
-        openapi,
-        search,
-        uploads,
-        users,
-        voxis,
+    from app.api import (  # late: route modules use the limiter and socket that create_app sets up first
+        admin_routes,
+        apikey_routes,
+        auth_routes,
+        export_routes,
+        health_routes,
+        job_routes,
+        log_routes,
+        metric_routes,
+        openapi_routes,
+        search_routes,
+        upload_routes,
+        user_routes,
     )
+    from app.compat import dubarr_api, legacy_api, openai_api, v1_api, voxis_api
+    from app.web import pages
 
     for module in (
-        auth,
-        jobs,
-        exports,
-        health,
-        apikeys,
-        users,
-        openai_compat,
-        logs,
-        admin,
-        uploads,
-        search,
-        metrics,
-        openapi,
-        dubarr,
-        voxis,
-        compat_legacy,
-        compat_v1,
-        dashboard,
+        auth_routes,
+        job_routes,
+        export_routes,
+        health_routes,
+        apikey_routes,
+        user_routes,
+        openai_api,
+        log_routes,
+        admin_routes,
+        upload_routes,
+        search_routes,
+        metric_routes,
+        openapi_routes,
+        dubarr_api,
+        voxis_api,
+        legacy_api,
+        v1_api,
+        pages,
     ):
         app.register_blueprint(module.bp)
-    metrics.install(app)
+    metric_routes.install(app)

@@ -48,7 +48,7 @@ def serve() -> None:
 
 
 def _heartbeat(interval: float = 30.0) -> None:
-    from app.health import HEARTBEAT_KEY
+    from app.api.health_routes import HEARTBEAT_KEY
     from app.supervisor import record_worker
     from workers.queue import huey
 

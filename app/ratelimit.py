@@ -301,7 +301,7 @@ def _finish_headers(response: Response) -> Response:
 
 def setup_rate_limits(app: Flask) -> None:
     """Check the limit settings, exempt health probes, and order the hooks around the limiter's."""
-    from app import health
+    from app.api import health_routes
     from app.extensions import limiter
 
     for name in LIMIT_SETTINGS:
@@ -309,7 +309,7 @@ def setup_rate_limits(app: Flask) -> None:
             parse_many(str(app.config[name]))
         except ValueError as exc:
             raise RuntimeError(f"{name}={app.config[name]!r} is not a rate limit such as '60 per minute'") from exc
-    limiter.exempt(health.bp)
+    limiter.exempt(health_routes.bp)
     rejections.reset()
     limiter_log = logging.getLogger("flask-limiter")
     if rejections not in limiter_log.filters:

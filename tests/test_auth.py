@@ -99,14 +99,14 @@ def test_login_goes_on_and_logs_why_when_the_audit_write_fails(app, monkeypatch,
         raise peewee.OperationalError("database or disk is full")
 
     monkeypatch.setattr(AuditLog, "record", disk_full)
-    caplog.set_level(logging.WARNING, logger="app.auth")
+    caplog.set_level(logging.WARNING, logger="app.api.auth_routes")
     client = app.test_client(use_cookies=False)
     response = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
     assert response.status_code == 200, response.get_json()
     me = client.get("/auth/me", headers={"Authorization": f"Bearer {response.get_json()['access_token']}"})
     assert me.status_code == 200 and me.get_json()["username"] == "admin"
     assert_error(client.post("/auth/login", json={"username": "admin", "password": "x" * 10}), 401)
-    lines = [r.getMessage() for r in caplog.records if r.name == "app.auth"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.api.auth_routes"]
     assert len(lines) == 2 and all("audit log write failed" in line and "disk is full" in line for line in lines)
     assert "login for admin" in lines[0] and "login_failed for admin" in lines[1]
 

@@ -298,18 +298,18 @@ def test_change_password_needs_a_signed_in_user(http, user_headers):
 
 def test_every_legacy_route_is_in_the_openapi_document(client):
     """Each seed 000 route appears with its docstring's first line as the summary."""
-    from app import compat_legacy
+    from app.compat import legacy_api
 
     paths = client.get("/openapi.json").get_json()["paths"]
     expected = {
-        ("/jobs", "post"): compat_legacy.create_job, ("/jobs", "get"): compat_legacy.list_jobs,
-        ("/jobs/{job_id}", "get"): compat_legacy.get_job, ("/jobs/{job_id}", "delete"): compat_legacy.delete_job,
-        ("/jobs/{job_id}/restart", "post"): compat_legacy.restart_job,
-        ("/jobs/{job_id}/download", "get"): compat_legacy.download,
-        ("/metadata/{job_id}", "get"): compat_legacy.metadata,
-        ("/jobs/{job_id}/analyze", "post"): compat_legacy.analyze,
-        ("/register", "post"): compat_legacy.register, ("/token", "post"): compat_legacy.token,
-        ("/change-password", "post"): compat_legacy.change_password,
+        ("/jobs", "post"): legacy_api.create_job, ("/jobs", "get"): legacy_api.list_jobs,
+        ("/jobs/{job_id}", "get"): legacy_api.get_job, ("/jobs/{job_id}", "delete"): legacy_api.delete_job,
+        ("/jobs/{job_id}/restart", "post"): legacy_api.restart_job,
+        ("/jobs/{job_id}/download", "get"): legacy_api.download,
+        ("/metadata/{job_id}", "get"): legacy_api.metadata,
+        ("/jobs/{job_id}/analyze", "post"): legacy_api.analyze,
+        ("/register", "post"): legacy_api.register, ("/token", "post"): legacy_api.token,
+        ("/change-password", "post"): legacy_api.change_password,
     }
     for (path, method), view in expected.items():
         summary = view.__doc__.splitlines()[0].replace("``", "`")  # the document speaks Markdown

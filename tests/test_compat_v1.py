@@ -138,10 +138,10 @@ def test_slash_and_no_slash_never_redirect(http, admin_headers):
 
 def test_seed_001_routes_are_in_the_openapi_document(http):
     """POST /jobs/, GET /jobs/ and GET /jobs/{job_id} appear with summaries."""
-    from app import compat_v1
+    from app.compat import v1_api
 
     paths = http.get("/openapi.json").get_json()["paths"]
-    assert paths["/jobs/"]["post"]["summary"] == compat_v1.create_job.__doc__.splitlines()[0].replace("``", "`")
-    assert paths["/jobs/"]["get"]["summary"] == compat_v1.list_jobs.__doc__.splitlines()[0].replace("``", "`")
+    assert paths["/jobs/"]["post"]["summary"] == v1_api.create_job.__doc__.splitlines()[0].replace("``", "`")
+    assert paths["/jobs/"]["get"]["summary"] == v1_api.list_jobs.__doc__.splitlines()[0].replace("``", "`")
     assert paths["/jobs/{job_id}"]["get"]["summary"]
     assert {"/health", "/auth/login"} <= set(paths)

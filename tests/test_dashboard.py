@@ -13,7 +13,7 @@ from app import create_app
 from tests.conftest import ADMIN_PASSWORD
 from tests.helpers import AUDIO, MODELS_DIR
 
-APP_DIR = Path(__file__).resolve().parent.parent / "app"
+WEB_DIR = Path(__file__).resolve().parent.parent / "app" / "web"
 USER_PAGES = ["/", "/ui/keys", "/ui/account"]
 ADMIN_PAGES = ["/ui/admin", "/ui/admin/files", "/ui/admin/settings", "/ui/admin/users"]
 PASSWORD = "user-password-123"
@@ -218,7 +218,7 @@ def test_every_asset_a_page_names_is_served(admin):
 
 def test_no_external_urls_in_templates_or_static_files():
     """Nothing is loaded from a CDN or any other origin: no absolute URL in any template or asset."""
-    files = [p for folder in ("templates", "static") for p in (APP_DIR / folder).rglob("*") if p.is_file()]
+    files = [p for folder in ("templates", "static") for p in (WEB_DIR / folder).rglob("*") if p.is_file()]
     assert len(files) >= 10
     for path in files:
         text = path.read_text(encoding="utf-8").replace(_SVG_NAMESPACE, "")

@@ -222,8 +222,8 @@ def test_websocket_pings_are_configured(app):
 
 def test_socket_slots_refuse_beyond_the_limit():
     """Past WS_MAX_CONNECTIONS a handshake is 503; giving one back lets the next in."""
+    from app.api.log_routes import _Slots
     from app.errors import AppError
-    from app.logs import _Slots
 
     slots = _Slots()
     slots.take(2)
@@ -471,34 +471,34 @@ class Lines:
 
 
 def test_stream_closes_with_1008_once_credentials_are_revoked(monkeypatch):
-    from app import logs
+    from app.api import log_routes
 
-    monkeypatch.setattr(logs, "RECHECK_SECONDS", 0.0)
-    monkeypatch.setattr(logs, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(log_routes, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(log_routes, "POLL_SECONDS", 0.0)
     answers = iter([True, False])
     ws = FakeSocket()
-    logs.stream(ws, Lines(["one", "two"]), authorized=lambda: next(answers))
+    log_routes.stream(ws, Lines(["one", "two"]), authorized=lambda: next(answers))
     assert ws.sent == ["one", "two"] and ws.closed == (1008, "credentials revoked")
 
 
 def test_stream_closes_with_1011_instead_of_hanging_when_it_fails(monkeypatch):
-    from app import logs
+    from app.api import log_routes
 
-    monkeypatch.setattr(logs, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(log_routes, "POLL_SECONDS", 0.0)
     ws = FakeSocket()
-    logs.stream(ws, Lines(["one"], fail=True))
+    log_routes.stream(ws, Lines(["one"], fail=True))
     assert ws.sent == ["one"] and ws.closed == (1011, "internal error")
 
 
 def test_stream_closes_with_1001_when_the_server_stops(monkeypatch):
-    from app import logs
+    from app.api import log_routes
     from app.extensions import stopping
 
-    monkeypatch.setattr(logs, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(log_routes, "POLL_SECONDS", 0.0)
     ws = FakeSocket()
     stopping.set()
     try:
-        logs.stream(ws, Lines(["never sent"]))
+        log_routes.stream(ws, Lines(["never sent"]))
     finally:
         stopping.clear()
     assert ws.closed == (1001, "server stopping")

@@ -122,7 +122,7 @@ def test_totals_start_from_the_jobs_on_record_and_count_each_completion_once(app
 
 def test_worker_up_follows_the_heartbeat(client):
     """0 without a recent heartbeat, 1 with one."""
-    from app.health import HEARTBEAT_KEY
+    from app.api.health_routes import HEARTBEAT_KEY
     from workers.queue import huey
 
     assert value(scrape(client), "whisper_worker_up") == 0

@@ -32,12 +32,12 @@ def test_every_route_and_method_is_in_the_document(app, client):
 
 def test_operations_take_summary_tag_and_parameters_from_the_code(client):
     """The docstring's first line, the blueprint as tag, and typed path parameters."""
-    from app import jobs
+    from app.api import job_routes
 
     document = spec(client)
     assert document["openapi"].startswith("3.0") and document["info"]["title"]
     operation = document["paths"]["/api/jobs/{job_id}"]["get"]
-    assert operation["summary"] == jobs.get_job.__doc__.splitlines()[0]
+    assert operation["summary"] == job_routes.get_job.__doc__.splitlines()[0]
     assert operation["tags"] == ["jobs"]
     job_id, wait = operation["parameters"]
     assert job_id == {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}

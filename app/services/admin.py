@@ -26,8 +26,8 @@ import psutil
 from peewee import fn
 
 from app import models
+from app.api.health_routes import worker_alive
 from app.errors import AppError
-from app.health import worker_alive
 from app.models import ApiKey, AuditLog, Job, Segment, User, db, utcnow
 from app.services import files
 from app.services.storage import FOLDERS, Layout

@@ -1,14 +1,14 @@
 """Seed 001's routes: ``POST /jobs/`` and ``GET /jobs/`` (``skip``/``limit``), thin adapters over the job service.
 
 ``GET /health`` and ``POST /auth/login`` are the canonical routes; ``GET /jobs/{job_id}`` is shared with
-seed 000 and lives in app/compat_legacy.py; ``GET /metrics/`` is in app/metrics.py.
+seed 000 and lives in app/compat/legacy_api.py; ``GET /metrics/`` is in app/api/metric_routes.py.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify
 
-from app.jobs import create_from_request
+from app.api.job_routes import create_from_request
 from app.security import login_required
 from app.services import jobs as service
 from app.validation import int_arg

@@ -42,7 +42,9 @@ class JobCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Read the figures now; a database error leaves the job metrics out of this scrape."""
-        from app.health import worker_alive  # late: app.health imports the queue, bound by the app factory
+        from app.api.health_routes import (
+            worker_alive,  # late: app.api.health_routes imports the queue, bound by the app factory
+        )
 
         yield GaugeMetricFamily("whisper_worker_up", "1 when a worker wrote its heartbeat recently",
                                 value=1.0 if worker_alive() else 0.0)

@@ -1,4 +1,4 @@
-"""The browser dashboard: server-rendered pages (Jinja) with small vanilla JS from ``app/static``.
+"""The browser dashboard: server-rendered pages (Jinja) with small vanilla JS from ``app/web/static``.
 
 Pages need the cookie session that ``POST /auth/login`` sets (``wt_session``); without one they
 redirect to ``/login``. Admin pages answer other users with a readable 403 page. Everything a page

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from app.api.job_routes import create_from_request
 from app.errors import AppError
-from app.jobs import create_from_request
 from app.security import login_required
 from app.services import exports
 from app.services import jobs as service

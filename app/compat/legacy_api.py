@@ -1,6 +1,6 @@
 """Seed 000's legacy routes at their exact paths: thin adapters over the job, export, analysis and user services.
 
-``GET /jobs/{job_id}`` is shared with seed 001 (app/compat_v1.py): it answers with seed 000's fields
+``GET /jobs/{job_id}`` is shared with seed 001 (app/compat/v1_api.py): it answers with seed 000's fields
 (``id``, ``original_filename``, ``model``, ``created_at``, ``updated``, ``status``) merged with the
 canonical job detail (``job_id``, ``transcript`` ...). ``POST /jobs`` and ``GET /jobs`` are distinct
 rules from seed 001's ``POST /jobs/`` and ``GET /jobs/``; neither redirects to the other.
@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from app import auth
-from app.exports import download_response
-from app.jobs import create_from_request
+from app.api import auth_routes
+from app.api.export_routes import download_response
+from app.api.job_routes import create_from_request
 from app.models import Job, isoformat
 from app.security import login_required
 from app.services import analysis
@@ -109,16 +109,16 @@ def analyze(job_id: str):
 @bp.post("/register")
 def register():
     """Create an account when ALLOW_REGISTRATION is on (same rules and answer as /auth/register)."""
-    return auth.register()
+    return auth_routes.register()
 
 
 @bp.post("/token")
 def token():
     """Exchange ``username`` and ``password`` (OAuth2 password form or JSON) for a bearer token."""
-    return auth.login_response(form_or_json())
+    return auth_routes.login_response(form_or_json())
 
 
 @bp.post("/change-password")
 def change_password():
     """Replace the caller's password (``current_password``, ``new_password``), as /auth/change-password."""
-    return auth.change_password()
+    return auth_routes.change_password()

@@ -1,6 +1,6 @@
 """The admin API (seed 000 "Admin", seed 002 "Administration"): every route here is admin only.
 
-Accounts and the audit log (``/admin/users``, ``/admin/audit``) live in ``app/users.py``.
+Accounts and the audit log (``/admin/users``, ``/admin/audit``) live in ``app/api/user_routes.py``.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request, send_file
 
+from app.api.export_routes import download_response
+from app.api.job_routes import create_from_request
 from app.errors import AppError
-from app.exports import download_response
-from app.jobs import create_from_request
 from app.security import login_required, offer_basic
 from app.services import jobs as service
 from app.services import media

@@ -1,0 +1,1 @@
+"""The canonical API: the appliance's own routes, one blueprint per module."""

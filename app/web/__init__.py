@@ -1,0 +1,1 @@
+"""The browser dashboard: its pages, templates and static files."""
