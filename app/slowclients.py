@@ -285,20 +285,29 @@ class GuardedThreadWorker(ThreadWorker):
     def _linger(self, conn: TConn) -> None:
         # RFC 9112 9.6: send FIN, then read what the client still sends until it closes, so the kernel does not
         # reset the connection under the last response; here in the loop, never blocking it.
+        # The poller watches a duplicate descriptor that only the loop closes. The app may still hold conn.sock: a
+        # WebSocket's reader thread (simple-websocket) closes it when the client leaves, at any moment. A poller
+        # entry left under that closed number made the next connection accepted on it fail to register, which
+        # killed the worker and reset every connection it held.
+        sock = None
         try:
-            conn.sock.shutdown(socket.SHUT_WR)
-            conn.sock.setblocking(False)
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_linger_readable, conn))
+            sock = conn.sock.dup()  # OSError if the app has closed it already
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._on_linger_readable, conn))
         except (OSError, ValueError, KeyError):
+            if sock is not None:
+                sock.close()
             self.nr_conns -= 1
             conn.close()
             return
+        conn.linger_sock = sock
         conn.drained = 0
         self.lingering[conn] = time.monotonic() + LINGER_SECONDS
 
     def _on_linger_readable(self, conn: TConn, _fileobj: Any = None) -> None:
         try:
-            data = conn.sock.recv(READ_SIZE)
+            data = conn.linger_sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -310,9 +319,10 @@ class GuardedThreadWorker(ThreadWorker):
     def _end_linger(self, conn: TConn) -> None:
         self.lingering.pop(conn, None)
         with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(conn.sock)
+            self.poller.unregister(conn.linger_sock)  # before closing it: the poller knows it by its number
+        conn.linger_sock.close()
         self.nr_conns -= 1
-        conn.close()
+        conn.close()  # a no-op if the app closed it; the connection ends with the last of the two descriptors
 
     def murder_pending(self) -> None:
         """Also close connections whose request did not arrive in time (the loop calls this every second)."""

@@ -39,6 +39,20 @@ def tokens(live_server) -> dict[str, str]:
     return found
 
 
+class LogClient(Client):
+    """simple-websocket's client, except that frames which came in the same read as the 101 are not held back.
+
+    Its handshake stops at the 101 and leaves whatever followed it parsed but unread until more bytes arrive: the
+    log tail the server sends right behind the 101 waited forever on a quiet log when a busy client read both at once.
+    """
+
+    def _thread(self) -> None:
+        if not self._handle_events():  # frames buffered during the handshake, before the first read of the thread
+            self.connected = False
+            self.event.set()
+        super()._thread()
+
+
 def connect(live_server, path: str, token: str | None = None, *, query: bool = False) -> Client:
     """Open a WebSocket; the token goes in ``?token=`` (as browsers do) or the Authorization header."""
     url = "ws" + live_server.url.removeprefix("http") + path
@@ -47,7 +61,7 @@ def connect(live_server, path: str, token: str | None = None, *, query: bool = F
         url += ("&" if "?" in url else "?") + f"token={token}"
     elif token:
         headers = bearer(token)
-    return Client.connect(url, headers=headers)
+    return LogClient.connect(url, headers=headers)
 
 
 def collect(ws: Client, until: Callable[[list[str]], bool] | None = None,
