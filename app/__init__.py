@@ -1,11 +1,15 @@
-"""Whisper Transcriber: the web application factory."""
+"""Whisper Transcriber: the web application factory.
+
+``create_app`` boots the process for the "web" role (``app/boot.py``: settings, data dir, logging,
+database, queue, breaker), then adds the Flask parts. Importing this package loads no web stack
+(flask_limiter, flask_sock, jwt, argon2): workers reach ``app.models`` and the services through it.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import uuid
-from pathlib import Path
 from typing import Any
 
 import peewee
@@ -13,10 +17,9 @@ from flask import Flask, Request, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import logging_setup, models
+from app.boot import boot
 from app.errors import register_error_handlers
-from app.extensions import SocketReaderThread, configure_breaker, limiter, sock
 from app.services.storage import Layout
-from app.settings import MIN_SECRET_LENGTH, ensure_secret_key, load_settings
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -28,44 +31,36 @@ class StreamingRequest(Request):
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         path = Layout(current_app.config["DATA_DIR"]).temp_file(".upload")
         g.setdefault("upload_temps", []).append(path)
-        return open(path, "wb+")  # noqa: SIM115  (werkzeug owns and closes the stream)
+        stream = open(path, "wb+")  # noqa: SIM115  (werkzeug owns and closes the stream)
+        g.setdefault("upload_streams", []).append(stream)  # but not one it dropped when the body broke off
+        return stream
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then config file and environment, then ``config`` (tests)."""
-    settings = load_settings(config)
-    if settings["ENV"] == "production" and len(settings.get("SECRET_KEY") or "") < MIN_SECRET_LENGTH:
-        raise RuntimeError(f"SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} characters in production")
+    # late: the web stack loads only here, never in a worker that imports the package (see the docstring)
+    from app import login_limits
+    from app.extensions import SocketReaderThread, sock
+    from app.ratelimit import limiter, setup_rate_limits
+    from app.services.users import bootstrap_admin
+
+    settings = boot(config, "web")
     app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     app.config.update(settings)
-    app.config["SECRET_KEY"] = ensure_secret_key(settings)
-    app.config["RATELIMIT_STORAGE_URI"] = settings["RATELIMIT_STORAGE_URI"]
     app.request_class = StreamingRequest
     if settings["TRUSTED_PROXIES"] > 0:  # only then is X-Forwarded-For the client address
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings["TRUSTED_PROXIES"], x_proto=settings["TRUSTED_PROXIES"])
     app.json.sort_keys = False
     app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": settings["WS_PING_INTERVAL"] or None,
                                                   "thread_class": SocketReaderThread})
-
-    Layout(settings["DATA_DIR"]).ensure()
-    logging_setup.init_app(app)  # JSON logs in $DATA_DIR/logs and the access log
-    models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
-    from workers import queue
-
-    queue.bind(settings["DATA_DIR"], float(settings["QUEUE_POLL_SECONDS"]))
-
-    configure_breaker(settings)
+    logging_setup.log_requests(app)  # access.log; boot set up the other logs
     limiter.init_app(app)
+    login_limits.init_app(app)
     sock.init_app(app)
     register_error_handlers(app)
     _register_hooks(app)
     _register_blueprints(app)
-    from app.ratelimit import setup_rate_limits
-
     setup_rate_limits(app)
-
-    from app.services.users import bootstrap_admin
-
     bootstrap_admin(app.config)
     return app
 
@@ -89,6 +84,8 @@ def _register_hooks(app: Flask) -> None:
 
     @app.teardown_request
     def end_request(exc: BaseException | None) -> None:
+        for stream in g.get("upload_streams", []):
+            stream.close()  # a no-op unless the upload failed midway (a full disk): then nothing else closes it
         for path in g.get("upload_temps", []):
             path.unlink(missing_ok=True)  # an upload no job took: never leave it behind
         if not models.db.is_closed():
@@ -110,7 +107,7 @@ def _register_blueprints(app: Flask) -> None:
         upload_routes,
         user_routes,
     )
-    from app.compat import dubarr_api, legacy_api, openai_api, v1_api, voxis_api
+    from app.compat import asr_api, dubarr_api, legacy_api, openai_api, v1_api, voxis_api
     from app.web import pages
 
     for module in (
@@ -131,6 +128,7 @@ def _register_blueprints(app: Flask) -> None:
         voxis_api,
         legacy_api,
         v1_api,
+        asr_api,
         pages,
     ):
         app.register_blueprint(module.bp)

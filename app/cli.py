@@ -1,4 +1,4 @@
-"""The ``whisper-transcriber`` command: run, serve, worker, models, engine, users and bench."""
+"""The ``whisper-transcriber`` command: run, serve, worker, wyoming, models, engine, users and bench."""
 
 from __future__ import annotations
 
@@ -18,11 +18,6 @@ from app.settings import ROOT, load_settings
 from workers import modelstore
 
 
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=os.environ.get("WT_LOG_LEVEL", level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
 @click.group()
 def main() -> None:
     """Whisper Transcriber: a self-hosted speech-to-text appliance."""
@@ -40,21 +35,17 @@ def serve() -> None:
     # Under `run`: Gunicorn gets SIGTERM (a graceful stop) when the supervisor dies; the request survives exec.
     follow_supervisor(signal.SIGTERM)
     Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # Gunicorn writes its pid file there
-    os.environ["WT_DATA_DIR"] = settings["DATA_DIR"]  # the Gunicorn config reads it
-    os.environ.setdefault("WT_HOST", str(settings["HOST"]))
-    os.environ.setdefault("WT_PORT", str(settings["PORT"]))
     config = ROOT / "config" / "gunicorn.conf.py"
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(config), "app:create_app()"])
 
 
 def _heartbeat(interval: float = 30.0) -> None:
-    from app.api.health_routes import HEARTBEAT_KEY
     from app.supervisor import record_worker
-    from workers.queue import huey
+    from workers import queue
 
     while True:
         try:
-            huey.storage.put_data(HEARTBEAT_KEY, str(time.time()).encode())
+            queue.beat()
             record_worker()  # per-pid entry: the web process reports and signals workers by it
         except Exception:  # a busy database must not kill the heartbeat
             logging.getLogger(__name__).exception("heartbeat failed")
@@ -64,35 +55,20 @@ def _heartbeat(interval: float = 30.0) -> None:
 @main.command()
 def worker() -> None:
     """Run one Huey consumer: one process, one model, one job at a time."""
-    _setup_logging()
-    settings = load_settings()
-    from workers import lifecycle
+    from app.boot import boot
+    from app.supervisor import prepare_worker, watch_concurrency
+    from workers import lifecycle, pipeline, queue, tasks  # noqa: F401  (tasks registers the task functions)
 
-    lifecycle.lower_priority(int(settings["WORKER_NICE"]))  # first: threads started later inherit it
-    from app import models
-    from app.extensions import configure_breaker
-    from app.logging_setup import configure_logging
-    from app.services.storage import Layout
-    from workers import pipeline, queue, tasks  # noqa: F401  (tasks registers the task functions)
-
-    Layout(settings["DATA_DIR"]).ensure()
-    configure_logging(settings, "worker")
+    settings = boot(None, "worker")  # nice, data dir, logging, database, queue, breaker
     supervised = lifecycle.watch_supervisor()  # under `run`: exit (and stop ffmpeg) when the supervisor dies
-    models.open_database(Path(settings["DATA_DIR"]) / "whisper.db")
     poll = float(settings["QUEUE_POLL_SECONDS"])
-    queue.bind(settings["DATA_DIR"], poll)
-    from app.supervisor import prepare_worker
-
     prepare_worker(settings)  # standby if unwanted; ENGINE_THREADS from the saved concurrency
     pipeline.configure(settings)
-    configure_breaker(settings)
     pipeline.reconcile()
     recycler = lifecycle.install_recycling(queue.huey, settings, supervised)  # memory or job limit reached
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
     consumer = queue.huey.create_consumer(workers=1, worker_type="thread", periodic=True,
                                           initial_delay=poll, max_delay=poll, backoff=1.0)
-    from app.supervisor import watch_concurrency
-
     watch_concurrency(consumer, settings)  # threads changed: SIGHUP self, Huey restarts after the job
     threading.Thread(target=_interrupt_on_stop, args=(consumer,), daemon=True, name="wake-on-stop").start()
     consumer.run()  # without a supervisor a recycling worker re-executes itself in here
@@ -111,13 +87,31 @@ def _interrupt_on_stop(consumer: Any) -> None:
 @main.command()
 def run() -> None:
     """Run the web server and the saved number of workers; apply concurrency changes; stop cleanly."""
-    _setup_logging()
-    settings = load_settings()
+    from app.logging_setup import console_logging
     from app.supervisor import Supervisor
+
+    settings = load_settings()
+    console_logging(settings["LOG_LEVEL"])
 
     Path(settings["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     click.echo(f"Whisper Transcriber on http://{settings['HOST']}:{settings['PORT']}  (Ctrl-C stops)")
     sys.exit(Supervisor(settings).run())
+
+
+@main.command()
+def wyoming() -> None:
+    """Serve speech-to-text to Home Assistant over the Wyoming protocol (WT_WYOMING_HOST:WT_WYOMING_PORT)."""
+    # whisper.cpp's OpenMP threads spin while they wait for each other. When another process holds a core (a
+    # worker's file job, anything), a spinning thread burns its slice waiting for one that is not running: a
+    # 3 s command took 1.6-8 s on 2 threads under load instead of 0.3 s. Passive waiting costs a command
+    # nothing measurable. libgomp reads this when it loads, so before any engine is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from app.boot import boot
+    from workers import lifecycle, wyoming_server
+
+    lifecycle.follow_supervisor(signal.SIGTERM)  # under `run`: stop (gracefully) when the supervisor dies
+    settings = boot(None, "wyoming")  # data dir, logging, database (the counters); normal CPU priority
+    sys.exit(wyoming_server.serve(settings))
 
 
 # ---------------------------------------------------------------------- models

@@ -6,12 +6,13 @@ import errno
 import logging
 import shutil
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
 import peewee
 from flask import Flask, current_app, g, has_app_context, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from workers.timestamps import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,12 @@ def bad_request(detail: str, error_code: str = "BAD_REQUEST") -> AppError:
     return AppError(400, error_code, detail)
 
 
-def utc_timestamp() -> str:
-    """Now, as an ISO 8601 UTC string with a Z suffix."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def error_body(status: int, error_code: str, detail: Any) -> dict[str, Any]:
     """The standard error body: detail, error_code, timestamp, request_id."""
     return {
         "detail": detail,
         "error_code": error_code,
-        "timestamp": utc_timestamp(),
+        "timestamp": utc_iso(digits=6),
         "request_id": getattr(g, "request_id", None),
     }
 

@@ -31,16 +31,18 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
+from workers.timestamps import utc_iso
+
 LOG_FILES = {"system": "system.log", "processing": "processing.log", "access": "access.log"}
 PROCESSING_LOGGER = "processing"
 ACCESS_LOGGER = "access"
 ROTATE_LOCK = ".rotate.lock"
+CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _FILE_MODE = 0o640
 # LogRecord attributes that are not "extra" fields given by the caller.
@@ -78,7 +80,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record as a single line of JSON."""
         body: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "ts": utc_iso(record.created, digits=3),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -264,6 +266,11 @@ def _has_stderr_handler(logger: logging.Logger) -> bool:
                for h in logger.handlers)
 
 
+def console_logging(level: str) -> None:
+    """Show every line at ``level`` on stderr (``run`` and the workers; the web process shows warnings only)."""
+    logging.basicConfig(level=level.upper(), format=CONSOLE_FORMAT)
+
+
 def configure_logging(settings: Mapping[str, Any], role: str) -> None:
     """Send this process's logs to the shared JSON files; calling it again replaces the earlier setup."""
     for logger, handler in _installed:
@@ -284,7 +291,7 @@ def configure_logging(settings: Mapping[str, Any], role: str) -> None:
         # Without it, warnings would only reach the file: Gunicorn does not configure the root logger.
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.WARNING)
-        console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
         _add(root, console)
 
     for name in HUEY_TASK_LOGGERS:  # a logger's filter sees only its own records, and before every handler
@@ -337,9 +344,8 @@ def _write_access_line(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
-    """Configure logging for the web process and, when ``ACCESS_LOG`` is on, log every request."""
-    configure_logging(app.config, "web")
+def log_requests(app: Flask) -> None:
+    """When ``ACCESS_LOG`` is on, write a line per request to access.log (``boot`` opened the files)."""
     if not app.config.get("ACCESS_LOG", True):
         return
     # First in line, so the duration also covers the other hooks (rate limits, authentication).

@@ -24,6 +24,8 @@ from peewee import (
     fn,
 )
 
+from workers.timestamps import utc_iso
+
 db = DatabaseProxy()
 
 PRAGMAS = {
@@ -44,7 +46,7 @@ def utcnow() -> datetime:
 
 def isoformat(value: datetime | None) -> str | None:
     """Render a stored UTC timestamp as ISO 8601 with a Z suffix."""
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    return utc_iso(value) if value else None
 
 
 class JSONField(TextField):
@@ -209,6 +211,16 @@ class Job(BaseModel):
     text = TextField(null=True)
     confidence = FloatField(null=True)
     processing_seconds = FloatField(null=True)
+    # sha256 of the stored upload, kept by the whisper-asr-webservice dialect so identical requests join one job.
+    # No index: create_tables would build one on an older table before _add_missing_columns adds the column
+    # (SQLite takes the unknown quoted name for a string); a scan of the job table is cheap next to a transcription.
+    upload_sha256 = CharField(null=True)
+
+    def source_file(self, data_dir: Path | str) -> Path | None:
+        """The file the job reads: its media-library file or its stored upload; None when it has neither."""
+        if self.source_path:
+            return Path(self.source_path)
+        return Path(data_dir) / self.upload_path if self.upload_path else None
 
     @classmethod
     def visible_to(cls, user: User | None):
@@ -238,6 +250,16 @@ class Job(BaseModel):
     def in_status(cls, *statuses: str):
         """Jobs in any of the given statuses, oldest first."""
         return cls.select().where(cls.status.in_(statuses)).order_by(cls.created_at)
+
+    @classmethod
+    def unfinished_visible_to(cls, user: User | None):
+        """The queued and running jobs the user may see, oldest first."""
+        return cls.visible_to(user).where(cls.status.in_(("queued", "processing"))).order_by(cls.created_at)
+
+    @classmethod
+    def with_upload_hash(cls, user: User | None, sha256: str):
+        """The jobs the user may see whose stored upload has this sha256, newest first."""
+        return cls.visible_to(user).where(cls.upload_sha256 == sha256).order_by(cls.created_at.desc())
 
     @classmethod
     def counts_by_status(cls, user: User | None = None) -> dict[str, int]:

@@ -14,8 +14,7 @@ callers here, per client address, so that one busy machine cannot use up the oth
 A dialect may add one limit of its own, shared by all its routes, per client address (:func:`dialect_limit`);
 its responses report that limit in ``X-RateLimit-*``, unless another limit is the one that refused the request.
 
-Failed logins are counted apart from those, per client address and username (``RATELIMIT_LOGIN_FAILURES``);
-only failures count, and once they are used up even the right password gets a 429 until the window ends.
+Failed logins are counted apart from those, in :mod:`app.login_limits`.
 
 Refusals are logged once per client address and limit per minute, with the count of the others
 (:class:`RejectionSummary`): a client hammering a limit must not flood the system log and its live sockets.
@@ -23,30 +22,25 @@ Refusals are logged once per client address and limit per minute, with the count
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
 from flask.blueprints import BlueprintSetupState
-from flask_limiter import ApplicationLimit
-from limits import RateLimitItem, parse_many
+from flask_limiter import ApplicationLimit, Limiter
+from limits import parse_many
 
 from app.errors import AppError
-from app.security import Principal, current_principal
-
-if TYPE_CHECKING:
-    from flask_limiter import Limiter
+from app.login_limits import OVERRIDE_HEADERS
+from app.security import current_principal
+from app.services.credentials import Principal
 
 LIMIT_SETTINGS = ("RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_CHUNKS", "RATELIMIT_LOGIN_FAILURES")
 CHUNK_ENDPOINT = "chunked_uploads.upload_chunk"
 ADMIN_PREFIX = "/admin"
-_LOGIN_SCOPE = "login-failures"
-_OVERRIDE = "rate_limit_headers"  # g key: headers of a 429 this module raised itself
 
 
 # ------------------------------------------------------------------ who and how much
@@ -127,6 +121,11 @@ APPLICATION_LIMITS = [
                      exempt_when=is_chunk_upload, error_message=_breach_message),
 ]
 
+# One limiter for the process. ``init_app`` (once per app) builds a fresh storage from
+# RATELIMIT_STORAGE_URI, so every app, and so every test, starts with empty counters.
+limiter = Limiter(key_func=rate_limit_key, headers_enabled=True, default_limits=[],
+                  application_limits=APPLICATION_LIMITS, strategy="fixed-window")
+
 
 # ------------------------------------------------------------ dialect limits
 
@@ -138,8 +137,6 @@ def dialect_limit(bp: Blueprint, setting: str, scope: str, error_message: str) -
 
     It applies on top of the app-wide limits and is the one ``bp``'s ``X-RateLimit-*`` headers describe.
     """
-    from app.extensions import limiter
-
     limiter.shared_limit(lambda: current_app.config[setting], scope=scope,
                          key_func=lambda: f"{scope}:{request.remote_addr}", error_message=error_message)(bp)
     _DIALECT_SCOPES[bp.name] = scope
@@ -155,8 +152,6 @@ def dialect_limit(bp: Blueprint, setting: str, scope: str, error_message: str) -
 
 def _report_dialect_limit(response: Response) -> None:
     """Put the dialect's own limit in the headers: flask-limiter reports the first app-wide limit instead."""
-    from app.extensions import limiter
-
     scope = _DIALECT_SCOPES.get(request.blueprint or "")
     current = limiter.current_limit if scope else None
     if current is None or (current.breached and current.request_args[-1] != scope):
@@ -167,52 +162,6 @@ def _report_dialect_limit(response: Response) -> None:
         response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
         response.headers["X-RateLimit-Remaining"] = str(limit.remaining)
         response.headers["X-RateLimit-Reset"] = str(limit.reset_at)
-
-
-# --------------------------------------------------------------- failed logins
-
-
-def _limiter() -> Limiter | None:
-    from app.extensions import limiter  # late: extensions imports this module to build the limiter
-
-    return limiter if current_app.config.get("RATELIMIT_ENABLED", True) and limiter.initialized else None
-
-
-def _login_buckets(username: str) -> tuple[list[RateLimitItem], list[str]]:
-    items = parse_many(current_app.config["RATELIMIT_LOGIN_FAILURES"])
-    # Hashed: storage keys stay short and no user input ends up in them verbatim.
-    who = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-    return items, [_LOGIN_SCOPE, f"{request.remote_addr}|{who}"]
-
-
-def check_login_allowed(username: str) -> None:
-    """429 once this client address has used up its failed logins for ``username`` in the window."""
-    limiter = _limiter()
-    if limiter is None:
-        return
-    items, args = _login_buckets(username)
-    for item in items:
-        if limiter.limiter.test(item, *args):
-            continue
-        reset_at, _ = limiter.limiter.get_window_stats(item, *args)
-        headers = {
-            "X-RateLimit-Limit": str(item.amount),
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(math.ceil(reset_at)),
-            "Retry-After": str(max(1, math.ceil(reset_at - time.time()))),
-        }
-        setattr(g, _OVERRIDE, headers)
-        raise AppError(429, "RATE_LIMITED", "Too many failed login attempts; retry after the seconds in Retry-After",
-                       headers)
-
-
-def record_login_failure(username: str) -> None:
-    """Count one failed login for this client address and username."""
-    limiter = _limiter()
-    if limiter is not None:
-        items, args = _login_buckets(username)
-        for item in items:
-            limiter.limiter.hit(item, *args)
 
 
 # ------------------------------------------------------------------- logging refusals
@@ -288,7 +237,7 @@ def _finish_headers(response: Response) -> Response:
     _report_dialect_limit(response)
     rejections.flush()  # a minute that ended since the last refusal is summarised even if no refusal follows
     if response.status_code == 429:
-        for name, value in (g.pop(_OVERRIDE, None) or {}).items():
+        for name, value in (g.pop(OVERRIDE_HEADERS, None) or {}).items():
             response.headers[name] = value  # replaces what flask-limiter added for the request-wide limit
         retry = response.headers.get("Retry-After", "")
         if not retry.isdigit() or int(retry) < 1:
@@ -300,16 +249,12 @@ def _finish_headers(response: Response) -> Response:
 
 
 def setup_rate_limits(app: Flask) -> None:
-    """Check the limit settings, exempt health probes, and order the hooks around the limiter's."""
-    from app.api import health_routes
-    from app.extensions import limiter
-
+    """Check the limit settings and order the hooks around the limiter's."""
     for name in LIMIT_SETTINGS:
         try:
             parse_many(str(app.config[name]))
         except ValueError as exc:
             raise RuntimeError(f"{name}={app.config[name]!r} is not a rate limit such as '60 per minute'") from exc
-    limiter.exempt(health_routes.bp)
     rejections.reset()
     limiter_log = logging.getLogger("flask-limiter")
     if rejections not in limiter_log.filters:

@@ -2,53 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
-import secrets
 import uuid
 from calendar import timegm
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import wraps
 from typing import Any
 
 import jwt
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Blueprint, current_app, g, request
 from werkzeug.wrappers import Response
 
+from app import login_limits
 from app.errors import AppError
 from app.models import ApiKey, Token, User, db, token_expiry, utcnow
+from app.services import users
+from app.services.credentials import (
+    API_KEY_PREFIX,
+    SCOPES,
+    USER_SCOPES,
+    Principal,
+    authenticate_password,
+    hash_api_key,
+)
 
-SCOPES = ("jobs:read", "jobs:create", "jobs:delete", "export:download", "admin")
-USER_SCOPES = frozenset(SCOPES) - {"admin"}
 SESSION_COOKIE = "wt_session"
 CSRF_COOKIE = "wt_csrf"
 CSRF_HEADER = "X-CSRF-Token"
-API_KEY_PREFIX = "wt_"
 ALGORITHM = "HS256"  # fixed: never read from the token
-
-_hasher = PasswordHasher()
-
-
-@dataclass
-class Principal:
-    """Who is calling, how, and what they may do."""
-
-    user: User
-    scopes: frozenset[str]
-    via: str  # "jwt", "cookie", "api_key", "basic" or "network" (no credentials, a trusted network)
-    api_key: ApiKey | None = None
-    claims: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_admin(self) -> bool:
-        """True for an admin user (and, for keys, only with the admin scope)."""
-        return self.user.role == "admin" and "admin" in self.scopes
-
 
 def unauthorized(detail: str = "Authentication required") -> AppError:
     """The 401 every authentication failure answers with."""
@@ -67,34 +50,6 @@ def offer_basic(response: Response) -> Response:
     if response.status_code == 401 and SESSION_COOKIE not in request.cookies:
         response.headers.add("WWW-Authenticate", BASIC_CHALLENGE)  # a second challenge, beside Bearer
     return response
-
-
-# ------------------------------------------------------------------ passwords
-
-
-def hash_password(password: str) -> str:
-    """An argon2id hash."""
-    return _hasher.hash(password)
-
-
-def verify_password(password_hash: str, password: str) -> bool:
-    """True when the password matches the hash."""
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
-def authenticate_password(username: str, password: str) -> User | None:
-    """The active user with these credentials, or None."""
-    user = User.by_username(username or "")
-    if user is None:
-        _hasher.hash("timing-equaliser")  # answer as slowly as for a real user
-        return None
-    # Verify before looking at is_active, so a disabled account answers as slowly as any other.
-    if not verify_password(user.password_hash, password or "") or not user.is_active:
-        return None
-    return user
 
 
 # ----------------------------------------------------------------------- JWT
@@ -150,17 +105,6 @@ def _int(value: Any) -> int:
 # ------------------------------------------------------------------- API keys
 
 
-def hash_api_key(secret: str) -> str:
-    """SHA-256 of a key: keys are long and random, so a fast hash is enough."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def new_api_key() -> tuple[str, str]:
-    """A fresh key and its preview: ``wt_<random>`` and ``wt_****_<last four>``."""
-    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    return secret, f"{API_KEY_PREFIX}****_****_{secret[-4:]}"
-
-
 def principal_from_api_key(secret: str) -> Principal:
     """Check a key; an unknown, revoked, expired or orphaned key is a 401."""
     key = ApiKey.by_hash(hash_api_key(secret))
@@ -207,19 +151,17 @@ def api_user_account(username: str, password: str) -> User | None:
 
 
 def principal_from_basic(username: str, password: str) -> Principal:
-    """HTTP Basic: the seed-003 ``API_USER``/``API_PASS`` account (acting as the first admin) or a user's password.
+    """HTTP Basic: Dubarr's ``API_USER``/``API_PASS`` account (acting as the first admin) or a user's password.
 
     Failures count against the same failed-login limit as ``/auth/login``.
     """
-    from app import ratelimit  # imported late: ratelimit imports this module
-
-    ratelimit.check_login_allowed(username)
+    login_limits.check_login_allowed(username)
     admin = api_user_account(username, password)
     if admin is not None:
         return Principal(admin, frozenset(SCOPES), "basic")
     user = authenticate_password(username, password)
     if user is None:
-        ratelimit.record_login_failure(username)
+        login_limits.record_login_failure(username)
         raise unauthorized("Invalid username or password")
     return Principal(user, _user_scopes(user), "basic")
 
@@ -372,9 +314,8 @@ def network_principal() -> Principal | None:
     """The service principal for a credential-less request to an opened dialect from a trusted network."""
     if request.blueprint not in _OPEN_BLUEPRINTS or not from_anonymous_network():
         return None
-    from app.services.users import network_service_user  # late: the users service imports this module
 
-    user = network_service_user()
+    user = users.network_service_user()
     return None if user is None else Principal(user, NETWORK_SCOPES, "network")
 
 
@@ -383,7 +324,6 @@ def _audit_network_request(principal: Principal) -> None:
     # so that polling clients do not flood the audit log; it runs after the rate limits let the request in.
     if request.method in _READS or g.get("network_audited"):
         return
-    from app.services.users import record_anonymous_request
 
     g.network_audited = True
-    record_anonymous_request(principal.user, request.remote_addr, request.method, request.path)
+    users.record_anonymous_request(principal.user, request.remote_addr, request.method, request.path)

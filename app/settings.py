@@ -6,6 +6,7 @@ The web app and the workers both call :func:`load_settings`, so they always agre
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import runpy
@@ -17,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = ROOT / "config" / "defaults.py"
 
-# Environment variable -> setting. The seed documents use the bare names.
+# Environment variable -> setting. The API documents (legacy, Dubarr, ...) use the bare names.
 ENV_NAMES = {
     "WT_ENV": "ENV",
     "WT_DATA_DIR": "DATA_DIR",
@@ -25,6 +26,7 @@ ENV_NAMES = {
     "WT_HOST": "HOST",
     "WT_PORT": "PORT",
     "WT_CLIENT_IDLE_SECONDS": "CLIENT_IDLE_SECONDS",
+    "WT_WEB_THREADS": "WEB_THREADS",
     "SECRET_KEY": "SECRET_KEY",
     "WT_JWT_EXPIRES_SECONDS": "JWT_EXPIRES_SECONDS",
     "WT_ADMIN_USERNAME": "ADMIN_USERNAME",
@@ -48,6 +50,7 @@ ENV_NAMES = {
     "WT_WORKER_MAX_RSS_MB": "WORKER_MAX_RSS_MB",
     "WT_WORKER_MAX_JOBS": "WORKER_MAX_JOBS",
     "WT_WORKER_NICE": "WORKER_NICE",
+    "WT_WORKER_INDEX": "WORKER_INDEX",
     "WT_MAX_ATTEMPTS": "MAX_ATTEMPTS",
     "WT_QUEUE_POLL_SECONDS": "QUEUE_POLL_SECONDS",
     "WT_RATELIMIT_STORAGE_URI": "RATELIMIT_STORAGE_URI",
@@ -61,6 +64,7 @@ ENV_NAMES = {
     "WT_TRUSTED_PROXIES": "TRUSTED_PROXIES",
     "WT_ANONYMOUS_NETWORKS": "ANONYMOUS_NETWORKS",
     "WT_OPENAI_TIMEOUT_SECONDS": "OPENAI_TIMEOUT_SECONDS",
+    "WT_ASR_TIMEOUT_SECONDS": "ASR_TIMEOUT_SECONDS",
     "OPENAI_API_KEY": "OPENAI_API_KEY",
     "OPENAI_BASE_URL": "OPENAI_BASE_URL",
     "OPENAI_MODEL": "OPENAI_MODEL",
@@ -71,6 +75,12 @@ ENV_NAMES = {
     "WT_MEDIA_ROOTS": "MEDIA_ROOTS",
     "WT_COOKIE_SECURE": "COOKIE_SECURE",
     "WT_WATCH_DIRS": "WATCH_DIRS",
+    "WT_WYOMING_ENABLED": "WYOMING_ENABLED",
+    "WT_WYOMING_HOST": "WYOMING_HOST",
+    "WT_WYOMING_PORT": "WYOMING_PORT",
+    "WT_WYOMING_MAX_SECONDS": "WYOMING_MAX_SECONDS",
+    "WT_LOG_LEVEL": "LOG_LEVEL",
+    "WT_ACCESS_LOG": "GUNICORN_ACCESS_LOG",  # a file for Gunicorn's own access log; access.log is ACCESS_LOG
     "API_USER": "API_USER",
     "API_PASS": "API_PASS",
 }
@@ -104,6 +114,9 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     data_dir = Path(settings["DATA_DIR"]).expanduser().resolve()
     settings["DATA_DIR"] = str(data_dir)
     settings["MODELS_DIR"] = str(Path(settings["MODELS_DIR"] or data_dir / "models").expanduser().resolve())
+    settings["LOG_LEVEL"] = str(settings.get("LOG_LEVEL") or "INFO").upper()
+    if settings["LOG_LEVEL"] not in logging.getLevelNamesMapping():
+        raise RuntimeError(f"WT_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {settings['LOG_LEVEL']!r}")
     if settings.get("ENGINE") not in ENGINES:
         raise RuntimeError(f"WT_ENGINE must be one of {', '.join(ENGINES)}, not {settings.get('ENGINE')!r}")
     settings["MODEL_ALIASES"] = parse_model_aliases(settings.get("MODEL_ALIASES"), "WT_MODEL_ALIASES")

@@ -13,6 +13,8 @@ is applied in two places:
 
 Signals to the supervisor: SIGHUP reloads (Gunicorn reloads its worker, workers restart gracefully);
 SIGINT or SIGTERM stop everything cleanly (workers finish their job) and ``run`` exits with 0.
+With ``WYOMING_ENABLED`` it also keeps the Wyoming server (``whisper-transcriber wyoming``) running:
+restarted after a growing delay when it fails, restarted at once on a reload, stopped with SIGTERM.
 
 Its children never outlive it: each one finds the supervisor's pid in ``WT_SUPERVISOR_PID`` and has the
 kernel signal it when the supervisor dies, even by SIGKILL (``workers/lifecycle.py``). A worker that
@@ -37,7 +39,7 @@ from typing import Any
 
 import psutil
 
-from app.models import Job, Setting, db
+from app.models import Job, Setting, db, open_database
 from workers.lifecycle import RECYCLE_EXIT_CODE, SUPERVISOR_ENV
 from workers.queue import huey
 
@@ -146,7 +148,7 @@ def supervisor_process(data_dir: Path | str) -> psutil.Process | None:
 def prepare_worker(settings: dict[str, Any]) -> dict[str, int]:
     """Wait on standby while unwanted, then set ENGINE_THREADS from the saved value."""
     global _threads
-    index = int(os.environ.get("WT_WORKER_INDEX") or 0)
+    index = int(settings.get("WORKER_INDEX") or 0)
     wanted = read_concurrency(settings)
     if index and index > wanted["workers"]:
         log.info("worker %d on standby: %d worker(s) wanted", index, wanted["workers"])
@@ -162,7 +164,7 @@ def prepare_worker(settings: dict[str, Any]) -> dict[str, int]:
 
 def watch_concurrency(consumer: Any, settings: dict[str, Any]) -> None:
     """Restart this worker gracefully (SIGHUP to Huey) when its threads change or it is no longer wanted."""
-    index = int(os.environ.get("WT_WORKER_INDEX") or 0)
+    index = int(settings.get("WORKER_INDEX") or 0)
 
     def watch() -> None:
         while not consumer.stop_flag.wait(POLL_SECONDS):
@@ -198,12 +200,13 @@ class Supervisor:
         self.next_spawn = 0.0
         self.wanted = 1
         self.tuner: subprocess.Popen | None = None
+        self.wyoming: subprocess.Popen | None = None  # the Wyoming server, when WYOMING_ENABLED
+        self.wyoming_started = self.wyoming_next = 0.0
+        self.wyoming_backoff = 1.0
 
     def run(self) -> int:
         """Supervise until stopped; 0 after a clean stop, 1 when the web server died."""
-        from app import models
-
-        models.open_database(Path(self.settings["DATA_DIR"]) / "whisper.db")
+        open_database(Path(self.settings["DATA_DIR"]) / "whisper.db")
         proc = psutil.Process()
         self.pidfile.write_text(f"{proc.pid} {proc.create_time():.2f}\n")
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -230,6 +233,7 @@ class Supervisor:
                     next_poll = time.monotonic() + POLL_SECONDS
                 self._reap()
                 self._scale()
+                self._keep_wyoming()
         finally:
             self.stop()
             self.pidfile.unlink(missing_ok=True)
@@ -292,12 +296,39 @@ class Supervisor:
         while len(self.active) + len(self.retiring) < self.wanted and time.monotonic() >= self.next_spawn:
             self._spawn()
 
+    def _keep_wyoming(self) -> None:
+        """WYOMING_ENABLED: keep the Wyoming server running; one that failed comes back after a growing delay."""
+        if not self.settings.get("WYOMING_ENABLED"):
+            return
+        proc = self.wyoming
+        if proc is not None and proc.poll() is None:
+            return
+        if proc is not None:
+            self.wyoming = None
+            if proc.returncode != 0:  # 0: it was asked to stop (a reload) and comes back at once
+                if time.monotonic() - self.wyoming_started > 60:
+                    self.wyoming_backoff = 1.0
+                log.warning("the Wyoming server exited with %s; starting it again in %.0f s",
+                            proc.returncode, self.wyoming_backoff)
+                self.wyoming_next = time.monotonic() + self.wyoming_backoff
+                self.wyoming_backoff = min(self.wyoming_backoff * 2, 30.0)
+        if time.monotonic() >= self.wyoming_next:
+            # Its own process group, like the workers; SIGTERM stops it after the command it is transcribing.
+            self.wyoming = subprocess.Popen([*self.cmd, "wyoming"], process_group=0, env=self.env)
+            self.wyoming_started = time.monotonic()
+            log.info("Wyoming server %s started", self.wyoming.pid)
+
     def reload(self) -> None:
-        """SIGHUP: Gunicorn replaces its worker; each Huey worker restarts after its running job."""
+        """SIGHUP: Gunicorn replaces its worker; each Huey worker restarts after its running job.
+
+        The Wyoming server gets SIGTERM and is started again at once with the current code.
+        """
         log.info("reloading: SIGHUP to the web server and %d worker(s)", len(self.active))
         for proc in [self.web, *self.active]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
+        if self.wyoming is not None and self.wyoming.poll() is None:
+            self.wyoming.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
         """Workers finish their running job (SIGINT); the web server stops (SIGTERM); wait for all."""
@@ -305,11 +336,12 @@ class Supervisor:
         if self.tuner is not None and self.tuner.poll() is None:
             self.tuner.terminate()  # a calibration cut short saves nothing; the next start runs it again
         # Retiring workers already had their SIGINT: a second one would make Huey abandon the job.
-        for proc, sig in [*((w, signal.SIGINT) for w in self.active), (self.web, signal.SIGTERM)]:
+        others = [self.web, *([self.wyoming] if self.wyoming is not None else [])]
+        for proc, sig in [*((w, signal.SIGINT) for w in self.active), *((p, signal.SIGTERM) for p in others)]:
             if proc.poll() is None:
                 proc.send_signal(sig)
         handled = len(self.signals)
-        for proc in [self.web, *workers]:
+        for proc in [*others, *workers]:
             while proc.poll() is None:
                 time.sleep(0.2)
                 if len(self.signals) > handled:  # asked again: interrupt; reconcile re-queues the job

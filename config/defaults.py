@@ -1,4 +1,5 @@
-"""Default settings. Environment variables (``WT_*`` and the seed names) override them.
+"""Default settings. Environment variables override them: ``WT_*``, and the bare names the API documents
+use, such as ``API_USER``.
 
 See ``app/settings.py`` for how the layers are combined and README.md for the table.
 """
@@ -11,6 +12,9 @@ PORT = 8000
 # A request's headers must arrive within this many seconds, and its body (or the reading of an answer) may
 # pause no longer; the connection is closed past either (slow clients never hold request threads meanwhile).
 CLIENT_IDLE_SECONDS = 30.0
+# Gunicorn threads that answer requests (WebSockets and long polls hold one each); a quarter as many
+# more (at least 4) stream large request bodies.
+WEB_THREADS = 64
 
 SECRET_KEY = None  # generated and kept in $DATA_DIR/secret_key when unset
 JWT_EXPIRES_SECONDS = 3600
@@ -42,6 +46,9 @@ WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/c
 WORKER_MAX_RSS_MB = 0
 WORKER_MAX_JOBS = 0  # ... or after this many jobs; 0: never
 WORKER_NICE = 10  # CPU priority of the workers (0-19, higher is lower): the web server gets the CPU first
+# Set per systemd instance (whisper-transcriber-worker@N: WT_WORKER_INDEX=N): worker N waits on standby
+# while fewer than N workers are wanted. 0: not numbered, always works.
+WORKER_INDEX = 0
 MAX_ATTEMPTS = 3
 QUEUE_POLL_SECONDS = 1.0  # idle workers look at the queue this often; an enqueue wakes them at once
 
@@ -61,15 +68,19 @@ TRUSTED_PROXIES = 0  # reverse proxies in front of the app; X-Forwarded-For is h
 ANONYMOUS_NETWORKS = ""
 
 OPENAI_TIMEOUT_SECONDS = 600  # /v1/audio/* waits this long, then answers 504 with the job id
-# POST /jobs/{id}/analyze (seed 000): a chat-completions endpoint when a key is set, else a local analysis.
+# /asr and /detect-language (whisper-asr-webservice, Bazarr) wait this long, then answer 504 with the job id;
+# a little under Bazarr's default timeout of an hour, so Bazarr reads the answer instead of timing out itself.
+ASR_TIMEOUT_SECONDS = 3300
+# POST /jobs/{id}/analyze (the legacy API): a chat-completions endpoint when a key is set, else a local analysis.
 OPENAI_API_KEY = None  # sent to OPENAI_BASE_URL only, never logged
 OPENAI_BASE_URL = "https://api.openai.com/v1"  # any OpenAI-compatible server (.../chat/completions)
 OPENAI_MODEL = "gpt-4o-mini"
 ANALYSIS_TIMEOUT_SECONDS = 60  # per request to the chat model
 
 # Logs: JSON lines in $DATA_DIR/logs (system.log, processing.log, access.log), rotated by size.
-LOG_LEVEL = "INFO"
+LOG_LEVEL = "INFO"  # of the app's logs, the console and Gunicorn's: DEBUG, INFO, WARNING or ERROR
 ACCESS_LOG = True  # one line per HTTP request in access.log
+GUNICORN_ACCESS_LOG = None  # WT_ACCESS_LOG: a file for Gunicorn's own plain-text access log too ("-": stdout)
 LOG_MAX_BYTES = 10 * 1024**2  # per file, before it is renamed to .1
 LOG_BACKUPS = 5  # rotated files kept per log
 WS_PING_INTERVAL = 25  # seconds between WebSocket pings (0: none)
@@ -77,6 +88,12 @@ WS_MAX_CONNECTIONS = 32  # live-log sockets per web process; keep below WT_WEB_T
 BREAKER_FAIL_MAX = 3  # consecutive engine failures that pause new work
 BREAKER_RESET_SECONDS = 60  # how long new work is refused before a trial job runs
 SIDECAR_OVERWRITE = False  # replace an existing <name>.<lang>.srt next to library media
+# Home Assistant's speech-to-text over the Wyoming protocol (whisper-transcriber wyoming; `run` starts it when
+# enabled). Wyoming has no authentication: it listens on WYOMING_HOST only (127.0.0.1: this machine).
+WYOMING_ENABLED = False
+WYOMING_HOST = "127.0.0.1"
+WYOMING_PORT = 10300
+WYOMING_MAX_SECONDS = 30.0  # longest voice command; a client sending more gets an error and is disconnected
 MEDIA_ROOTS = ""  # library folders webhooks may name, separated by ":" or ","
 WATCH_DIRS = ""  # library folders scanned every minute for new media (sidecar subtitles)
 API_USER = ""  # Dubarr-style Basic auth account (acts as the first admin); empty: off

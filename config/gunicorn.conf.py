@@ -6,24 +6,27 @@ with many threads lets WebSockets (one thread each) and HTTP share it.
 
 import os
 
-bind = f"{os.environ.get('WT_HOST', '127.0.0.1')}:{os.environ.get('WT_PORT', '8000')}"
+from app.settings import load_settings
+
+_settings = load_settings()  # the same layers as the app's: defaults, WT_CONFIG, environment
+
+bind = f"{_settings['HOST']}:{_settings['PORT']}"
 # gthread, except that a request reaches a thread only once it has arrived: slow or stalled clients
 # (WT_CLIENT_IDLE_SECONDS bounds them) cannot hold the threads that answer everyone else.
 worker_class = "app.slowclients.GuardedThreadWorker"
 workers = 1
-threads = int(os.environ.get("WT_WEB_THREADS", "64"))
+threads = int(_settings["WEB_THREADS"])
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
 # Per-instance files live in the data dir, so several appliances (or tests) never share them.
-_data_dir = os.environ.get("WT_DATA_DIR", "./data")
-pidfile = os.path.join(_data_dir, "gunicorn.pid")
-control_socket = os.path.join(_data_dir, "gunicorn.ctl")
+pidfile = os.path.join(_settings["DATA_DIR"], "gunicorn.pid")
+control_socket = os.path.join(_settings["DATA_DIR"], "gunicorn.ctl")
 # Big uploads are streamed straight to disk by the app, so no request-size cap here.
 limit_request_line = 8190
-accesslog = os.environ.get("WT_ACCESS_LOG") or None
+accesslog = _settings["GUNICORN_ACCESS_LOG"] or None  # the app writes its own (JSON) access.log
 errorlog = "-"
-loglevel = os.environ.get("WT_LOG_LEVEL", "info")
+loglevel = _settings["LOG_LEVEL"].lower()
 # The app opens its database connections after fork; never preload it.
 preload_app = False
 
@@ -32,7 +35,7 @@ def post_worker_init(worker):
     """Tell long-lived requests about a graceful stop (SIGTERM) the moment it starts."""
     import signal
 
-    from app.extensions import stopping
+    from app.shutdown import stopping
 
     graceful_exit = signal.getsignal(signal.SIGTERM)  # Gunicorn's own handler, installed just before
 

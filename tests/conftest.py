@@ -1,4 +1,4 @@
-"""Fixtures: an app with its own data dir and SQLite file per test, a stub engine, and a live server."""
+"""Shared fixtures: a fresh app per test, users, uploaded jobs, a stub engine, the queue and a live server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +16,63 @@ from pathlib import Path
 import pytest
 import requests
 from argon2 import PasswordHasher
+from flask import Flask
+from flask.testing import FlaskClient
 
 from app import security
-from tests.helpers import MODELS_DIR, OUTPUT, ROOT, wait_for
+from tests.helpers import MODELS_DIR, OUTPUT, ROOT, post_clip, wait_for
 from workers import engine
 
 ADMIN_PASSWORD = "admin-password-123"
+USER_PASSWORD = "correct-horse-battery"  # of the accounts user_headers makes
 
 # Full-strength argon2 costs ~0.1 s per hash and every test hashes and verifies; the parameters
 # travel inside each hash, so cheap ones exercise exactly the same code paths.
 security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+class ClosedOnce:
+    """A test response whose ``close`` runs once, however often it is called (by the test, then after it)."""
+
+    _closed = False
+
+    def close(self) -> None:
+        """Close the body (a file for ``send_file``) and run the close callbacks, the first time only."""
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+
+class ClosingClient(FlaskClient):
+    """The Flask test client, closing what a WSGI server closes: each request body once answered, and each
+    response after the test (see ``_close_responses``) unless the test closed it itself."""
+
+    unclosed: list = []  # the responses of the running test
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.response_wrapper = type("ClosedOnceResponse", (ClosedOnce, self.response_wrapper), {})
+
+    def open(self, *args, **kwargs):
+        """Send the request; close its body (werkzeug spools uploads over 500 KB to a temporary file)."""
+        response = super().open(*args, **kwargs)
+        for answered in (*response.history, response):
+            answered.request.environ["wsgi.input"].close()
+        ClosingClient.unclosed.append(response)
+        return response
+
+
+# Every app of the tests, also the ones a test builds itself. A file left to the garbage collector is a
+# ResourceWarning, and warnings are errors: it would fail whichever test runs when the collector gets to it.
+Flask.test_client_class = ClosingClient
+
+
+@pytest.fixture(autouse=True)
+def _close_responses() -> Iterator[None]:
+    """After each test, close the responses it left open, as a server closes each one once it is sent."""
+    yield
+    while ClosingClient.unclosed:
+        ClosingClient.unclosed.pop(0).close()
 
 
 @pytest.fixture
@@ -59,6 +107,39 @@ def login(client, username: str = "admin", password: str = ADMIN_PASSWORD) -> di
 def admin_headers(client):
     """Bearer headers of the bootstrap admin."""
     return login(client)
+
+
+@pytest.fixture
+def user_headers(app) -> Callable[..., dict[str, str]]:
+    """A factory that makes an account, logs it in and returns its bearer headers.
+
+    ``user_headers()`` is a plain user called alice; ``user_headers("bob", admin=True, password=...)``.
+    """
+    from app.services.users import create_user
+
+    def make(username: str = "alice", *, admin: bool = False, password: str = USER_PASSWORD) -> dict[str, str]:
+        with app.app_context():
+            create_user(username, password, role="admin" if admin else "user")
+        # A client without cookies, so this login's session never rides along on the test's own client.
+        return login(app.test_client(use_cookies=False), username, password)
+
+    return make
+
+
+@pytest.fixture
+def uploaded_job() -> Callable[..., dict]:
+    """A factory that uploads a clip as a job, asserts the 201 and returns the response body.
+
+    ``uploaded_job(client, headers, clip="jfk.flac", path="/api/jobs/", name=None, **form)``: the clip is a name
+    under tests/data or a path; ``path`` picks the dialect's upload route, ``name`` the file name sent.
+    """
+
+    def upload(client, headers: dict[str, str], clip: str | Path = "jfk.flac", **form) -> dict:
+        response = post_clip(client, headers, clip, **form)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    return upload
 
 
 class StubEngine:
@@ -114,6 +195,23 @@ def drain(app):
                 pipeline.run(job.id)
 
     return run
+
+
+@pytest.fixture
+def background_worker(app, drain):
+    """Drain the queue in a thread while a synchronous request (OpenAI's /v1/audio) waits."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            drain()
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
 
 
 # ------------------------------------------------------------------ live server

@@ -1,7 +1,8 @@
-"""Helpers shared by the tests: reference audio, word error rate, media fixtures, polling."""
+"""Plain helpers shared by the tests: reference audio, word error rate, media, uploads, polling, errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -78,6 +79,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def post_clip(client, headers: dict[str, str], clip: str | Path = "jfk.flac", *, path: str = "/api/jobs/",
+              data: bytes | None = None, name: str | None = None, **form: Any):
+    """POST a clip (a name under tests/data, or a path) as the multipart ``file`` with form fields; the response.
+
+    ``data`` replaces the clip's bytes and ``name`` the file name the client sends (for the bad-input tests).
+    """
+    source = AUDIO / clip  # an absolute path stays as it is
+    payload = source.read_bytes() if data is None else data
+    return client.post(path, headers=headers, data={"file": (io.BytesIO(payload), name or source.name), **form})
 
 
 ERROR_KEYS = {"detail", "error_code", "timestamp", "request_id"}

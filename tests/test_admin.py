@@ -12,8 +12,6 @@ import pytest
 from app.models import ApiKey, AuditLog, Job, User
 from tests.helpers import AUDIO, assert_error
 
-PASSWORD = "correct-horse-battery"
-
 ROUTES = [
     ("get", "/admin/stats", None), ("get", "/admin/health", None), ("get", "/admin/files", None),
     ("delete", "/admin/files", {"folder": "logs", "filename": "x.log"}), ("get", "/admin/browse?folder=logs", None),
@@ -25,27 +23,9 @@ ROUTES = [
 ]
 
 
-def upload(client, headers) -> str:
-    """Create a job from the JFK clip; return its id."""
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
-    response = client.post("/api/jobs/", headers=headers, data=data)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["job_id"]
-
-
 def data_dir(app) -> Path:
     """The test's data dir."""
     return Path(app.config["DATA_DIR"])
-
-
-@pytest.fixture
-def user_headers(client, admin_headers):
-    """Bearer headers of a plain user."""
-    created = client.post("/admin/users", headers=admin_headers,
-                          json={"username": "alice", "password": PASSWORD, "role": "user"})
-    assert created.status_code == 201, created.get_json()
-    token = client.post("/auth/login", json={"username": "alice", "password": PASSWORD}).get_json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
 
 
 # ------------------------------------------------------------------ access
@@ -56,7 +36,7 @@ def test_every_admin_route_is_401_anonymous_and_403_for_users(app, user_headers,
     """No credentials: 401; a plain user: 403 with the standard body; nothing happens."""
     call = getattr(app.test_client(use_cookies=False), method)
     assert_error(call(path, json=body), 401, "UNAUTHORIZED")
-    assert_error(call(path, json=body, headers=user_headers), 403, "FORBIDDEN")
+    assert_error(call(path, json=body, headers=user_headers()), 403, "FORBIDDEN")
     assert User.select().count() == 2
 
 
@@ -100,15 +80,15 @@ def test_settings_pairs_refuse_unknown_names(client, admin_headers, path):
 # ------------------------------------------------------------------ stats and health
 
 
-def test_stats_carry_the_seed_shape_and_real_figures(app, client, admin_headers, stub_engine, drain):
+def test_stats_carry_the_full_api_shape_and_real_figures(app, client, admin_headers, stub_engine, drain, uploaded_job):
     """Counts, performance, RTF, folders, system figures and this web process."""
     from app.supervisor import record_worker
     from workers.queue import huey
 
-    upload(client, admin_headers)
-    upload(client, admin_headers)
+    uploaded_job(client, admin_headers)
+    uploaded_job(client, admin_headers)
     drain()
-    upload(client, admin_headers)  # stays queued
+    uploaded_job(client, admin_headers)  # stays queued
     record_worker()  # this process stands in for a registered worker
     body = client.get("/admin/stats", headers=admin_headers).get_json()
     assert body["jobs"] == {"total": 3, "queued": 1, "processing": 0, "completed": 2, "failed": 0, "cancelled": 0}
@@ -134,7 +114,7 @@ def test_stats_carry_the_seed_shape_and_real_figures(app, client, admin_headers,
                                      "job_id": None}]
 
 
-def test_health_has_the_seed_shape_and_never_claims_redis(app, client, admin_headers):
+def test_health_has_the_full_api_shape_and_never_claims_redis(app, client, admin_headers):
     """Without a worker whisper is unhealthy; with one everything configured is healthy; Redis is not used."""
     from app.supervisor import forget_worker, record_worker
 
@@ -154,9 +134,9 @@ def test_health_has_the_seed_shape_and_never_claims_redis(app, client, admin_hea
     assert body["services"]["whisper"] == "healthy" and body["status"] == "healthy"
 
 
-def test_health_counts_queued_jobs(client, admin_headers):
+def test_health_counts_queued_jobs(client, admin_headers, uploaded_job):
     """queue_size and active_jobs come from the job table."""
-    upload(client, admin_headers)
+    uploaded_job(client, admin_headers)
     metrics = client.get("/admin/health", headers=admin_headers).get_json()["metrics"]
     assert metrics["queue_size"] == 1 and metrics["active_jobs"] == 0
 
@@ -164,9 +144,10 @@ def test_health_counts_queued_jobs(client, admin_headers):
 # ------------------------------------------------------------------ files
 
 
-def test_files_lists_uploads_transcripts_and_logs_with_sizes(app, client, admin_headers, stub_engine, drain):
+def test_files_lists_uploads_transcripts_and_logs_with_sizes(app, client, admin_headers, stub_engine, drain,
+                                                             uploaded_job):
     """Every file appears once with its size and an ISO date; job logs under jobs/."""
-    job_id = upload(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     body = client.get("/admin/files", headers=admin_headers).get_json()
     assert [f["name"] for f in body["transcripts"]] == [f"{job_id}.json"]
@@ -190,9 +171,10 @@ def test_delete_file_removes_it_and_writes_the_audit_log(app, client, admin_head
                  404, "NOT_FOUND")
 
 
-def test_files_of_queued_jobs_are_409_and_of_finished_jobs_deletable(app, client, admin_headers, stub_engine, drain):
+def test_files_of_queued_jobs_are_409_and_of_finished_jobs_deletable(app, client, admin_headers, stub_engine, drain,
+                                                                     uploaded_job):
     """The worker still needs a queued job's upload; a completed job's upload and transcript may go."""
-    queued = upload(client, admin_headers)
+    queued = uploaded_job(client, admin_headers)["job_id"]
     assert_error(client.delete("/admin/files", headers=admin_headers,
                                json={"folder": "uploads", "filename": f"{queued}.flac"}), 409, "JOB_ACTIVE")
     drain()
@@ -265,9 +247,9 @@ def test_listings_and_archive_skip_links_that_lead_outside(app, client, admin_he
     assert not any("passwd" in n or "secret" in n or "outside" in n for n in archive.namelist())
 
 
-def test_browse_lists_subfolders_and_refuses_files(app, client, admin_headers, stub_engine, drain):
+def test_browse_lists_subfolders_and_refuses_files(app, client, admin_headers, stub_engine, drain, uploaded_job):
     """folder + path walk down; a file path is a 400; an unknown folder a 400."""
-    job_id = upload(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     top = client.get("/admin/browse?folder=logs", headers=admin_headers).get_json()
     assert top["folder"] == "logs" and top["path"] == ""
@@ -286,22 +268,23 @@ def test_browse_lists_subfolders_and_refuses_files(app, client, admin_headers, s
 
 
 @pytest.mark.parametrize("body", [{}, {"confirm": "reset"}, {"confirm": True}, {"confirm": "YES"}])
-def test_reset_without_the_exact_confirmation_is_400_and_keeps_everything(client, admin_headers, body):
+def test_reset_without_the_exact_confirmation_is_400_and_keeps_everything(client, admin_headers, body, uploaded_job):
     """Only {"confirm": "RESET"} resets."""
-    job_id = upload(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     assert_error(client.post("/admin/reset", headers=admin_headers, json=body), 400, "CONFIRMATION_REQUIRED")
     assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).status_code == 200
 
 
-def test_reset_removes_jobs_files_and_queue_but_keeps_users_and_keys(app, client, admin_headers, stub_engine, drain):
+def test_reset_removes_jobs_files_and_queue_but_keeps_users_and_keys(app, client, admin_headers, stub_engine, drain,
+                                                                     uploaded_job):
     """Everything of every job goes; accounts, keys and the audit log stay; live logs are emptied."""
     from workers.queue import huey
 
     key = client.post("/api/api-keys/", headers=admin_headers,
                       json={"name": "ci", "permissions": ["jobs:read"]}).get_json()["api_key"]
-    done = upload(client, admin_headers)
+    done = uploaded_job(client, admin_headers)["job_id"]
     drain()
-    upload(client, admin_headers)
+    uploaded_job(client, admin_headers)
     root = data_dir(app)
     (root / "cache" / "x").mkdir()
     (root / "cache" / "x" / "stage.bin").write_bytes(b"1")
@@ -321,15 +304,16 @@ def test_reset_removes_jobs_files_and_queue_but_keeps_users_and_keys(app, client
     assert client.get("/api/jobs/", headers={"X-API-Key": key}).get_json()["total"] == 0  # the key still works
     assert User.select().count() == 1 and ApiKey.select().count() == 1
     assert AuditLog.search(action="admin_reset").first().detail["jobs_deleted"] == 2
-    assert upload(client, admin_headers)  # the appliance keeps working
+    assert uploaded_job(client, admin_headers)["job_id"]  # the appliance keeps working
 
 
 # ------------------------------------------------------------------ download-all
 
 
-def test_download_all_streams_a_zip_of_logs_and_transcripts(app, client, admin_headers, stub_engine, drain):
+def test_download_all_streams_a_zip_of_logs_and_transcripts(app, client, admin_headers, stub_engine, drain,
+                                                            uploaded_job):
     """The response is streamed; unzipped, it holds every transcript and log byte for byte, no uploads."""
-    job_id = upload(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     root = data_dir(app)
     (root / "logs" / "big.log").write_bytes(os.urandom(3 * 1024 * 1024))  # incompressible, several chunks

@@ -13,7 +13,7 @@ import pytest
 
 from app.models import AuditLog, Job, utcnow
 from app.services import cleanup
-from tests.test_admin import assert_error
+from tests.helpers import assert_error
 
 DAY = 86400
 NOW = time.time()

@@ -96,7 +96,7 @@ def test_worker_reads_threads_from_the_saved_concurrency(app, monkeypatch):
     settings = dict(app.config)
     assert supervisor.prepare_worker(settings) == {"workers": 2, "threads": 3}
     assert settings["ENGINE_THREADS"] == 3
-    monkeypatch.setenv("WT_WORKER_INDEX", "3")
+    settings["WORKER_INDEX"] = 3  # WT_WORKER_INDEX=3, as the systemd unit worker@3 sets it
     monkeypatch.setattr(supervisor, "POLL_SECONDS", 0.01)
     reads = iter([{"workers": 2, "threads": 1}, {"workers": 2, "threads": 1}, {"workers": 3, "threads": 1}])
     monkeypatch.setattr(supervisor, "read_concurrency", lambda s: next(reads))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import login
 from tests.helpers import assert_error
 
 PASSWORD = "correct-horse-battery"
@@ -24,13 +24,6 @@ def create(http, admin_headers, username: str, role: str = "user", **extra) -> d
     return response.get_json()
 
 
-def headers_of(http, username: str, password: str = PASSWORD) -> dict[str, str]:
-    """Bearer headers after a login."""
-    response = http.post("/auth/login", json={"username": username, "password": password})
-    assert response.status_code == 200, response.get_json()
-    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
-
-
 def admin_id(http, admin_headers) -> str:
     """The bootstrap admin's id."""
     return http.get("/auth/me", headers=admin_headers).get_json()["id"]
@@ -48,7 +41,7 @@ def test_admin_creates_lists_updates_and_deletes_users(http, admin_headers):
     assert http.get(f"/admin/users/{user['id']}", headers=admin_headers).get_json() == user
     changed = http.patch(f"/admin/users/{user['id']}", headers=admin_headers, json={"role": "admin"}).get_json()
     assert changed["role"] == "admin"
-    assert http.get("/admin/users", headers=headers_of(http, "alice")).status_code == 200
+    assert http.get("/admin/users", headers=login(http, "alice", PASSWORD)).status_code == 200
     response = http.delete(f"/admin/users/{user['id']}", headers=admin_headers)
     assert response.status_code == 200 and response.get_json()["user_id"] == user["id"]
     assert_error(http.get(f"/admin/users/{user['id']}", headers=admin_headers), 404, "NOT_FOUND")
@@ -57,11 +50,11 @@ def test_admin_creates_lists_updates_and_deletes_users(http, admin_headers):
 def test_admin_password_reset_signs_the_user_out(http, admin_headers):
     """A new password from the admin works and ends the user's sessions."""
     user = create(http, admin_headers, "alice")
-    old_session = headers_of(http, "alice")
+    old_session = login(http, "alice", PASSWORD)
     assert http.patch(f"/admin/users/{user['id']}", headers=admin_headers,
                       json={"password": "reset-by-admin-1"}).status_code == 200
     assert_error(http.get("/auth/me", headers=old_session), 401)
-    assert headers_of(http, "alice", "reset-by-admin-1")
+    assert login(http, "alice", "reset-by-admin-1")
 
 
 @pytest.mark.parametrize(
@@ -110,7 +103,7 @@ ADMIN_ROUTES = [("get", "/admin/users"), ("post", "/admin/users"), ("get", "/adm
 def test_admin_routes_are_403_for_users_and_401_for_anonymous(http, admin_headers, method, path):
     """Every /admin/* route; the admin is untouched afterwards."""
     create(http, admin_headers, "alice")
-    alice = headers_of(http, "alice")
+    alice = login(http, "alice", PASSWORD)
     assert_error(getattr(http, method)(path, headers=alice, json={"role": "user"}), 403, "FORBIDDEN")
     assert_error(getattr(http, method)(path, json={"role": "user"}), 401, "UNAUTHORIZED")
     me = http.get("/auth/me", headers=admin_headers).get_json()
@@ -134,7 +127,7 @@ def test_last_active_admin_cannot_be_demoted_disabled_or_deleted(http, admin_hea
 def test_an_admin_can_step_down_while_another_remains(http, admin_headers):
     """With two admins one may go; then the other is the last one."""
     second = create(http, admin_headers, "root2", role="admin")
-    second_headers = headers_of(http, "root2")
+    second_headers = login(http, "root2", PASSWORD)
     first_id = admin_id(http, admin_headers)
     assert http.patch(f"/admin/users/{first_id}", headers=second_headers, json={"role": "user"}).status_code == 200
     assert_error(http.patch(f"/admin/users/{second['id']}", headers=second_headers, json={"is_active": False}),
@@ -158,14 +151,14 @@ def test_audit_log_records_security_events_and_pages(http, admin_headers):
     """Logins, failures, key creation and revocation, password changes and admin actions."""
     user = create(http, admin_headers, "alice")
     http.post("/auth/login", json={"username": "alice", "password": "not-her-password"})
-    alice = headers_of(http, "alice")
+    alice = login(http, "alice", PASSWORD)
     key = http.post("/api/api-keys/", headers=alice, json={"name": "k", "permissions": ["jobs:read"]}).get_json()
     http.delete(f"/api/api-keys/{key['key_id']}", headers=alice)
     http.post("/auth/change-password", headers=alice,
               json={"current_password": PASSWORD, "new_password": "another-password-1"})
     http.patch(f"/admin/users/{user['id']}", headers=admin_headers, json={"is_active": False})
     http.post("/auth/logout", headers=admin_headers)
-    admin = headers_of(http, "admin", ADMIN_PASSWORD)
+    admin = login(http)
 
     body = http.get("/admin/audit?limit=100", headers=admin).get_json()
     actions = [e["action"] for e in reversed(body["entries"])]

@@ -5,7 +5,6 @@ The remote path talks to a small HTTP server on 127.0.0.1 that speaks the chat-c
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
@@ -18,8 +17,7 @@ from typing import Any
 import pytest
 
 from app.services import analysis
-from tests.helpers import AUDIO
-from tests.test_api_jobs import assert_error
+from tests.helpers import assert_error
 
 API_KEY = "sk-test-5b1d0c9e-never-log-me"
 TALK = [
@@ -105,13 +103,12 @@ def remote(app, chat_server):
 
 
 @pytest.fixture
-def talk_job(app, client, admin_headers, stub_engine, drain) -> str:
+def talk_job(app, client, admin_headers, stub_engine, drain, uploaded_job) -> str:
     """A completed job whose transcript is :data:`TALK`, one segment per sentence."""
     from app.models import Job
     from app.services import transitions
 
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "talk.flac")}
-    job_id = client.post("/jobs", headers=admin_headers, data=data).get_json()["id"]
+    job_id = uploaded_job(client, admin_headers, path="/jobs", name="talk.flac")["id"]
     drain()
     segments = [{"start": 2.0 * i, "end": 2.0 * i + 2, "text": text, "confidence": 0.9} for i, text in enumerate(TALK)]
     with app.app_context():

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AUDIO, assert_error
-
-
-def upload(client, headers, data: bytes | None = None, name: str = "jfk.flac", **form):
-    """POST a file to /api/jobs/."""
-    payload = data if data is not None else (AUDIO / "jfk.flac").read_bytes()
-    return client.post("/api/jobs/", headers=headers, data={"file": (io.BytesIO(payload), name), **form})
+from tests.helpers import AUDIO, assert_error, post_clip
 
 
 def leftovers(app) -> list[Path]:
@@ -25,18 +19,18 @@ def leftovers(app) -> list[Path]:
     return [p for folder in ("tmp", "uploads") for p in (root / folder).iterdir()]
 
 
-def test_create_job_returns_201_with_the_seed_fields(client, admin_headers):
+def test_create_job_returns_201_with_the_full_api_fields(client, admin_headers):
     """The response carries job_id, status, filename, model and created_at."""
-    response = upload(client, admin_headers, model="tiny.en", language="en", task="transcribe", prompt="JFK")
+    response = post_clip(client, admin_headers, model="tiny.en", language="en", task="transcribe", prompt="JFK")
     assert response.status_code == 201
     body = response.get_json()
     assert body["status"] == "queued" and body["filename"] == "jfk.flac" and body["model"] == "tiny.en"
     assert body["created_at"].endswith("Z") and len(body["job_id"]) == 32
 
 
-def test_job_completes_and_exports_every_format(client, admin_headers, stub_engine, drain):
+def test_job_completes_and_exports_every_format(client, admin_headers, stub_engine, drain, uploaded_job):
     """After the worker runs, the transcript downloads as txt, srt, vtt, json and tsv."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     for fmt, mime in [("txt", "text/plain"), ("srt", "application/x-subrip"), ("vtt", "text/vtt"),
                       ("json", "application/json"), ("tsv", "text/tab-separated-values")]:
@@ -46,18 +40,19 @@ def test_job_completes_and_exports_every_format(client, admin_headers, stub_engi
     assert client.get("/api/export/formats", headers=admin_headers).get_json()["formats"][0]["name"] == "txt"
 
 
-def test_export_before_completion_is_409_and_unknown_format_400(client, admin_headers, stub_engine, drain):
+def test_export_before_completion_is_409_and_unknown_format_400(client, admin_headers, stub_engine, drain,
+                                                                uploaded_job):
     """A queued job has nothing to export; a bad format names the choices."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     assert_error(client.get(f"/api/export/download/{job_id}/srt", headers=admin_headers), 409)
     drain()
     assert_error(client.get(f"/api/export/download/{job_id}/docx", headers=admin_headers), 400,
                  "UNSUPPORTED_FORMAT")
 
 
-def test_list_pages_filters_and_previews(client, admin_headers, stub_engine, drain):
+def test_list_pages_filters_and_previews(client, admin_headers, stub_engine, drain, uploaded_job):
     """limit/offset page newest first; status and created_after filter."""
-    ids = [upload(client, admin_headers).get_json()["job_id"] for _ in range(3)]
+    ids = [uploaded_job(client, admin_headers)["job_id"] for _ in range(3)]
     drain()
     body = client.get("/api/jobs/?limit=2&offset=0", headers=admin_headers).get_json()
     assert body["total"] == 3 and body["limit"] == 2 and len(body["jobs"]) == 2
@@ -78,9 +73,9 @@ def test_list_rejects_bad_query_parameters(client, admin_headers, query):
     assert_error(client.get(f"/api/jobs/?{query}", headers=admin_headers), 400)
 
 
-def test_progress_reports_stage_and_percent(client, admin_headers, stub_engine, drain):
+def test_progress_reports_stage_and_percent(client, admin_headers, stub_engine, drain, uploaded_job):
     """Queued, then completed at 100 %."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     body = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
     assert (body["status"], body["stage"], body["progress"]) == ("queued", "queued", 0.0)
     drain()
@@ -89,9 +84,9 @@ def test_progress_reports_stage_and_percent(client, admin_headers, stub_engine, 
     assert set(body) >= {"job_id", "estimated_time_remaining", "current_segment"}
 
 
-def test_wait_returns_as_soon_as_the_job_finishes(client, admin_headers, stub_engine, drain):
+def test_wait_returns_as_soon_as_the_job_finishes(client, admin_headers, stub_engine, drain, uploaded_job):
     """A long poll started on a queued job answers with the finished job once a worker has run it."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     worker = threading.Timer(0.3, drain)
     worker.start()
     try:
@@ -103,19 +98,19 @@ def test_wait_returns_as_soon_as_the_job_finishes(client, admin_headers, stub_en
         worker.join()
 
 
-def test_wait_gives_up_after_the_given_seconds(client, admin_headers):
+def test_wait_gives_up_after_the_given_seconds(client, admin_headers, uploaded_job):
     """Nothing runs the job: the answer comes after the wait with the job still queued."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     started = time.monotonic()
     body = client.get(f"/api/progress/{job_id}?wait=1", headers=admin_headers).get_json()
     assert body["status"] == "queued" and time.monotonic() - started >= 0.9
 
 
-def test_wait_ends_when_the_server_stops(client, admin_headers):
+def test_wait_ends_when_the_server_stops(client, admin_headers, uploaded_job):
     """A stopping web process answers waiting requests with the job as it is."""
-    from app.extensions import stopping
+    from app.shutdown import stopping
 
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     stopping.set()
     try:
         assert client.get(f"/api/jobs/{job_id}?wait=60", headers=admin_headers).get_json()["status"] == "queued"
@@ -123,11 +118,11 @@ def test_wait_ends_when_the_server_stops(client, admin_headers):
         stopping.clear()
 
 
-def test_wait_answers_at_once_when_every_waiting_slot_is_taken(client, admin_headers, monkeypatch):
+def test_wait_answers_at_once_when_every_waiting_slot_is_taken(client, admin_headers, monkeypatch, uploaded_job):
     """Waiting requests hold web threads, so past the limit a request does not wait."""
     from app.services import jobs as service
 
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     full = threading.BoundedSemaphore(1)
     full.acquire()
     monkeypatch.setattr(service, "_waiters", full)
@@ -136,15 +131,15 @@ def test_wait_answers_at_once_when_every_waiting_slot_is_taken(client, admin_hea
 
 
 @pytest.mark.parametrize("wait", ["-1", "61", "soon", "1.5"])
-def test_bad_wait_is_a_400(client, admin_headers, wait):
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+def test_bad_wait_is_a_400(client, admin_headers, wait, uploaded_job):
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     for path in (f"/api/jobs/{job_id}", f"/api/progress/{job_id}"):
         assert_error(client.get(f"{path}?wait={wait}", headers=admin_headers), 400, "INVALID_PARAMETER")
 
 
-def test_delete_removes_row_and_files(client, admin_headers, stub_engine, drain, app):
+def test_delete_removes_row_and_files(client, admin_headers, stub_engine, drain, app, uploaded_job):
     """Nothing of a deleted job stays on disk."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     root = Path(app.config["DATA_DIR"])
     assert (root / "transcripts" / f"{job_id}.json").exists()
@@ -153,9 +148,9 @@ def test_delete_removes_row_and_files(client, admin_headers, stub_engine, drain,
     assert not list(root.glob(f"**/{job_id}*"))
 
 
-def test_restart_only_for_failed_or_cancelled_jobs(client, admin_headers, stub_engine, drain):
+def test_restart_only_for_failed_or_cancelled_jobs(client, admin_headers, stub_engine, drain, uploaded_job):
     """A queued or completed job gives 409; a cancelled one is queued again and completes."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     assert_error(client.post(f"/api/jobs/{job_id}/restart", headers=admin_headers), 409, "JOB_NOT_RESTARTABLE")
     cancelled = client.post(f"/api/jobs/{job_id}/cancel", headers=admin_headers).get_json()
     assert cancelled["status"] == "cancelled"
@@ -165,11 +160,11 @@ def test_restart_only_for_failed_or_cancelled_jobs(client, admin_headers, stub_e
     assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()["status"] == "completed"
 
 
-def test_restart_requeues_failed_job(client, admin_headers, stub_engine, drain, app):
+def test_restart_requeues_failed_job(client, admin_headers, stub_engine, drain, app, uploaded_job):
     """A job that failed (here: its model vanished) can be restarted."""
     from app.models import Job
 
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     with app.app_context():
         Job.update(model="small").where(Job.id == job_id).execute()
     drain()
@@ -187,27 +182,29 @@ def test_restart_requeues_failed_job(client, admin_headers, stub_engine, drain, 
 
 def test_non_audio_file_is_415_and_leaves_nothing(client, admin_headers, app):
     """A text file is refused and its upload removed."""
-    assert_error(upload(client, admin_headers, b"just some text\n" * 100, "notes.mp3"), 415, "UNSUPPORTED_MEDIA")
+    text = b"just some text\n" * 100
+    assert_error(post_clip(client, admin_headers, data=text, name="notes.mp3"), 415, "UNSUPPORTED_MEDIA")
     assert leftovers(app) == []
 
 
 def test_zero_byte_file_is_400_and_leaves_nothing(client, admin_headers, app):
     """An empty upload is refused."""
-    assert_error(upload(client, admin_headers, b"", "empty.wav"), 400, "EMPTY_FILE")
+    assert_error(post_clip(client, admin_headers, data=b"", name="empty.wav"), 400, "EMPTY_FILE")
     assert leftovers(app) == []
 
 
 def test_file_truncated_in_its_header_is_refused(client, admin_headers, app):
     """ffprobe cannot read it: 415 and nothing left."""
     data = (AUDIO / "jfk.flac").read_bytes()[:3000]
-    assert_error(upload(client, admin_headers, data, "cut.flac"), 415)
+    assert_error(post_clip(client, admin_headers, data=data, name="cut.flac"), 415)
     assert leftovers(app) == []
 
 
-def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(client, admin_headers, stub_engine, drain):
+def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(client, admin_headers, stub_engine, drain,
+                                                                      uploaded_job):
     """The header promises 11 s but the data stops early: the job fails and says why."""
     data = (AUDIO / "jfk.flac").read_bytes()[:60000]
-    job_id = upload(client, admin_headers, data, "cut.flac").get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers, data=data, name="cut.flac")["job_id"]
     drain()
     job = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
     assert job["status"] == "failed" and "truncated" in job["error"]
@@ -218,14 +215,14 @@ def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(client, ad
 def test_oversized_body_is_413(app, admin_headers, client):
     """A body over MAX_CONTENT_LENGTH is refused before it is stored."""
     app.config["MAX_CONTENT_LENGTH"] = 50_000
-    body = assert_error(upload(client, admin_headers), 413, "PAYLOAD_TOO_LARGE")
+    body = assert_error(post_clip(client, admin_headers), 413, "PAYLOAD_TOO_LARGE")
     assert "50000" in body["detail"]
     assert leftovers(app) == []
 
 
 def test_path_like_file_name_is_stored_under_a_generated_name(client, admin_headers, app):
     """The client's name is kept for display only."""
-    response = upload(client, admin_headers, name="../../etc/passwd.flac")
+    response = post_clip(client, admin_headers, name="../../etc/passwd.flac")
     assert response.status_code == 201
     job_id = response.get_json()["job_id"]
     assert response.get_json()["filename"] == "passwd.flac"
@@ -236,7 +233,7 @@ def test_path_like_file_name_is_stored_under_a_generated_name(client, admin_head
 def test_media_longer_than_the_limit_is_refused(app, client, admin_headers):
     """The maximum duration is configurable."""
     app.config["MAX_MEDIA_SECONDS"] = 5
-    body = assert_error(upload(client, admin_headers), 413, "MEDIA_TOO_LONG")
+    body = assert_error(post_clip(client, admin_headers), 413, "MEDIA_TOO_LONG")
     assert "limit" in body["detail"]
     assert leftovers(app) == []
 
@@ -248,20 +245,20 @@ def test_missing_file_field_is_400(client, admin_headers):
 
 def test_uninstalled_whisper_model_is_400_with_install_hint(client, admin_headers):
     """The message lists installed models and the command to install the missing one."""
-    body = assert_error(upload(client, admin_headers, model="medium.en"), 400, "MODEL_NOT_INSTALLED")
+    body = assert_error(post_clip(client, admin_headers, model="medium.en"), 400, "MODEL_NOT_INSTALLED")
     assert "tiny.en" in body["detail"] and "whisper-transcriber models install medium.en" in body["detail"]
 
 
 def test_non_whisper_model_name_is_400(client, admin_headers):
     """A name that is no Whisper model."""
-    assert_error(upload(client, admin_headers, model="gpt-4o"), 400, "INVALID_MODEL")
+    assert_error(post_clip(client, admin_headers, model="gpt-4o"), 400, "INVALID_MODEL")
 
 
 @pytest.mark.parametrize(("field", "value"), [("task", "summarise"), ("language", "english!"),
                                               ("prompt", "x" * 2001)])
 def test_invalid_job_options_are_400(client, admin_headers, field, value, app):
     """Task, language and prompt are validated before anything is stored."""
-    assert_error(upload(client, admin_headers, **{field: value}), 400)
+    assert_error(post_clip(client, admin_headers, **{field: value}), 400)
     assert leftovers(app) == []
 
 
@@ -303,9 +300,9 @@ def test_health_reports_database_and_worker(client):
     assert body["status"] == "ok" and body["database"] == "ok" and body["worker_alive"] is False
 
 
-def test_cancelled_jobs_are_not_counted_as_errors_in_queue_stats(client, admin_headers):
+def test_cancelled_jobs_are_not_counted_as_errors_in_queue_stats(client, admin_headers, uploaded_job):
     """Dubarr's ERROR means failed; a job the user cancelled is counted under ``jobs`` only."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     client.post(f"/api/jobs/{job_id}/cancel", headers=admin_headers)
     body = client.get("/health").get_json()
     assert body["jobs"]["cancelled"] == 1
@@ -320,7 +317,7 @@ JFK = (AUDIO / "jfk.flac").read_bytes()
 @pytest.mark.parametrize("language", ["zz", "klingon", "xx-US", "english!", "e" * 300])
 def test_a_language_whisper_does_not_know_is_400_naming_valid_ones(client, admin_headers, app, language):
     """No silent auto-detection of a typo: the answer names codes and a name that would work."""
-    body = assert_error(upload(client, admin_headers, language=language), 400, "INVALID_LANGUAGE")
+    body = assert_error(post_clip(client, admin_headers, language=language), 400, "INVALID_LANGUAGE")
     assert "'en'" in body["detail"] and "'German'" in body["detail"] and len(body["detail"]) < 300
     assert leftovers(app) == []
 
@@ -328,9 +325,10 @@ def test_a_language_whisper_does_not_know_is_400_naming_valid_ones(client, admin
 @pytest.mark.parametrize(("given", "stored"), [("de", "de"), ("German", "de"), ("  HAITIAN creole ", "ht"),
                                                ("en-US", "en"), ("pt_BR", "pt"), ("yue", "yue"), ("AUTO", None),
                                                ("", None)])
-def test_language_codes_english_names_and_regions_become_whisper_codes(client, admin_headers, given, stored):
+def test_language_codes_english_names_and_regions_become_whisper_codes(client, admin_headers, given, stored,
+                                                                       uploaded_job):
     """The job keeps whisper's code, whatever form the client sent it in."""
-    job_id = upload(client, admin_headers, language=given).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers, language=given)["job_id"]
     assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()["requested_language"] == stored
 
 
@@ -371,17 +369,18 @@ def test_every_dialect_refuses_an_unknown_language_the_same_way(client, admin_he
     assert Job.select().count() == 0
 
 
-def test_an_over_long_file_name_is_cut_in_its_stem_and_keeps_its_extension(client, admin_headers):
+def test_an_over_long_file_name_is_cut_in_its_stem_and_keeps_its_extension(client, admin_headers, uploaded_job):
     """Exports and downloads are named after it, so the extension must survive."""
     name = "interview with the mayor " * 20 + ".flac"
-    filename = upload(client, admin_headers, name=name).get_json()["filename"]
+    filename = uploaded_job(client, admin_headers, name=name)["filename"]
     assert filename.endswith(".flac") and 250 <= len(filename) <= 255
     assert name.startswith(filename[:-len(".flac")])  # the stem's end was cut, nothing else
 
 
-def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(app, client, admin_headers, stub_engine, drain):
+def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(app, client, admin_headers, stub_engine, drain,
+                                                                  uploaded_job):
     """The reason users read (job, list and stage record) never shows where the server keeps its data."""
-    job_id = upload(client, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     for stored in (Path(app.config["DATA_DIR"]) / "uploads").iterdir():
         stored.unlink()  # the decoder then fails naming the file it was given
     drain()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from datetime import timedelta
 
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, assert_error
+from tests.helpers import assert_error, post_clip
 
-PASSWORD = "correct-horse-battery"
 LIST_FIELDS = {"key_id", "name", "key_preview", "permissions", "created_at", "expires_at", "last_used",
                "usage_count", "is_active"}
 
@@ -23,27 +21,12 @@ def http(app):
     return app.test_client(use_cookies=False)
 
 
-def user_headers(http, admin_headers, username: str, role: str = "user") -> dict[str, str]:
-    """Create an account and return its bearer headers."""
-    created = http.post("/admin/users", headers=admin_headers,
-                        json={"username": username, "password": PASSWORD, "role": role})
-    assert created.status_code == 201, created.get_json()
-    token = http.post("/auth/login", json={"username": username, "password": PASSWORD}).get_json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
-
-
 def create_key(http, headers, permissions=("jobs:read",), **extra) -> dict:
     """POST /api/api-keys/ and return the 201 body."""
     response = http.post("/api/api-keys/", headers=headers,
                          json={"name": "My Integration", "permissions": list(permissions), **extra})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def upload(http, headers):
-    """POST the JFK clip as a job."""
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
-    return http.post("/api/jobs/", headers=headers, data=data)
 
 
 def test_create_returns_the_key_once_and_stores_only_its_hash(app, http, admin_headers):
@@ -83,16 +66,16 @@ def test_missing_scope_is_403(http, admin_headers):
     """A read-only key cannot create, delete, download or administer."""
     key = {"X-API-Key": create_key(http, admin_headers, ["jobs:read"])["api_key"]}
     assert http.get("/api/jobs/", headers=key).status_code == 200
-    assert_error(upload(http, key), 403, "INSUFFICIENT_SCOPE")
+    assert_error(post_clip(http, key), 403, "INSUFFICIENT_SCOPE")
     assert_error(http.delete("/api/jobs/0123", headers=key), 403, "INSUFFICIENT_SCOPE")
     assert_error(http.get("/api/export/download/0123/txt", headers=key), 403, "INSUFFICIENT_SCOPE")
     assert_error(http.get("/admin/users", headers=key), 403, "FORBIDDEN")
 
 
-def test_scoped_key_can_do_what_it_was_given(http, admin_headers, stub_engine):
+def test_scoped_key_can_do_what_it_was_given(http, admin_headers, stub_engine, uploaded_job):
     """jobs:create uploads."""
     key = {"X-API-Key": create_key(http, admin_headers, ["jobs:create", "jobs:read"])["api_key"]}
-    job_id = upload(http, key).get_json()["job_id"]
+    job_id = uploaded_job(http, key)["job_id"]
     assert http.get(f"/api/jobs/{job_id}", headers=key).status_code == 200
 
 
@@ -131,27 +114,27 @@ def test_unknown_key_is_401(http, secret):
     assert_error(http.get("/api/jobs/", headers={"X-API-Key": secret} if secret else {}), 401, "UNAUTHORIZED")
 
 
-def test_key_of_a_disabled_user_is_401(http, admin_headers):
+def test_key_of_a_disabled_user_is_401(http, admin_headers, user_headers):
     """Keys die with the account's access."""
-    alice = user_headers(http, admin_headers, "alice")
+    alice = user_headers("alice")
     secret = create_key(http, alice)["api_key"]
     user_id = http.get("/auth/me", headers=alice).get_json()["id"]
     http.patch(f"/admin/users/{user_id}", headers=admin_headers, json={"is_active": False})
     assert_error(http.get("/api/jobs/", headers={"X-API-Key": secret}), 401)
 
 
-def test_user_can_only_grant_permissions_they_have(http, admin_headers):
+def test_user_can_only_grant_permissions_they_have(http, admin_headers, user_headers):
     """admin is for admins; a user's attempt is 403 and creates nothing."""
-    alice = user_headers(http, admin_headers, "alice")
+    alice = user_headers("alice")
     assert_error(http.post("/api/api-keys/", headers=alice, json={"name": "x", "permissions": ["admin"]}),
                  403, "FORBIDDEN")
     assert http.get("/api/api-keys/", headers=alice).get_json()["api_keys"] == []
     assert create_key(http, admin_headers, ["admin", "jobs:read"])["permissions"] == ["admin", "jobs:read"]
 
 
-def test_demoted_admins_key_loses_the_admin_scope(http, admin_headers):
+def test_demoted_admins_key_loses_the_admin_scope(http, admin_headers, user_headers):
     """Scopes are checked against the owner's current role on every request."""
-    other_admin = user_headers(http, admin_headers, "root2", role="admin")
+    other_admin = user_headers("root2", admin=True)
     secret = create_key(http, other_admin, ["admin"])["api_key"]
     user_id = http.get("/auth/me", headers=other_admin).get_json()["id"]
     http.patch(f"/admin/users/{user_id}", headers=admin_headers, json={"role": "user"})
@@ -187,9 +170,9 @@ def test_malformed_json_is_400(http, admin_headers):
     assert_error(response, 400, "INVALID_JSON")
 
 
-def test_keys_are_private_to_their_owner_and_admins_see_all(http, admin_headers):
+def test_keys_are_private_to_their_owner_and_admins_see_all(http, admin_headers, user_headers):
     """Another user's key is 404 to list or revoke; an admin may list with all=true and revoke it."""
-    alice, bob = user_headers(http, admin_headers, "alice"), user_headers(http, admin_headers, "bob")
+    alice, bob = user_headers("alice"), user_headers("bob")
     body = create_key(http, alice)
     assert http.get("/api/api-keys/", headers=bob).get_json()["api_keys"] == []
     assert http.get("/api/api-keys/?all=true", headers=bob).get_json()["api_keys"] == []
@@ -202,10 +185,10 @@ def test_keys_are_private_to_their_owner_and_admins_see_all(http, admin_headers)
     assert_error(http.get("/api/jobs/", headers={"X-API-Key": body["api_key"]}), 401)
 
 
-def test_key_sees_only_its_owners_jobs(http, admin_headers, stub_engine):
+def test_key_sees_only_its_owners_jobs(http, admin_headers, stub_engine, user_headers, uploaded_job):
     """A key acts as its owner: other users' jobs are 404."""
-    alice, bob = user_headers(http, admin_headers, "alice"), user_headers(http, admin_headers, "bob")
-    job_id = upload(http, alice).get_json()["job_id"]
+    alice, bob = user_headers("alice"), user_headers("bob")
+    job_id = uploaded_job(http, alice)["job_id"]
     bob_key = {"X-API-Key": create_key(http, bob, ["jobs:read", "jobs:delete"])["api_key"]}
     assert_error(http.get(f"/api/jobs/{job_id}", headers=bob_key), 404)
     assert_error(http.delete(f"/api/jobs/{job_id}", headers=bob_key), 404)
@@ -229,11 +212,12 @@ def test_key_management_needs_authentication(http):
     assert_error(http.delete("/api/api-keys/key_0123"), 401)
 
 
-def test_admins_key_without_admin_scope_sees_only_the_admins_own_jobs(http, admin_headers, stub_engine):
+def test_admins_key_without_admin_scope_sees_only_the_admins_own_jobs(http, admin_headers, stub_engine, user_headers,
+                                                                      uploaded_job):
     """Visibility follows the key's scopes, not just the owner's role."""
-    alice = user_headers(http, admin_headers, "alice")
-    alices_job = upload(http, alice).get_json()["job_id"]
-    own_job = upload(http, admin_headers).get_json()["job_id"]
+    alice = user_headers("alice")
+    alices_job = uploaded_job(http, alice)["job_id"]
+    own_job = uploaded_job(http, admin_headers)["job_id"]
     key = create_key(http, admin_headers, permissions=("jobs:read",))["api_key"]
     listed = {j["job_id"] for j in http.get("/api/jobs/", headers={"X-API-Key": key}).get_json()["jobs"]}
     assert listed == {own_job}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import time
@@ -12,7 +11,7 @@ import jwt
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, MODELS_DIR, assert_error
+from tests.helpers import MODELS_DIR, assert_error
 
 PASSWORD = "correct-horse-battery"
 
@@ -47,7 +46,7 @@ def b64(data: dict) -> str:
 
 
 def test_login_returns_token_and_user_and_sets_httponly_lax_cookies(client):
-    """The seed body, plus a session cookie the browser UI can use and a readable CSRF cookie."""
+    """The full API's body, plus a session cookie the browser UI can use and a readable CSRF cookie."""
     response = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
     assert response.status_code == 200
     body = response.get_json()
@@ -325,21 +324,12 @@ def test_token_of_a_deleted_user_is_401(app, client, admin_headers):
 # --------------------------------------------------------------- isolation
 
 
-def _upload(client, headers) -> str:
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
-    response = client.post("/api/jobs/", headers=headers, data=data)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["job_id"]
-
-
-def test_users_see_only_their_own_jobs_and_exports_and_admins_see_all(app, client, admin_headers, stub_engine,
-                                                                       drain):
+def test_users_see_only_their_own_jobs_and_exports_and_admins_see_all(app, admin_headers, stub_engine, drain,
+                                                                       user_headers, uploaded_job):
     """Another user's job is 404 on every route (never 403); the admin sees it."""
-    add_user(client, admin_headers, "alice")
-    add_user(client, admin_headers, "bob")
     c = app.test_client(use_cookies=False)
-    alice, bob = bearer(login_token(app, "alice")), bearer(login_token(app, "bob"))
-    job_id = _upload(c, alice)
+    alice, bob = user_headers("alice"), user_headers("bob")
+    job_id = uploaded_job(c, alice)["job_id"]
     drain()
     assert c.get(f"/api/export/download/{job_id}/txt", headers=alice).status_code == 200
     for method, path in [("get", f"/api/jobs/{job_id}"), ("get", f"/api/progress/{job_id}"),
@@ -357,7 +347,8 @@ def test_users_see_only_their_own_jobs_and_exports_and_admins_see_all(app, clien
 def test_still_valid_follows_revocation_expiry_and_disabled_users(app, client, admin_headers):
     """What long-lived sockets re-check: the token or key is still live and the user still active."""
     from app.models import ApiKey, Token, User
-    from app.security import Principal, decode_token, principal_from_api_key, still_valid
+    from app.security import decode_token, principal_from_api_key, still_valid
+    from app.services.credentials import Principal
 
     token = admin_headers["Authorization"].removeprefix("Bearer ")
     key = client.post("/api/api-keys/", headers=admin_headers,

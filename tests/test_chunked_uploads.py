@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import login
-from tests.helpers import AUDIO
-from tests.test_api_jobs import assert_error
+from tests.helpers import AUDIO, assert_error
 
 BASE = "/api/chunked-uploads"
 CHUNK = 20_000  # jfk.flac (~200 kB) in about ten chunks
@@ -63,21 +61,11 @@ def stray_uploads(app) -> list[Path]:
     return list((Path(app.config["DATA_DIR"]) / "tmp").glob("*.upload"))
 
 
-@pytest.fixture
-def user_headers(app, client):
-    """Bearer headers of a second, ordinary user."""
-    from app.services.users import create_user
-
-    with app.app_context():
-        create_user("bob", "bob-password-123")
-    return login(client, "bob", "bob-password-123")
-
-
 # ---------------------------------------------------------------- happy paths
 
 
 def test_initialize_answers_session_url_expiry_and_chunk_count(client, admin_headers):
-    """201 with the seed's fields; the chunk count rounds up."""
+    """201 with the full API's fields; the chunk count rounds up."""
     response = initialize(client, admin_headers)
     assert response.status_code == 201
     body = response.get_json()
@@ -278,13 +266,14 @@ def test_unknown_session_is_404_everywhere(client, admin_headers):
 
 def test_only_the_owner_can_touch_a_session(client, admin_headers, user_headers, app):
     """Another user, even an admin, gets 404 on every route; the owner carries on."""
-    session_id, checksums = start_upload(client, user_headers, skip=(1,))
+    bob = user_headers("bob")
+    session_id, checksums = start_upload(client, bob, skip=(1,))
     assert_error(client.get(f"{BASE}/{session_id}", headers=admin_headers), 404)
     assert_error(send(client, admin_headers, session_id, 1, parts()[0]), 404)
     assert_error(finalize(client, admin_headers, session_id, checksums), 404)
     assert_error(client.delete(f"{BASE}/{session_id}", headers=admin_headers), 404)
-    assert send(client, user_headers, session_id, 1, parts()[0]).status_code == 200
-    assert finalize(client, user_headers, session_id, checksums).status_code == 201
+    assert send(client, bob, session_id, 1, parts()[0]).status_code == 200
+    assert finalize(client, bob, session_id, checksums).status_code == 201
 
 
 def test_routes_need_authentication_and_the_create_scope(app, admin_headers, client):

@@ -1,31 +1,16 @@
-"""Seed 000's legacy routes through HTTP (Flask client, stub engine): jobs, download, metadata, auth, bad input."""
+"""The legacy API's routes through HTTP (Flask client, stub engine): jobs, download, metadata, auth, bad input."""
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, login
-from tests.helpers import AUDIO
-from tests.test_api_jobs import assert_error
+from tests.conftest import ADMIN_PASSWORD
+from tests.helpers import assert_error, post_clip
 
 LEGACY_FIELDS = {"id", "original_filename", "model", "created_at", "updated", "status"}
 PASSWORD = "user-password-123"
-
-
-def legacy_upload(client, headers, data: bytes | None = None, name: str = "jfk.flac", path: str = "/jobs", **form):
-    """POST a file to seed 000's /jobs."""
-    payload = data if data is not None else (AUDIO / "jfk.flac").read_bytes()
-    return client.post(path, headers=headers, data={"file": (io.BytesIO(payload), name), **form})
-
-
-def new_job(client, headers, **form) -> str:
-    """Upload jfk.flac through /jobs and return the id."""
-    response = legacy_upload(client, headers, **form)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 @pytest.fixture
@@ -34,22 +19,12 @@ def http(app):
     return app.test_client(use_cookies=False)
 
 
-@pytest.fixture
-def user_headers(app, http):
-    """Bearer headers of a second, ordinary user."""
-    from app.services.users import create_user
-
-    with app.app_context():
-        create_user("bob", PASSWORD)
-    return login(http, "bob", PASSWORD)
-
-
 # ------------------------------------------------------------------- jobs
 
 
 def test_post_jobs_returns_201_with_the_job_id(client, admin_headers):
-    """The seed's curl call: multipart file, optional model; the id comes back with status queued."""
-    response = legacy_upload(client, admin_headers, model="tiny.en")
+    """The legacy API document's curl call: multipart file, optional model; the id comes back with status queued."""
+    response = post_clip(client, admin_headers, path="/jobs", model="tiny.en")
     assert response.status_code == 201
     body = response.get_json()
     assert len(body["id"]) == 32 and body["job_id"] == body["id"] and body["status"] == "queued"
@@ -64,21 +39,21 @@ def test_post_jobs_returns_201_with_the_job_id(client, admin_headers):
 ])
 def test_post_jobs_rejects_bad_uploads(client, admin_headers, data, form, status, code):
     """Unknown models, empty files and non-media answer with the standard error body."""
-    assert_error(legacy_upload(client, admin_headers, data=data, **form), status, code)
+    assert_error(post_clip(client, admin_headers, path="/jobs", data=data, **form), status, code)
 
 
 def test_post_jobs_without_a_file_or_credentials(http, admin_headers):
     """No multipart file is 400; no credentials 401; a JSON body is not an upload."""
     assert_error(http.post("/jobs", headers=admin_headers, data={"model": "tiny.en"}), 400, "MISSING_FILE")
     assert_error(http.post("/jobs", headers=admin_headers, json={"file": "x"}), 400, "MISSING_FILE")
-    assert_error(legacy_upload(http, {}), 401, "UNAUTHORIZED")
+    assert_error(post_clip(http, {}, path="/jobs"), 401, "UNAUTHORIZED")
     assert_error(http.get("/jobs"), 401, "UNAUTHORIZED")
 
 
 def test_jobs_and_jobs_slash_are_distinct_routes_without_redirects(http, admin_headers):
-    """Seed 000's /jobs and seed 001's /jobs/ answer directly (no 308) with their own shapes."""
-    legacy = legacy_upload(http, admin_headers, path="/jobs")
-    v1 = legacy_upload(http, admin_headers, path="/jobs/")
+    """The legacy /jobs and the v1 /jobs/ answer directly (no 308) with their own shapes."""
+    legacy = post_clip(http, admin_headers, path="/jobs")
+    v1 = post_clip(http, admin_headers, path="/jobs/")
     assert legacy.status_code == v1.status_code == 201
     assert "id" in legacy.get_json() and "queue_job_id" not in legacy.get_json()
     assert v1.get_json()["message"] == "Job created successfully"
@@ -88,9 +63,9 @@ def test_jobs_and_jobs_slash_are_distinct_routes_without_redirects(http, admin_h
         assert len(response.get_json()) == 2
 
 
-def test_get_job_merges_legacy_fields_with_the_detail(client, admin_headers, stub_engine, drain):
+def test_get_job_merges_legacy_fields_with_the_detail(client, admin_headers, stub_engine, drain, uploaded_job):
     """id, original_filename, model, created_at, updated, status, and once completed the transcript."""
-    job_id = new_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
     queued = client.get(f"/jobs/{job_id}", headers=admin_headers).get_json()
     assert set(queued) >= LEGACY_FIELDS | {"job_id", "stage", "progress"}
     assert queued["status"] == "queued" and "transcript" not in queued
@@ -101,11 +76,12 @@ def test_get_job_merges_legacy_fields_with_the_detail(client, admin_headers, stu
     assert body["transcript"]["text"].startswith("word0")
 
 
-def test_list_filters_by_search_over_name_and_text_and_by_status(client, admin_headers, stub_engine, drain):
+def test_list_filters_by_search_over_name_and_text_and_by_status(client, admin_headers, stub_engine, drain,
+                                                                 uploaded_job):
     """search matches the file name or the transcript; status filters; newest first."""
-    first = new_job(client, admin_headers)
+    first = uploaded_job(client, admin_headers, path="/jobs")["id"]
     drain()
-    second = legacy_upload(client, admin_headers, name="meeting-notes.flac").get_json()["id"]
+    second = uploaded_job(client, admin_headers, path="/jobs", name="meeting-notes.flac")["id"]
     listed = client.get("/jobs", headers=admin_headers)
     assert [j["id"] for j in listed.get_json()] == [second, first]
     assert listed.headers["X-Total-Count"] == "2"
@@ -129,21 +105,22 @@ def test_list_rejects_bad_filters(client, admin_headers, query):
     assert_error(client.get(f"/jobs?{query}", headers=admin_headers), 400)
 
 
-def test_unknown_and_foreign_ids_are_404_everywhere(http, admin_headers, user_headers):
+def test_unknown_and_foreign_ids_are_404_everywhere(http, admin_headers, user_headers, uploaded_job):
     """Every route that takes an id answers 404 for a missing job and for another user's job."""
-    foreign = new_job(http, admin_headers)
+    bob = user_headers("bob", password=PASSWORD)
+    foreign = uploaded_job(http, admin_headers, path="/jobs")["id"]
     for job_id in ("no-such-job", foreign):
         for method, path in [("get", "/jobs/{}"), ("delete", "/jobs/{}"), ("post", "/jobs/{}/restart"),
                              ("get", "/jobs/{}/download"), ("get", "/metadata/{}"), ("post", "/jobs/{}/analyze")]:
-            response = getattr(http, method)(path.format(job_id), headers=user_headers)
+            response = getattr(http, method)(path.format(job_id), headers=bob)
             assert_error(response, 404, "NOT_FOUND")
-    assert http.get("/jobs", headers=user_headers).get_json() == []
+    assert http.get("/jobs", headers=bob).get_json() == []
     assert http.get(f"/jobs/{foreign}", headers=admin_headers).status_code == 200
 
 
-def test_delete_removes_the_job(client, admin_headers, stub_engine, drain):
+def test_delete_removes_the_job(client, admin_headers, stub_engine, drain, uploaded_job):
     """200, then the job is gone; a second delete is 404."""
-    job_id = new_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
     drain()
     response = client.delete(f"/jobs/{job_id}", headers=admin_headers)
     assert response.status_code == 200 and response.get_json()["id"] == job_id
@@ -151,9 +128,9 @@ def test_delete_removes_the_job(client, admin_headers, stub_engine, drain):
     assert_error(client.delete(f"/jobs/{job_id}", headers=admin_headers), 404)
 
 
-def test_restart_requeues_a_cancelled_job_and_refuses_others(client, admin_headers, stub_engine, drain):
+def test_restart_requeues_a_cancelled_job_and_refuses_others(client, admin_headers, stub_engine, drain, uploaded_job):
     """A queued job is 409; a cancelled one is queued again and then completes."""
-    job_id = new_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
     assert_error(client.post(f"/jobs/{job_id}/restart", headers=admin_headers), 409, "JOB_NOT_RESTARTABLE")
     client.post(f"/api/jobs/{job_id}/cancel", headers=admin_headers)
     response = client.post(f"/jobs/{job_id}/restart", headers=admin_headers)
@@ -162,9 +139,9 @@ def test_restart_requeues_a_cancelled_job_and_refuses_others(client, admin_heade
     assert client.get(f"/jobs/{job_id}", headers=admin_headers).get_json()["status"] == "completed"
 
 
-def test_download_defaults_to_srt_and_offers_txt_and_vtt(client, admin_headers, stub_engine, drain):
+def test_download_defaults_to_srt_and_offers_txt_and_vtt(client, admin_headers, stub_engine, drain, uploaded_job):
     """409 before completion; srt by default; txt and vtt by format; an unknown format is 400."""
-    job_id = new_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
     assert_error(client.get(f"/jobs/{job_id}/download", headers=admin_headers), 409, "JOB_NOT_COMPLETED")
     drain()
     srt = client.get(f"/jobs/{job_id}/download", headers=admin_headers)
@@ -179,9 +156,9 @@ def test_download_defaults_to_srt_and_offers_txt_and_vtt(client, admin_headers, 
                  "UNSUPPORTED_FORMAT")
 
 
-def test_download_needs_the_export_scope(http, admin_headers, stub_engine, drain):
+def test_download_needs_the_export_scope(http, admin_headers, stub_engine, drain, uploaded_job):
     """An API key without export:download is 403."""
-    job_id = new_job(http, admin_headers)
+    job_id = uploaded_job(http, admin_headers, path="/jobs")["id"]
     drain()
     key = http.post("/api/api-keys/", headers=admin_headers,
                     json={"name": "reader", "permissions": ["jobs:read"]}).get_json()["api_key"]
@@ -189,9 +166,9 @@ def test_download_needs_the_export_scope(http, admin_headers, stub_engine, drain
     assert http.get(f"/jobs/{job_id}", headers={"X-API-Key": key}).status_code == 200
 
 
-def test_metadata_reports_figures_of_the_completed_job(client, admin_headers, stub_engine, drain):
+def test_metadata_reports_figures_of_the_completed_job(client, admin_headers, stub_engine, drain, uploaded_job):
     """Counts, speed and input format; 409 while the job is queued."""
-    job_id = new_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
     assert_error(client.get(f"/metadata/{job_id}", headers=admin_headers), 409, "JOB_NOT_COMPLETED")
     drain()
     body = client.get(f"/metadata/{job_id}", headers=admin_headers).get_json()
@@ -210,10 +187,11 @@ def test_metadata_reports_figures_of_the_completed_job(client, admin_headers, st
     assert isinstance(body["keywords"], list)
 
 
-def test_analyze_without_a_key_is_local_and_409_before_completion(client, admin_headers, stub_engine, drain, app):
+def test_analyze_without_a_key_is_local_and_409_before_completion(client, admin_headers, stub_engine, drain, app,
+                                                                  uploaded_job):
     """No OPENAI_API_KEY: the local extractive analysis, provider "local"."""
     app.config["OPENAI_API_KEY"] = None
-    job_id = new_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
     assert_error(client.post(f"/jobs/{job_id}/analyze", headers=admin_headers), 409, "JOB_NOT_COMPLETED")
     drain()
     body = client.post(f"/jobs/{job_id}/analyze", headers=admin_headers).get_json()
@@ -265,7 +243,8 @@ def test_token_rejects_bad_credentials_and_bodies(http, kwargs, status, code):
 
 def test_change_password_then_only_the_new_password_works(http, user_headers):
     """Same rules as /auth/change-password: the old password stops working."""
-    response = http.post("/change-password", headers=user_headers,
+    bob = user_headers("bob", password=PASSWORD)
+    response = http.post("/change-password", headers=bob,
                          json={"current_password": PASSWORD, "new_password": "a-new-password-456"})
     assert response.status_code == 200 and response.get_json()["message"] == "Password changed successfully"
     assert_error(http.post("/token", data={"username": "bob", "password": PASSWORD}), 401)
@@ -281,14 +260,16 @@ def test_change_password_then_only_the_new_password_works(http, user_headers):
 ])
 def test_change_password_rejects_bad_input(http, user_headers, kwargs, status, code):
     """A wrong current password, a weak or unchanged new one, and malformed JSON."""
-    assert_error(http.post("/change-password", headers=user_headers, **kwargs), status, code)
+    bob = user_headers("bob", password=PASSWORD)
+    assert_error(http.post("/change-password", headers=bob, **kwargs), status, code)
 
 
 def test_change_password_needs_a_signed_in_user(http, user_headers):
     """Anonymous is 401; an API key may not change the password (403)."""
+    bob = user_headers("bob", password=PASSWORD)
     body = {"current_password": PASSWORD, "new_password": "a-new-password-456"}
     assert_error(http.post("/change-password", json=body), 401, "UNAUTHORIZED")
-    key = http.post("/api/api-keys/", headers=user_headers,
+    key = http.post("/api/api-keys/", headers=bob,
                     json={"name": "k", "permissions": ["jobs:read"]}).get_json()["api_key"]
     assert_error(http.post("/change-password", headers={"X-API-Key": key}, json=body), 403, "FORBIDDEN")
 
@@ -297,7 +278,7 @@ def test_change_password_needs_a_signed_in_user(http, user_headers):
 
 
 def test_every_legacy_route_is_in_the_openapi_document(client):
-    """Each seed 000 route appears with its docstring's first line as the summary."""
+    """Each legacy API route appears with its docstring's first line as the summary."""
     from app.compat import legacy_api
 
     paths = client.get("/openapi.json").get_json()["paths"]

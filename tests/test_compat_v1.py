@@ -1,4 +1,4 @@
-"""Seed 001's routes through HTTP (Flask client, stub engine): health, login, POST/GET /jobs/, bad input."""
+"""The v1 API's routes through HTTP (Flask client, stub engine): health, login, POST/GET /jobs/, bad input."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 
 from app.security import CSRF_COOKIE, SESSION_COOKIE
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO
-from tests.test_api_jobs import assert_error
+from tests.helpers import AUDIO, assert_error, post_clip
 
 CREATED_FIELDS = {"job_id", "status", "message", "queue_job_id"}
 
@@ -18,12 +17,6 @@ CREATED_FIELDS = {"job_id", "status", "message", "queue_job_id"}
 def http(app):
     """A client that keeps no cookies: every request carries exactly the credentials it is given."""
     return app.test_client(use_cookies=False)
-
-
-def upload(client, headers, data: bytes | None = None, name: str = "jfk.flac", **form):
-    """POST a file to seed 001's /jobs/."""
-    payload = data if data is not None else (AUDIO / "jfk.flac").read_bytes()
-    return client.post("/jobs/", headers=headers, data={"file": (io.BytesIO(payload), name), **form})
 
 
 def test_health_reports_ok(http):
@@ -55,9 +48,9 @@ def test_login_rejects_bad_credentials(http, body, status, code):
     assert_error(http.post("/auth/login", json=body), status, code)
 
 
-def test_create_job_answers_exactly_the_seed_fields(http, admin_headers):
+def test_create_job_answers_exactly_the_v1_fields(http, admin_headers):
     """201 with job_id, status queued, the message and queue_job_id."""
-    response = upload(http, admin_headers, model="tiny.en", language="en")
+    response = post_clip(http, admin_headers, path="/jobs/", model="tiny.en", language="en")
     assert response.status_code == 201
     body = response.get_json()
     assert set(body) == CREATED_FIELDS
@@ -83,16 +76,16 @@ def test_create_job_rejects_malformed_uploads(http, admin_headers, kwargs, statu
 
 def test_create_job_needs_credentials_and_the_create_scope(http, admin_headers):
     """Anonymous is 401; an API key with only jobs:read is 403."""
-    assert_error(upload(http, {}), 401, "UNAUTHORIZED")
+    assert_error(post_clip(http, {}, path="/jobs/"), 401, "UNAUTHORIZED")
     key = http.post("/api/api-keys/", headers=admin_headers,
                     json={"name": "reader", "permissions": ["jobs:read"]}).get_json()["api_key"]
-    assert_error(upload(http, {"X-API-Key": key}), 403, "INSUFFICIENT_SCOPE")
+    assert_error(post_clip(http, {"X-API-Key": key}, path="/jobs/"), 403, "INSUFFICIENT_SCOPE")
     assert http.get("/jobs/", headers={"X-API-Key": key}).status_code == 200
 
 
-def test_get_job_shows_status_then_the_transcript(http, admin_headers, stub_engine, drain):
+def test_get_job_shows_status_then_the_transcript(http, admin_headers, stub_engine, drain, uploaded_job):
     """Queued first; completed with the transcript after the worker ran; unknown ids are 404."""
-    job_id = upload(http, admin_headers).get_json()["job_id"]
+    job_id = uploaded_job(http, admin_headers, path="/jobs/")["job_id"]
     queued = http.get(f"/jobs/{job_id}", headers=admin_headers).get_json()
     assert queued["job_id"] == job_id and queued["status"] == "queued" and "transcript" not in queued
     drain()
@@ -104,9 +97,9 @@ def test_get_job_shows_status_then_the_transcript(http, admin_headers, stub_engi
     assert_error(http.get(f"/jobs/{job_id}"), 401, "UNAUTHORIZED")
 
 
-def test_list_pages_with_skip_and_limit(http, admin_headers, stub_engine, drain):
+def test_list_pages_with_skip_and_limit(http, admin_headers, stub_engine, drain, uploaded_job):
     """Defaults skip=0, limit=100; newest first; skip and limit page through."""
-    ids = [upload(http, admin_headers).get_json()["job_id"] for _ in range(3)]
+    ids = [uploaded_job(http, admin_headers, path="/jobs/")["job_id"] for _ in range(3)]
     drain()
     everything = http.get("/jobs/", headers=admin_headers)
     assert [j["job_id"] for j in everything.get_json()] == ids[::-1]
@@ -124,7 +117,7 @@ def test_list_rejects_bad_paging(http, admin_headers, query):
 
 
 def test_slash_and_no_slash_never_redirect(http, admin_headers):
-    """POST and GET on /jobs/ (seed 001) and /jobs (seed 000) are answered in place: no 308 either way."""
+    """POST and GET on /jobs/ (v1 API) and /jobs (legacy API) are answered in place: no 308 either way."""
     audio = (AUDIO / "jfk.flac").read_bytes()
     created = {path: http.post(path, headers=admin_headers, data={"file": (io.BytesIO(audio), "jfk.flac")})
                for path in ("/jobs/", "/jobs")}
@@ -136,7 +129,7 @@ def test_slash_and_no_slash_never_redirect(http, admin_headers):
     assert "original_filename" in listed["/jobs"].get_json()[0]
 
 
-def test_seed_001_routes_are_in_the_openapi_document(http):
+def test_v1_routes_are_in_the_openapi_document(http):
     """POST /jobs/, GET /jobs/ and GET /jobs/{job_id} appear with summaries."""
     from app.compat import v1_api
 

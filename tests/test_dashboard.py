@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -50,15 +49,6 @@ def user(app, admin):
 def csrf(client) -> dict[str, str]:
     """The double-submit header for a cookie session."""
     return {"X-CSRF-Token": client.get_cookie("wt_csrf").value}
-
-
-def make_job(client, stub_engine, drain) -> str:
-    """Upload jfk through the API with the cookie session and run it with the stub engine."""
-    response = client.post("/api/jobs/", headers=csrf(client),
-                           data={"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")})
-    assert response.status_code == 201, response.get_json()
-    drain()
-    return response.get_json()["job_id"]
 
 
 # ------------------------------------------------------------------ sessions
@@ -164,9 +154,10 @@ def test_server_control_buttons_only_when_enabled(admin, tmp_path):
     assert 'data-control="restart"' in html and 'data-control="shutdown"' in html
 
 
-def test_job_page_shows_transcript_with_timestamps(admin, stub_engine, drain):
+def test_job_page_shows_transcript_with_timestamps(admin, stub_engine, drain, uploaded_job):
     """A completed job: segments with seek buttons, the player, downloads and the log panel."""
-    job_id = make_job(admin, stub_engine, drain)
+    job_id = uploaded_job(admin, csrf(admin))["job_id"]  # with the cookie session
+    drain()
     response = admin.get(f"/ui/jobs/{job_id}")
     assert response.status_code == 200
     html = response.get_data(as_text=True)
@@ -176,17 +167,19 @@ def test_job_page_shows_transcript_with_timestamps(admin, stub_engine, drain):
     assert 'data-download="srt"' in html and 'id="log"' in html
 
 
-def test_other_users_jobs_are_not_found(admin, user, stub_engine, drain):
+def test_other_users_jobs_are_not_found(admin, user, stub_engine, drain, uploaded_job):
     """Someone else's job is a 404 page, and its media a 404."""
-    job_id = make_job(admin, stub_engine, drain)
+    job_id = uploaded_job(admin, csrf(admin))["job_id"]  # with the cookie session
+    drain()
     page = user.get(f"/ui/jobs/{job_id}")
     assert page.status_code == 404 and page.mimetype == "text/html"
     assert user.get(f"/ui/jobs/{job_id}/media").status_code == 404
 
 
-def test_media_streams_the_upload_with_range_support(admin, client, stub_engine, drain):
+def test_media_streams_the_upload_with_range_support(admin, client, stub_engine, drain, uploaded_job):
     """The player gets the original file, in parts when it asks; not without a session."""
-    job_id = make_job(admin, stub_engine, drain)
+    job_id = uploaded_job(admin, csrf(admin))["job_id"]  # with the cookie session
+    drain()
     whole = admin.get(f"/ui/jobs/{job_id}/media")
     assert whole.status_code == 200 and whole.mimetype == "audio/flac"
     assert whole.data == (AUDIO / "jfk.flac").read_bytes()

@@ -7,7 +7,6 @@ is not allowed they are skipped.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import requests
 from app.logging_setup import JsonFormatter, SharedRotatingFileHandler
 from app.services import disk
 from tests.conftest import ADMIN_PASSWORD, launch_appliance
-from tests.helpers import AUDIO, MODELS_DIR, assert_error, reference, wer
+from tests.helpers import AUDIO, MODELS_DIR, assert_error, post_clip, reference, wer
 
 JFK = (AUDIO / "jfk.flac").read_bytes()
 MB = 1024**2
@@ -66,11 +65,6 @@ def make_app(data_dir: Path, **config):
 
     return create_app({"TESTING": True, "DATA_DIR": str(data_dir), "MODELS_DIR": str(MODELS_DIR),
                        "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_STORAGE_URI": "memory://", **config})
-
-
-def upload(client, headers, path: str = "/api/jobs/", data: bytes = JFK):
-    """A multipart upload of ``data`` as jfk.flac."""
-    return client.post(path, headers=headers, data={"file": (io.BytesIO(data), "jfk.flac")})
 
 
 def temp_files(app) -> list[Path]:
@@ -124,7 +118,7 @@ def test_uploads_are_refused_before_their_body_is_read_below_the_floor(app, clie
                                                                         path):
     """Every dialect's upload: 507 while under WT_MIN_FREE_MB, and nothing of the body reaches the disk."""
     monkeypatch.setattr(disk, "free_bytes", lambda _: 100 * MB)
-    body = assert_error(upload(client, admin_headers, path), 507, "INSUFFICIENT_STORAGE")
+    body = assert_error(post_clip(client, admin_headers, path=path), 507, "INSUFFICIENT_STORAGE")
     assert "100 MB free" in body["detail"] and "500 MB must stay free" in body["detail"]
     assert temp_files(app) == []
 
@@ -148,17 +142,17 @@ def test_an_upload_bigger_than_the_room_above_the_floor_is_refused_by_its_conten
     """Free space minus the declared body must stay above the floor; a smaller body still gets through."""
     floor = 500 * MB
     monkeypatch.setattr(disk, "free_bytes", lambda _: floor + len(JFK) // 2)
-    body = assert_error(upload(client, admin_headers), 507, "INSUFFICIENT_STORAGE")
+    body = assert_error(post_clip(client, admin_headers), 507, "INSUFFICIENT_STORAGE")
     assert "for an upload of" in body["detail"]
     monkeypatch.setattr(disk, "free_bytes", lambda _: floor + 2 * len(JFK))
-    assert upload(client, admin_headers).status_code == 201
+    assert post_clip(client, admin_headers).status_code == 201
 
 
 def test_the_floor_can_be_turned_off(app, client, admin_headers, monkeypatch):
     """WT_MIN_FREE_MB=0: only a body that cannot fit at all is refused."""
     app.config["MIN_FREE_MB"] = 0
     monkeypatch.setattr(disk, "free_bytes", lambda _: 3 * len(JFK))
-    assert upload(client, admin_headers).status_code == 201
+    assert post_clip(client, admin_headers).status_code == 201
 
 
 def test_health_says_the_disk_is_low_and_degraded_but_still_answers_200(client, monkeypatch):
@@ -181,7 +175,7 @@ def test_an_upload_that_runs_out_of_disk_midway_is_507_and_leaves_nothing(small_
     token = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).get_json()
     headers = {"Authorization": f"Bearer {token['access_token']}"}
     monkeypatch.setattr(disk, "free_bytes", lambda _: 10**12)  # the floor check passes; the disk does not
-    response = upload(client, headers, data=os.urandom(12 * MB))  # more than the whole disk
+    response = post_clip(client, headers, data=os.urandom(12 * MB))  # more than the whole disk
     assert_error(response, 507, "INSUFFICIENT_STORAGE")
     assert temp_files(app) == []
     assert shutil.disk_usage(small_disk).free > 6 * MB  # the partial upload is gone

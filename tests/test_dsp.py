@@ -96,7 +96,7 @@ def run_cleanup(tmp_path: Path, source: Path, *, abort: bool = False, **options)
 
 
 def test_strength_80_lowers_noise_by_6_db_and_speech_by_at_most_3(tmp_path, fixture_audio):
-    """The seed's figures on speech under white noise; the speech also gets closer to the clean original."""
+    """The cleanup's target figures on speech under white noise; the speech also gets closer to the clean original."""
     clean, noisy = fixture_audio
     out = run_cleanup(tmp_path, noisy, denoise_strength=80, target_sample_rate=48000, target_channels=1)
     noise_before, speech_before = levels(noisy)

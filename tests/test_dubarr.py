@@ -1,4 +1,4 @@
-"""Dubarr routes (seed 003): webhooks with sidecars, video uploads with a muxed subtitle track, task actions."""
+"""Dubarr routes: webhooks with sidecars, video uploads with a muxed subtitle track, task actions."""
 
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def test_retry_purge_delete_answer_303_for_browsers_and_json_for_api(client, adm
 
 
 def test_basic_auth_with_api_user_and_user_passwords(app, client, library):
-    """API_USER/API_PASS as in the seed; appliance users' passwords work too; wrong ones are 401."""
+    """API_USER/API_PASS as in Dubarr's document; appliance users' passwords work too; wrong ones are 401."""
     from tests.conftest import ADMIN_PASSWORD
 
     app.config.update(API_USER="dubarr", API_PASS="dubarr-secret-1")
@@ -217,7 +217,7 @@ def test_basic_auth_with_api_user_and_user_passwords(app, client, library):
 
 
 def test_health_reports_queue_stats_and_engine_statuses(client, admin_headers, stub_engine, drain):
-    """Dubarr's keys, with status still "ok" for seed 001."""
+    """Dubarr's keys, with status still "ok" for the v1 API."""
     with open(AUDIO / "jfk.flac", "rb") as f:
         client.post("/api/jobs/", headers=admin_headers, data={"file": (f, "jfk.flac")})
     body = client.get("/health").get_json()

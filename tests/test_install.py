@@ -17,7 +17,8 @@ from tests.helpers import ROOT
 
 INSTALL = ROOT / "scripts" / "install"
 UNINSTALL = ROOT / "scripts" / "uninstall"
-UNITS = ("whisper-transcriber-web.service", "whisper-transcriber-worker@.service", "whisper-transcriber.target")
+UNITS = ("whisper-transcriber-web.service", "whisper-transcriber-worker@.service",
+         "whisper-transcriber-wyoming.service", "whisper-transcriber.target")
 PREFIX = "opt/whisper-transcriber"
 DATA_DIR = "var/lib/whisper-transcriber"
 CONF_DIR = "etc/whisper-transcriber"
@@ -89,7 +90,10 @@ def test_install_lays_out_source_venv_data_and_units(installed: Staged) -> None:
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl is not installed")
 def test_install_enables_web_worker_one_and_target(installed: Staged) -> None:
-    """Enabling (offline, with systemctl --root) wires web and worker@1 into the target, the target into boot."""
+    """Enabling (offline, with systemctl --root) wires web and worker@1 into the target, the target into boot.
+
+    The Wyoming server is installed but not enabled: the protocol has no authentication.
+    """
     wants = installed.path(f"{UNIT_DIR}/whisper-transcriber.target.wants")
     assert sorted(p.name for p in wants.iterdir()) == [
         "whisper-transcriber-web.service", "whisper-transcriber-worker@1.service"]
@@ -162,6 +166,18 @@ def test_units_keep_signals_timeouts_and_sandbox() -> None:
         assert unit["PartOf"] == unit["WantedBy"] == ["whisper-transcriber.target"]
         assert unit["KillMode"] == ["mixed"]  # signals reach the main process only, not ffmpeg children
         assert "MemoryDenyWriteExecute" not in unit
+
+
+def test_wyoming_unit_runs_the_server_sandboxed_at_normal_priority() -> None:
+    """The Wyoming unit starts `wyoming` as the service user, sandboxed like the others, without a lower Nice=."""
+    unit = unit_settings(ROOT / "systemd" / "whisper-transcriber-wyoming.service")
+    assert unit["ExecStart"] == ["/opt/whisper-transcriber/venv/bin/whisper-transcriber wyoming"]
+    assert unit["KillSignal"] == ["SIGTERM"] and unit["Restart"] == ["always"]
+    assert unit["EnvironmentFile"] == ["/etc/whisper-transcriber/whisper-transcriber.env"]
+    assert unit["User"] == ["whisper"] and unit["ProtectSystem"] == ["strict"]
+    assert unit["ReadWritePaths"] == ["/var/lib/whisper-transcriber"]
+    assert unit["PartOf"] == unit["WantedBy"] == ["whisper-transcriber.target"]
+    assert "Nice" not in unit  # commands are interactive: they get the CPU before the workers (Nice=10)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,

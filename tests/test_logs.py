@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import multiprocessing
@@ -15,7 +14,7 @@ import pytest
 from app.logging_setup import JsonFormatter, SharedRotatingFileHandler, configure_logging
 from app.services.logfiles import LogFollower, confined_log_file, tail_offset
 from tests.conftest import ADMIN_PASSWORD, login
-from tests.helpers import AUDIO, assert_error
+from tests.helpers import assert_error
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
            "Sec-WebSocket-Version": "13"}
@@ -31,37 +30,15 @@ def json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def make_user(app, name: str = "alice") -> dict[str, str]:
-    """A normal user; their bearer headers (from a fresh client, so no cookie is shared)."""
-    from app.services.users import create_user
-
-    with app.app_context():
-        create_user(name, "user-password-123")
-    return login(app.test_client(), name, "user-password-123")
-
-
-def run_job(app, client, headers) -> str:
-    """Upload the JFK clip as the given user and run it through the pipeline (stub engine)."""
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
-    response = client.post("/api/jobs/", headers=headers, data=data)
-    assert response.status_code == 201, response.get_json()
-    from app.models import Job
-    from workers import pipeline
-
-    pipeline.configure(dict(app.config))
-    with app.app_context():
-        for job in list(Job.in_status("queued")):
-            pipeline.run(job.id)
-    return response.get_json()["job_id"]
-
-
 # ------------------------------------------------------------------ job logs
 
 
-def test_job_log_is_readable_by_its_owner_and_admins_and_404_for_others(app, client, admin_headers, stub_engine):
+def test_job_log_is_readable_by_its_owner_and_admins_and_404_for_others(app, client, admin_headers, stub_engine,
+                                                                        user_headers, uploaded_job, drain):
     """The owner and an admin read the worker's lines; another user gets the standard 404."""
-    alice, bob = make_user(app, "alice"), make_user(app, "bob")
-    job_id = run_job(app, client, alice)
+    alice, bob = user_headers("alice"), user_headers("bob")
+    job_id = uploaded_job(client, alice)["job_id"]
+    drain()
     for headers in (alice, admin_headers):
         response = client.get(f"/log/{job_id}", headers=headers)
         assert response.status_code == 200 and response.mimetype == "text/plain"
@@ -72,18 +49,21 @@ def test_job_log_is_readable_by_its_owner_and_admins_and_404_for_others(app, cli
     assert_error(app.test_client().get(f"/log/{job_id}"), 401, "UNAUTHORIZED")
 
 
-def test_job_log_tail_returns_only_the_last_lines(app, client, admin_headers, stub_engine):
+def test_job_log_tail_returns_only_the_last_lines(app, client, admin_headers, stub_engine, uploaded_job, drain):
     """``tail=1`` is the last line of the full log."""
-    job_id = run_job(app, client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
+    drain()
     full = client.get(f"/log/{job_id}", headers=admin_headers).get_data(as_text=True).splitlines()
     last = client.get(f"/log/{job_id}?tail=1", headers=admin_headers).get_data(as_text=True).splitlines()
     assert len(full) >= 3 and last == full[-1:]
     assert_error(client.get(f"/log/{job_id}?tail=x", headers=admin_headers), 400, "INVALID_PARAMETER")
 
 
-def test_job_lines_go_to_processing_log_as_json_with_the_job_id(app, client, admin_headers, stub_engine):
+def test_job_lines_go_to_processing_log_as_json_with_the_job_id(app, client, admin_headers, stub_engine, uploaded_job,
+                                                                drain):
     """Every job line is also a JSON line in processing.log, and not in system.log."""
-    job_id = run_job(app, client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
+    drain()
     lines = [r for r in json_lines(logs_dir(app) / "processing.log") if r["job_id"] == job_id]
     assert lines[0]["message"].startswith("started attempt 1") and lines[0]["logger"] == "processing"
     assert {"ts", "level", "logger", "message", "job_id", "request_id", "pid"} <= set(lines[0])
@@ -94,9 +74,9 @@ def test_job_lines_go_to_processing_log_as_json_with_the_job_id(app, client, adm
 # ------------------------------------------------------------------ shared logs
 
 
-def test_shared_log_files_are_admin_only(app, client, admin_headers):
+def test_shared_log_files_are_admin_only(app, client, admin_headers, user_headers):
     """A user gets 403 and an anonymous caller 401 for /logs/<name> and /logs/access."""
-    alice = make_user(app)
+    alice = user_headers()
     logging.getLogger("app.test").warning("something for the system log")
     assert client.get("/logs/system.log", headers=admin_headers).status_code == 200
     for path in ("/logs/system.log", "/logs/access"):
@@ -186,10 +166,12 @@ def test_websocket_without_valid_credentials_is_refused_before_the_handshake(app
         assert_error(anonymous.get(path, headers=UPGRADE), 401, "UNAUTHORIZED")
 
 
-def test_websocket_shared_logs_are_admin_only_and_foreign_jobs_404(app, client, admin_headers, stub_engine):
+def test_websocket_shared_logs_are_admin_only_and_foreign_jobs_404(app, client, admin_headers, stub_engine,
+                                                                   user_headers, uploaded_job, drain):
     """A user may not follow the system or processing log, nor another user's job."""
-    alice, bob = make_user(app, "alice"), make_user(app, "bob")
-    job_id = run_job(app, client, alice)
+    alice, bob = user_headers("alice"), user_headers("bob")
+    job_id = uploaded_job(client, alice)["job_id"]
+    drain()
     anonymous = app.test_client()
     token = bob["Authorization"].split()[1]
     for path in ("/ws/logs/system", "/ws/logs"):
@@ -361,11 +343,10 @@ def test_housekeeping_that_finds_nothing_to_do_leaves_no_lines_in_the_system_log
     assert any(m.startswith("Executing workers.tasks.process_job") for m in messages), messages
 
 
-def test_housekeeping_that_did_something_still_logs_it(app, client, admin_headers):
+def test_housekeeping_that_did_something_still_logs_it(app, client, admin_headers, uploaded_job):
     from app.models import Job
 
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
-    job_id = client.post("/api/jobs/", headers=admin_headers, data=data).get_json()["job_id"]
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     with app.app_context():
         Job.update(status="processing", worker_id="999999:1.00", attempts=1).where(Job.id == job_id).execute()
     run_housekeeping(app)
@@ -492,7 +473,7 @@ def test_stream_closes_with_1011_instead_of_hanging_when_it_fails(monkeypatch):
 
 def test_stream_closes_with_1001_when_the_server_stops(monkeypatch):
     from app.api import log_routes
-    from app.extensions import stopping
+    from app.shutdown import stopping
 
     monkeypatch.setattr(log_routes, "POLL_SECONDS", 0.0)
     ws = FakeSocket()

@@ -6,7 +6,6 @@ claims; decoded audio is read a piece at a time, never whole; ffmpeg's partial o
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import time
@@ -72,14 +71,6 @@ def gone(pid_file: Path) -> bool:
     return False
 
 
-def upload(client, headers: dict[str, str], path: Path) -> dict:
-    """Upload ``path`` as a job; the response body."""
-    response = client.post("/api/jobs/", headers=headers,
-                           data={"file": (io.BytesIO(path.read_bytes()), path.name), "model": "tiny.en"})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
 def leftovers(cache: Path) -> list[tuple[str, int]]:
     """Every file under a job's cache folder, with its size."""
     return sorted((p.name, p.stat().st_size) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
@@ -113,9 +104,10 @@ def test_audio_as_long_as_the_limit_still_decodes(tmp_path):
 
 
 def test_a_lying_upload_is_accepted_then_fails_its_job_without_filling_cache_or_memory(app, client, admin_headers,
-                                                                                      stub_engine, drain):
+                                                                                      stub_engine, drain, uploaded_job):
     app.config["MAX_MEDIA_SECONDS"] = LIMIT
-    created = upload(client, admin_headers, lying_flac(Path(app.config["DATA_DIR"]).parent / "lying.flac"))
+    created = uploaded_job(client, admin_headers, lying_flac(Path(app.config["DATA_DIR"]).parent / "lying.flac"),
+                           model="tiny.en")
     tracemalloc.start()
     try:
         drain()
@@ -247,8 +239,8 @@ def test_ffmpeg_that_fails_leaves_no_partial_output(tmp_path, monkeypatch):
 
 
 def test_ffmpeg_timeout_fails_the_job_and_removes_the_partial_output(app, client, admin_headers, stub_engine,
-                                                                    drain, tmp_path, monkeypatch):
-    created = upload(client, admin_headers, AUDIO / "jfk.flac")
+                                                                    drain, tmp_path, monkeypatch, uploaded_job):
+    created = uploaded_job(client, admin_headers, "jfk.flac", model="tiny.en")
     app.config["FFMPEG_TIMEOUT_SECONDS"] = 1  # after the upload: its probe has a timeout of its own
     fake = fake_ffmpeg(tmp_path / "bin")
     use_fake_ffmpeg(monkeypatch, fake)
@@ -263,8 +255,8 @@ def test_ffmpeg_timeout_fails_the_job_and_removes_the_partial_output(app, client
 
 
 def test_cancelling_a_job_while_it_decodes_stops_ffmpeg_within_a_second(app, client, admin_headers, stub_engine,
-                                                                      drain, tmp_path, monkeypatch):
-    created = upload(client, admin_headers, AUDIO / "jfk.flac")
+                                                                      drain, tmp_path, monkeypatch, uploaded_job):
+    created = uploaded_job(client, admin_headers, "jfk.flac", model="tiny.en")
     fake = fake_ffmpeg(tmp_path / "bin")
     use_fake_ffmpeg(monkeypatch, fake)
     with app.app_context():

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.test_api_jobs import upload
 
 
 def scrape(client, path: str = "/metrics/") -> dict[tuple[str, frozenset], float]:
@@ -25,7 +21,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 
 def test_metrics_are_served_in_the_prometheus_text_format(client):
-    """The seed's counter is there with its HELP and TYPE lines, at /metrics/ and /metrics."""
+    """The v1 API's counter is there with its HELP and TYPE lines, at /metrics/ and /metrics."""
     client.get("/health")
     text = client.get("/metrics/").get_data(as_text=True)
     assert "# HELP whisper_http_requests_total Total number of HTTP requests processed" in text
@@ -70,10 +66,11 @@ def test_made_up_methods_share_one_label(client):
     assert not any(dict(labels).get("method") == "BREW" for _, labels in samples)
 
 
-def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(client, admin_headers, stub_engine, drain):
+def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(client, admin_headers, stub_engine, drain,
+                                                                      uploaded_job):
     """Read from the database at scrape time, so they describe this app's jobs."""
     for _ in range(2):
-        upload(client, admin_headers)
+        uploaded_job(client, admin_headers)
     samples = scrape(client)
     assert value(samples, "whisper_jobs", status="queued") == 2 and value(samples, "whisper_queue_depth") == 2
     assert value(samples, "whisper_audio_seconds_transcribed_total") == 0
@@ -87,9 +84,10 @@ def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(client, ad
     assert buckets[-1] == (float("inf"), 2) and [v for _, v in buckets] == sorted(v for _, v in buckets)
 
 
-def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(client, admin_headers, stub_engine, drain):
+def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(client, admin_headers, stub_engine, drain,
+                                                                   uploaded_job):
     """Retention cleanup deletes jobs; Prometheus must not see the totals go down."""
-    ids = [upload(client, admin_headers).get_json()["job_id"] for _ in range(2)]
+    ids = [uploaded_job(client, admin_headers)["job_id"] for _ in range(2)]
     drain()
     before = scrape(client)
     for job_id in ids:
@@ -102,18 +100,18 @@ def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(client, admin
 
 
 def test_totals_start_from_the_jobs_on_record_and_count_each_completion_once(app, client, admin_headers,
-                                                                              stub_engine, drain):
+                                                                              stub_engine, drain, uploaded_job):
     """A database from before the totals existed: the first read counts its completed jobs."""
     from app.models import Setting
     from app.services import totals
 
-    upload(client, admin_headers)
+    uploaded_job(client, admin_headers)
     drain()
     with app.app_context():
         Setting.delete().where(Setting.key == totals.KEY).execute()  # as if written by an older version
         assert totals.read()["jobs"] == 1
         Setting.delete().where(Setting.key == totals.KEY).execute()
-    upload(client, admin_headers)
+    uploaded_job(client, admin_headers)
     drain()  # this completion starts the totals from the one job on record, then adds itself
     samples = scrape(client)
     assert value(samples, "whisper_jobs_completed_total") == 2
@@ -122,11 +120,10 @@ def test_totals_start_from_the_jobs_on_record_and_count_each_completion_once(app
 
 def test_worker_up_follows_the_heartbeat(client):
     """0 without a recent heartbeat, 1 with one."""
-    from app.api.health_routes import HEARTBEAT_KEY
-    from workers.queue import huey
+    from workers import queue
 
     assert value(scrape(client), "whisper_worker_up") == 0
-    huey.storage.put_data(HEARTBEAT_KEY, str(time.time()).encode())
+    queue.beat()
     assert value(scrape(client), "whisper_worker_up") == 1
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sqlite3
 from pathlib import Path
 
@@ -10,14 +9,7 @@ import pytest
 
 from app.models import AuditLog, Job, Setting
 from app.services import jobs as lifecycle
-from tests.helpers import AUDIO, assert_error, reference, wer
-from tests.test_openai import background_worker, post_audio  # noqa: F401  (a fixture used below)
-
-
-def upload(client, headers, **form):
-    """POST the JFK clip to /api/jobs/."""
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac"), **form}
-    return client.post("/api/jobs/", headers=headers, data=data)
+from tests.helpers import AUDIO, assert_error, post_clip, reference, wer
 
 
 def details(client, headers, response) -> dict:
@@ -62,39 +54,39 @@ def test_malformed_environment_map_stops_the_start(monkeypatch, tmp_path, value)
 def test_job_asking_for_an_aliased_name_runs_on_its_model_and_records_both(app, client, admin_headers):
     """medium=tiny.en: the job is accepted, runs tiny.en, and its details say medium was asked for."""
     app.config["MODEL_ALIASES"] = {"medium": "tiny.en"}
-    job = details(client, admin_headers, upload(client, admin_headers, model="medium"))
+    job = details(client, admin_headers, post_clip(client, admin_headers, model="medium"))
     assert (job["model"], job["requested_model"]) == ("tiny.en", "medium")
     assert Job.get_by_id(job["job_id"]).model == "tiny.en"  # what the worker loads
 
 
 def test_job_naming_an_installed_model_or_none_records_what_was_asked(app, client, admin_headers):
     """No alias involved: requested_model is the name sent, or null when the client named none."""
-    named = details(client, admin_headers, upload(client, admin_headers, model="base"))
+    named = details(client, admin_headers, post_clip(client, admin_headers, model="base"))
     assert (named["model"], named["requested_model"]) == ("base", "base")
-    default = details(client, admin_headers, upload(client, admin_headers))
+    default = details(client, admin_headers, post_clip(client, admin_headers))
     assert (default["model"], default["requested_model"]) == ("tiny.en", None)
 
 
 def test_names_neither_installed_nor_aliased_are_still_400(app, client, admin_headers):
     """An alias for medium does not open the door to small; the message names the way out."""
     app.config["MODEL_ALIASES"] = {"medium": "tiny.en"}
-    body = assert_error(upload(client, admin_headers, model="small"), 400, "MODEL_NOT_INSTALLED")
+    body = assert_error(post_clip(client, admin_headers, model="small"), 400, "MODEL_NOT_INSTALLED")
     assert "whisper-transcriber models install small" in body["detail"] and "alias" in body["detail"]
-    assert_error(upload(client, admin_headers, model="gpt-4o"), 400, "INVALID_MODEL")
+    assert_error(post_clip(client, admin_headers, model="gpt-4o"), 400, "INVALID_MODEL")
     assert Job.select().count() == 0
 
 
 def test_alias_to_a_model_that_is_not_installed_is_400_naming_the_alias(app, client, admin_headers):
     """An environment alias is not checked at start; the job request says what is wrong."""
     app.config["MODEL_ALIASES"] = {"medium": "large-v3"}
-    body = assert_error(upload(client, admin_headers, model="medium"), 400, "MODEL_NOT_INSTALLED")
+    body = assert_error(post_clip(client, admin_headers, model="medium"), 400, "MODEL_NOT_INSTALLED")
     assert "'medium' is an alias of 'large-v3'" in body["detail"]
 
 
 def test_alias_wins_over_an_installed_model_of_that_name(app, client, admin_headers):
     """The admin chose it: base=tiny.en sends base jobs to tiny.en."""
     app.config["MODEL_ALIASES"] = {"base": "tiny.en"}
-    job = details(client, admin_headers, upload(client, admin_headers, model="base"))
+    job = details(client, admin_headers, post_clip(client, admin_headers, model="base"))
     assert (job["model"], job["requested_model"]) == ("tiny.en", "base")
 
 
@@ -107,11 +99,12 @@ def test_library_jobs_record_the_requested_model_too(app):
 
 
 def test_openai_whisper_1_still_means_the_default_model_and_aliases_apply(app, client, admin_headers, stub_engine,
-                                                                          background_worker):  # noqa: F811
+                                                                          background_worker):
     """whisper-1 keeps its meaning; an aliased name sent through /v1 resolves like anywhere else."""
     app.config["MODEL_ALIASES"] = {"medium": "base"}
-    assert post_audio(client, admin_headers).status_code == 200
-    assert post_audio(client, admin_headers, model="medium").status_code == 200
+    openai = "/v1/audio/transcriptions"
+    assert post_clip(client, admin_headers, path=openai, model="whisper-1").status_code == 200
+    assert post_clip(client, admin_headers, path=openai, model="medium").status_code == 200
     used = [(job.model, job.requested_model) for job in Job.select().order_by(Job.created_at)]
     assert used == [("tiny.en", None), ("base", "medium")]
 
@@ -152,22 +145,22 @@ def test_admin_map_replaces_the_environment_map_until_reset(app, client, admin_h
     assert saved.status_code == 200, saved.get_json()
     assert saved.get_json()["model_aliases"] == {"small": "tiny.en", "large-v3": "base"}
     assert saved.get_json()["model_aliases_source"] == "admin"
-    assert details(client, admin_headers, upload(client, admin_headers, model="small"))["model"] == "tiny.en"
-    assert_error(upload(client, admin_headers, model="medium"), 400, "MODEL_NOT_INSTALLED")  # replaced, not merged
+    assert details(client, admin_headers, post_clip(client, admin_headers, model="small"))["model"] == "tiny.en"
+    assert_error(post_clip(client, admin_headers, model="medium"), 400, "MODEL_NOT_INSTALLED")  # replaced, not merged
     entry = AuditLog.search(action="admin_settings_changed").first()
     assert entry.detail["old"]["model_aliases"] == {"medium": "base"}
     assert entry.detail["new"]["model_aliases"] == {"small": "tiny.en", "large-v3": "base"}
 
     reset = set_aliases(client, admin_headers, None).get_json()
     assert reset["model_aliases"] == {"medium": "base"} and reset["model_aliases_source"] == "environment"
-    assert details(client, admin_headers, upload(client, admin_headers, model="medium"))["model"] == "base"
+    assert details(client, admin_headers, post_clip(client, admin_headers, model="medium"))["model"] == "base"
 
 
 def test_an_empty_admin_map_switches_environment_aliases_off(app, client, admin_headers):
     """{} is a map too: the admin can remove what the environment set."""
     app.config["MODEL_ALIASES"] = {"medium": "base"}
     assert set_aliases(client, admin_headers, {}).get_json()["model_aliases_source"] == "admin"
-    assert_error(upload(client, admin_headers, model="medium"), 400, "MODEL_NOT_INSTALLED")
+    assert_error(post_clip(client, admin_headers, model="medium"), 400, "MODEL_NOT_INSTALLED")
 
 
 def test_alias_to_a_model_that_is_not_installed_is_400_on_save(app, client, admin_headers):

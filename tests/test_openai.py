@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 
 import pytest
 
@@ -16,23 +15,6 @@ def post_audio(client, headers, path: str = "/v1/audio/transcriptions", **form):
     """POST jfk as OpenAI's multipart form."""
     data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac"), "model": "whisper-1", **form}
     return client.post(path, headers=headers, data=data)
-
-
-@pytest.fixture
-def background_worker(app, drain):
-    """Drain the queue in a thread while a synchronous /v1 request waits."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            drain()
-            stop.wait(0.05)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join()
 
 
 @pytest.mark.parametrize(("field", "value"), [("response_format", "docx"), ("temperature", "2"),

@@ -6,7 +6,7 @@ import re
 
 from flask import Blueprint
 
-from tests.test_api_jobs import assert_error
+from tests.helpers import assert_error
 
 _URL_ATTR = re.compile(r'(?:src|href|spec-url|data-spec-url)="([^"]*)"')
 
@@ -67,7 +67,7 @@ def test_a_route_added_to_the_app_appears_with_its_docstring(app, client):
     assert item["get"]["parameters"][0]["schema"] == {"type": "integer"} and item["get"]["tags"] == ["extra"]
 
 
-def test_seed_routes_describe_their_bodies_and_public_routes_need_no_credentials(client):
+def test_full_api_routes_describe_their_bodies_and_public_routes_need_no_credentials(client):
     """Chunked uploads and search carry request bodies; health and the docs are open."""
     paths = spec(client)["paths"]
     initialize = paths["/api/chunked-uploads/initialize"]["post"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from app.models import Job
-from tests.helpers import AUDIO
 from workers import pipeline
 
 
@@ -67,16 +66,9 @@ def test_cancel_checks_are_throttled_and_sticky():
     assert progress.should_abort() is True
 
 
-def _queued_job(client, headers, name: str = "jfk.flac") -> str:
-    with open(AUDIO / name, "rb") as f:
-        response = client.post("/api/jobs/", headers=headers, data={"file": (f, name)})
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["job_id"]
-
-
-def test_pipeline_stores_segments_and_marks_completed(client, admin_headers, stub_engine, drain):
+def test_pipeline_stores_segments_and_marks_completed(client, admin_headers, stub_engine, drain, uploaded_job):
     """A queued job runs through decode, transcribe and finalize."""
-    job_id = _queued_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     body = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
     assert body["status"] == "completed" and body["progress"] == 100.0 and body["stage"] == "completed"
@@ -84,9 +76,9 @@ def test_pipeline_stores_segments_and_marks_completed(client, admin_headers, stu
     assert body["transcript"]["confidence"] == 0.9
 
 
-def test_cancelled_job_never_completes_with_partial_text(client, admin_headers, stub_engine, drain, app):
+def test_cancelled_job_never_completes_with_partial_text(client, admin_headers, stub_engine, drain, app, uploaded_job):
     """A cancel request seen mid-run discards the partial segments."""
-    job_id = _queued_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     with app.app_context():
         # The flag a cancel of a running job sets; the status is still queued, so the worker claims it.
         Job.update(cancel_requested=True).where(Job.id == job_id).execute()
@@ -97,9 +89,9 @@ def test_cancelled_job_never_completes_with_partial_text(client, admin_headers, 
 
 
 def test_reconcile_requeues_job_of_dead_worker_and_fails_after_three_attempts(app, client, admin_headers,
-                                                                             stub_engine):
+                                                                             stub_engine, uploaded_job):
     """A job left in processing by a dead worker goes back to the queue; the third death fails it."""
-    job_id = _queued_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     pipeline.configure(dict(app.config))
     dead = "999999:1.00"
     with app.app_context():
@@ -112,9 +104,9 @@ def test_reconcile_requeues_job_of_dead_worker_and_fails_after_three_attempts(ap
     assert job.status == "failed" and "3 times" in job.error
 
 
-def test_reconcile_leaves_jobs_of_live_workers_alone(app, client, admin_headers, stub_engine):
+def test_reconcile_leaves_jobs_of_live_workers_alone(app, client, admin_headers, stub_engine, uploaded_job):
     """A job whose worker still runs is not taken from it."""
-    job_id = _queued_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     pipeline.configure(dict(app.config))
     with app.app_context():
         Job.update(status="processing", worker_id=pipeline.worker_id(), attempts=1).where(Job.id == job_id).execute()
@@ -132,11 +124,11 @@ def test_worker_identity_survives_pid_reuse():
     assert str(os.getpid()) == pid
 
 
-def test_progress_tick_updates_job_and_stage_together_and_skips_finished_jobs(app, client, admin_headers):
+def test_progress_tick_updates_job_and_stage_together_and_skips_finished_jobs(app, client, admin_headers, uploaded_job):
     """One write sets the overall percent, the segment count and the running stage's percent."""
     from app.services import transitions
 
-    job_id = _queued_job(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     with app.app_context():
         assert Job.claim(job_id, pipeline.worker_id())
         transitions.record_progress(job_id, "transcribing", 47.5, "transcribe", 50.0, 3)

@@ -3,7 +3,6 @@ segment counts, and how ``GET /api/progress`` shows them (stub engine, plus one 
 
 from __future__ import annotations
 
-import io
 import random
 import time
 
@@ -207,16 +206,9 @@ def paced(stub_engine, monkeypatch):
     return writes
 
 
-def submit(client, headers) -> str:
-    """Upload the 11 s JFK clip; return the job id."""
-    data = {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac")}
-    response = client.post("/api/jobs/", headers=headers, data=data)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["job_id"]
-
-
-def test_percent_rises_through_transcription_and_time_left_never_grows(client, admin_headers, drain, paced):
-    submit(client, admin_headers)
+def test_percent_rises_through_transcription_and_time_left_never_grows(client, admin_headers, drain, paced,
+                                                                       uploaded_job):
+    uploaded_job(client, admin_headers)
     drain()
     transcribing = [percent for stage, percent, _ in paced if stage == "transcribing"]
     assert len({p for p in transcribing if 5.4 < p < 99}) >= 4, transcribing
@@ -226,8 +218,8 @@ def test_percent_rises_through_transcription_and_time_left_never_grows(client, a
 
 
 def test_progress_route_shows_time_left_and_segment_counts_while_running_and_after(client, admin_headers, drain,
-                                                                                  paced):
-    job_id = submit(client, admin_headers)
+                                                                                  paced, uploaded_job):
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     queued = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
     assert (queued["estimated_time_remaining"], queued["estimated_time_remaining_text"],
             queued["total_segments"]) == (None, None, None)
@@ -251,11 +243,11 @@ def test_progress_route_shows_time_left_and_segment_counts_while_running_and_aft
     assert done["current_segment"] == done["total_segments"] == 11
 
 
-def test_a_retry_starts_with_fresh_counts(app, client, admin_headers, drain, paced):
+def test_a_retry_starts_with_fresh_counts(app, client, admin_headers, drain, paced, uploaded_job):
     """A second attempt does not show the first attempt's segment counts or time left."""
     from app.models import Job
 
-    job_id = submit(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     with app.app_context():
         Job.update(segments_done=7, total_segments=9, eta_seconds=42.0).where(Job.id == job_id).execute()
     seen = []
@@ -267,10 +259,10 @@ def test_a_retry_starts_with_fresh_counts(app, client, admin_headers, drain, pac
 
 
 def test_total_segments_of_a_job_completed_before_counts_were_kept_is_counted(app, client, admin_headers, drain,
-                                                                             stub_engine):
+                                                                             stub_engine, uploaded_job):
     from app.models import Job
 
-    job_id = submit(client, admin_headers)
+    job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
     with app.app_context():
         Job.update(total_segments=None).where(Job.id == job_id).execute()

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD
 from tests.helpers import MODELS_DIR
 
-PASSWORD = "correct-horse-battery"
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
@@ -52,13 +51,6 @@ def login(http, username: str, password: str, ip: str = "127.0.0.1"):
                      environ_base={"REMOTE_ADDR": ip})
 
 
-def headers_for(http, admin_headers, username: str) -> dict[str, str]:
-    """Create a user and return bearer headers."""
-    assert http.post("/admin/users", headers=admin_headers,
-                     json={"username": username, "password": PASSWORD}).status_code == 201
-    return {"Authorization": f"Bearer {login(http, username, PASSWORD).get_json()['access_token']}"}
-
-
 def test_anonymous_limit_is_per_address_and_answers_429_with_headers(app, http):
     """RATELIMIT_ANON per client address: the next request is 429; another address is unaffected."""
     app.config["RATELIMIT_ANON"] = "3 per minute"
@@ -75,11 +67,11 @@ def test_default_limits_are_60_anonymous_300_user_100_admin(app, http, admin_hea
     assert http.get("/admin/users", headers=admin_headers).headers.getlist("X-RateLimit-Limit") == ["100"]
 
 
-def test_user_limit_is_per_user_across_their_tokens(app, http, admin_headers):
+def test_user_limit_is_per_user_across_their_tokens(app, http, user_headers):
     """Two tokens of one user share a bucket; other users and anonymous callers have their own."""
-    alice = headers_for(http, admin_headers, "alice")
-    alice_again = {"Authorization": f"Bearer {login(http, 'alice', PASSWORD).get_json()['access_token']}"}
-    bob = headers_for(http, admin_headers, "bob")
+    alice = user_headers("alice")
+    alice_again = {"Authorization": f"Bearer {login(http, 'alice', USER_PASSWORD).get_json()['access_token']}"}
+    bob = user_headers("bob")
     app.config["RATELIMIT_USER"] = "4 per minute"
     for headers in (alice, alice_again, alice, alice_again):
         assert http.get("/auth/me", headers=headers).status_code == 200
@@ -144,9 +136,9 @@ def test_upload_chunks_count_against_their_own_limit_not_the_user_limit(app, htt
     assert_429(http.get("/api/jobs/", headers=admin_headers), 3)
 
 
-def test_websocket_token_in_the_query_counts_against_its_user(http, admin_headers):
+def test_websocket_token_in_the_query_counts_against_its_user(http, user_headers):
     """Browsers put the token in ?token= on WebSocket handshakes; the handshake counts as that user."""
-    token = headers_for(http, admin_headers, "socket-user")["Authorization"].removeprefix("Bearer ")
+    token = user_headers("socket-user")["Authorization"].removeprefix("Bearer ")
     handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     response = http.get(f"/ws/logs/system?token={token}", headers=handshake)
@@ -306,7 +298,7 @@ def test_counters_and_settings_do_not_leak_from_one_app_to_the_next(make_app):
 
 def test_fixture_apps_start_with_empty_counters(app, http):
     """Runs after the tests above used up limits: nothing carried over into this app."""
-    from app.extensions import limiter
+    from app.ratelimit import limiter
 
     assert limiter.storage.get("LIMITER/ip:127.0.0.1/principal/60/1/minute") == 0
     assert http.get("/auth/me").headers["X-RateLimit-Remaining"] == "59"

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from app.security import SCOPES
+from app.services.credentials import SCOPES
 from tests.conftest import ADMIN_PASSWORD, login
 from tests.helpers import AUDIO, MODELS_DIR
 

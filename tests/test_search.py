@@ -7,8 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import login
-from tests.test_api_jobs import assert_error, upload
+from tests.helpers import assert_error, post_clip
 
 URL = "/api/search/"
 
@@ -17,7 +16,7 @@ def completed_job(app, client, headers, texts: list[str], **fields) -> str:
     """A job uploaded over HTTP, then completed with these segment texts the way the worker stores them."""
     from app.models import Job, Segment
 
-    job_id = upload(client, headers).get_json()["job_id"]
+    job_id = post_clip(client, headers).get_json()["job_id"]
     with app.app_context():
         Segment.insert_many([{"job": job_id, "idx": i, "start": 2.0 * i, "end": 2.0 * i + 2, "text": text,
                               "confidence": 0.9} for i, text in enumerate(texts)]).execute()
@@ -38,18 +37,8 @@ def found(client, headers, query, **body) -> list[str]:
     return [r["job_id"] for r in response.get_json()["results"]]
 
 
-@pytest.fixture
-def bob(app, client):
-    """Bearer headers of an ordinary user."""
-    from app.services.users import create_user
-
-    with app.app_context():
-        create_user("bob", "bob-password-123")
-    return login(client, "bob", "bob-password-123")
-
-
 def test_search_returns_jobs_with_matching_segments_snippets_and_timestamps(app, client, admin_headers):
-    """The seed's result shape: relevance, matches with text, timestamp and confidence, total and query_time."""
+    """The full API's result shape: relevance, matches with text, timestamp and confidence, total and query_time."""
     lecture = completed_job(app, client, admin_headers, ["Welcome to the lecture.",
                                                          "Today we discuss machine learning algorithms.",
                                                          "Machine learning is fun."])
@@ -83,8 +72,9 @@ def test_words_are_stemmed_and_phrases_and_prefixes_work(app, client, admin_head
     assert found(client, admin_headers, "machine nonexistentword") == []
 
 
-def test_users_search_only_their_own_jobs_and_admins_search_all(app, client, admin_headers, bob):
+def test_users_search_only_their_own_jobs_and_admins_search_all(app, client, admin_headers, user_headers):
     """Visibility follows the jobs API."""
+    bob = user_headers("bob")
     mine = completed_job(app, client, bob, ["secret plans for the weekend"])
     theirs = completed_job(app, client, admin_headers, ["the secret recipe"])
     assert found(client, bob, "secret") == [mine]

@@ -52,7 +52,7 @@ def test_the_osr_clip_is_cut_between_two_of_its_sentences():
     assert float(np.sqrt(np.mean(cut**2))) < 0.1 * float(np.sqrt(np.mean(samples**2)))
 
 
-@pytest.mark.parametrize(("seconds", "ctx"), [(1.0, 128), (4.0, 256), (11.0, 640), (20.0, 1088), (29.0, 1500),
+@pytest.mark.parametrize(("seconds", "ctx"), [(1.0, 256), (4.0, 256), (11.0, 640), (20.0, 1088), (29.0, 1500),
                                               (29.6, 0), (35.0, 0)])
 def test_audio_ctx_covers_the_piece_with_a_margin(seconds, ctx):
     assert audio_ctx_for(int(seconds * SAMPLE_RATE)) == ctx

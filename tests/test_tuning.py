@@ -104,7 +104,7 @@ def test_the_first_start_calibrates_and_jobs_record_the_engine_they_ran_on(tmp_p
 
     with launch_appliance(tmp_path / "data", "tuning-first-start.log", WT_TUNE_ON_START="true") as server:
         record_file = tmp_path / "data" / tuning.TUNING_FILE
-        wait_for(record_file.exists, timeout=240, interval=1)
+        wait_for(record_file.exists, timeout=420, interval=1)  # ~1 min on a quiet box; CI may be busy
         record = json.loads(record_file.read_text())
         job = server.wait(server.submit(AUDIO / "jfk.flac"))
         assert job["status"] == "completed" and wer(reference("jfk.flac"), job["transcript"]["text"]) <= 0.10

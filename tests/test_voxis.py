@@ -1,4 +1,4 @@
-"""The VOXIS API (seed 004) end to end: upload, process, status, export, jobs, health, rate limit.
+"""The VOXIS API end to end: upload, process, status, export, jobs, health, rate limit.
 
 Jobs run through the real pipeline and ffmpeg (``drain``); transcription uses the stub engine,
 except for one test with whisper.cpp judged by word error rate.
@@ -76,7 +76,7 @@ def export(client, headers, job_id: str, tmp_path: Path, fmt: str, quality: str 
 
 
 def test_upload_process_status_and_export_in_wav_mp3_and_flac(client, admin_headers, drain, noisy, tmp_path):
-    """The seed's flow; the exports have the target rate and channels, and the noise is measurably lower."""
+    """The VOXIS document's flow; the exports have the target rate and channels, and the noise is measurably lower."""
     response = upload(client, admin_headers, noisy, "meeting.wav")
     body = response.get_json()
     assert response.status_code == 200 and body["success"] is True
@@ -118,7 +118,7 @@ def test_upload_process_status_and_export_in_wav_mp3_and_flac(client, admin_head
 
 
 def test_export_headers_name_the_file_and_type(client, admin_headers, drain, noisy):
-    """Attachment named after the upload; the seed's content types."""
+    """Attachment named after the upload; the VOXIS document's content types."""
     job_id = processed(client, admin_headers, drain, noisy, denoise_strength=10)
     for fmt, mime in (("wav", "audio/wav"), ("mp3", "audio/mpeg"), ("flac", "audio/flac")):
         response = client.get(f"/api/export/{job_id}?format={fmt}", headers=admin_headers)
@@ -147,7 +147,7 @@ def test_a_file_can_be_processed_twice_with_different_settings(client, admin_hea
 # ------------------------------------------------------------------------- uploads
 
 
-def test_each_seed_audio_type_is_accepted(client, admin_headers, noisy, tmp_path):
+def test_each_voxis_audio_type_is_accepted(client, admin_headers, noisy, tmp_path):
     """wav, mp3, flac, ogg and m4a."""
     for ext, codec in (("mp3", "libmp3lame"), ("flac", "flac"), ("ogg", "libvorbis"), ("m4a", "aac")):
         path = tmp_path / f"clip.{ext}"
@@ -299,7 +299,7 @@ def test_job_list_without_slash_is_voxis_and_with_slash_is_canonical(client, adm
 
 
 def test_health_reports_service_jobs_and_disk(client):
-    """Open to anyone; the seed's shape."""
+    """Open to anyone; the VOXIS document's shape."""
     response = client.get("/api/health")
     body = response.get_json()
     assert response.status_code == 200
@@ -355,7 +355,7 @@ def test_the_voxis_limit_is_a_setting(app):
 
 def test_cleanup_only_jobs_run_while_the_engine_is_paused(app, client, admin_headers, drain, noisy):
     """The engine breaker pauses transcription, not audio cleanup; a cleanup that transcribes is refused."""
-    from app.extensions import configure_breaker, engine_breaker
+    from app.services.breaker import configure_breaker, engine_breaker
 
     with app.app_context():
         engine_breaker.open()

@@ -40,11 +40,20 @@ def tokens(live_server) -> dict[str, str]:
 
 
 class LogClient(Client):
-    """simple-websocket's client, except that frames which came in the same read as the 101 are not held back.
+    """simple-websocket's client, except that frames which came in the same read as the 101 are not held back,
+    and that a refused handshake closes its socket.
 
     Its handshake stops at the 101 and leaves whatever followed it parsed but unread until more bytes arrive: the
     log tail the server sends right behind the 101 waited forever on a quiet log when a busy client read both at once.
     """
+
+    def handshake(self) -> None:
+        """Connect, and close the socket when the server refuses (simple-websocket 1.1 leaves it open)."""
+        try:
+            super().handshake()
+        except HandshakeRefused:
+            self.sock.close()
+            raise
 
     def _thread(self) -> None:
         if not self._handle_events():  # frames buffered during the handshake, before the first read of the thread

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workers.atomicfile import AtomicFile
 from workers.engine import Aborted
 
 if TYPE_CHECKING:
@@ -212,11 +213,12 @@ def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_s
             return
         try:
             size = tmp.stat().st_size
-        except FileNotFoundError:  # ffmpeg has not opened its output yet
+        except FileNotFoundError:  # removed meanwhile (the job's cache was purged)
             return
-        on_progress(size / 2 / SAMPLE_RATE)
+        if size:  # nothing decoded yet (ffmpeg is still starting): nothing to report
+            on_progress(size / 2 / SAMPLE_RATE)
 
-    try:
+    with AtomicFile(out, temp=tmp):
         returncode, stderr = _run_polled(_decode_command(path, str(tmp), cap), timeout, should_abort, tick)
         if returncode != 0:
             raise MediaError(f"The media could not be decoded: {_last_line(stderr)}")
@@ -227,9 +229,6 @@ def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_s
             raise MediaError(f"MEDIA_TOO_LONG: the audio goes on past the limit of {duration_text(max_seconds)} "
                              f"(WT_MAX_MEDIA_SECONDS){claim}; decoding stopped there", "MEDIA_TOO_LONG")
         _check_decoded(stderr, seconds, expected_seconds)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return seconds
 
 

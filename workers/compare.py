@@ -87,7 +87,7 @@ def build_workloads(folder: Path, names: list[str]) -> list[Workload]:
 
 def serve(system: str, model_dir: str, threads: int) -> None:
     """Child process: load one bare engine, then transcribe each file list read from stdin (JSON lines)."""
-    from workers import audio
+    from workers import audio  # late: only the measuring child decodes; the parent stays light
 
     if system.startswith("fw"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -151,13 +151,12 @@ class Served:
     """The running appliance with one engine setting, used as a client does."""
 
     def __init__(self, label: str, engine_setting: str, models_dir: str, threads: int,
-                 echo: Callable[[str], None]):
+                 echo: Callable[[str], None], default_model: str = "tiny.en"):
         self.label = label
         data = tempfile.mkdtemp(prefix="wt-compare-")
         if engine_setting == "auto":  # what a first start does in the background, done before timing
             cfg = {"DATA_DIR": data, "MODELS_DIR": models_dir, "ENGINE_THREADS": threads}
-            default = os.environ.get("WT_DEFAULT_MODEL", "tiny.en")
-            tuning.calibrate(cfg, [default], echo=lambda line: echo(f"  tune {line}"))
+            tuning.calibrate(cfg, [default_model], echo=lambda line: echo(f"  tune {line}"))
         self.app = Appliance(models_dir, threads, data_dir=data,
                              env={"WT_ENGINE": engine_setting, "WT_TUNE_ON_START": "false"})
         self.rss = PeakRss(self.app.worker())
@@ -180,7 +179,7 @@ class Served:
 
 def run_compare(model: str, runs: int, names: list[str], echo: Callable[[str], None]) -> dict[str, Any]:
     """Measure every system on every workload, interleaved; print the table and return the figures."""
-    from app.settings import load_settings
+    from app.settings import load_settings  # late: the child processes need no settings
 
     settings = load_settings()
     models_dir = settings["MODELS_DIR"]
@@ -196,7 +195,8 @@ def run_compare(model: str, runs: int, names: list[str], echo: Callable[[str], N
             systems.append(Bare(f"whisper.cpp bare {choice.path.name}", "cpp", choice.path, threads))
     for setting in ("whispercpp", "ctranslate2", "auto"):
         echo(f"starting the appliance with WT_ENGINE={setting}")
-        systems.append(Served(f"appliance WT_ENGINE={setting}", setting, models_dir, threads, echo))
+        systems.append(Served(f"appliance WT_ENGINE={setting}", setting, models_dir, threads, echo,
+                              settings["DEFAULT_MODEL"]))
     figures: dict[tuple[str, str], Figures] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="wt-compare-audio-") as folder:

@@ -1,13 +1,12 @@
 """Convert CTranslate2 Whisper models to whisper.cpp's legacy ggml format, and quantize them.
 
-The file formats are described in ``shared/notes/engine-facts.md``; this module
+The file formats are described in ``docs/model-formats.md``; this module
 needs nothing but numpy, so models can be built on a machine with no internet.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from workers.atomicfile import PUBLIC, AtomicFile
 
 GGML_MAGIC = 0x67676D6C
 CT2_BINARY_VERSION = 6
@@ -311,34 +312,26 @@ def _tensor_payload(name: str, array: np.ndarray, quantize: bool) -> tuple[int, 
 
 
 def write_ggml(model: Ct2Model, out_path: Path, quantize: bool = False) -> Path:
-    """Write ``model`` as a whisper.cpp ggml file, atomically (temp file, then rename)."""
+    """Write ``model`` as a whisper.cpp ggml file, atomically (temp file, fsync, rename)."""
     out_path = Path(out_path)
     header = hparams(model, FTYPE_Q8_0 if quantize else FTYPE_F16)
     tokens = token_bytes(model.vocabulary)
     filters = mel_filters(header[9])
-    tmp = out_path.with_name(out_path.name + ".part")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<i", GGML_MAGIC))
-            f.write(struct.pack("<11i", *header))
-            f.write(struct.pack("<ii", *filters.shape))
-            f.write(filters.astype("<f4").tobytes())
-            f.write(struct.pack("<i", len(tokens)))
-            for token in tokens:
-                f.write(struct.pack("<i", len(token)) + token)
-            for name, array in map_tensors(model.variables):
-                ttype, shaped, payload = _tensor_payload(name, array, quantize)
-                encoded = name.encode()
-                f.write(struct.pack("<iii", shaped.ndim, len(encoded), ttype))
-                f.write(struct.pack(f"<{shaped.ndim}i", *reversed(shaped.shape)))
-                f.write(encoded)
-                f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with AtomicFile(out_path, mode=PUBLIC) as target, open(target.temp, "wb") as f:
+        f.write(struct.pack("<i", GGML_MAGIC))
+        f.write(struct.pack("<11i", *header))
+        f.write(struct.pack("<ii", *filters.shape))
+        f.write(filters.astype("<f4").tobytes())
+        f.write(struct.pack("<i", len(tokens)))
+        for token in tokens:
+            f.write(struct.pack("<i", len(token)) + token)
+        for name, array in map_tensors(model.variables):
+            ttype, shaped, payload = _tensor_payload(name, array, quantize)
+            encoded = name.encode()
+            f.write(struct.pack("<iii", shaped.ndim, len(encoded), ttype))
+            f.write(struct.pack(f"<{shaped.ndim}i", *reversed(shaped.shape)))
+            f.write(encoded)
+            f.write(payload)
     return out_path
 
 
@@ -387,27 +380,21 @@ def _copy_header(src: BinaryIO, dst: BinaryIO, ftype: int) -> list[int]:
 def quantize_ggml(src_path: Path, dst_path: Path) -> Path:
     """Write a q8_0 copy of an f16 ggml model, tensor by tensor (atomically)."""
     dst_path = Path(dst_path)
-    tmp = dst_path.with_name(dst_path.name + ".part")
-    try:
-        with open(src_path, "rb") as src, open(tmp, "wb") as dst:
-            _copy_header(src, dst, FTYPE_Q8_0)
-            while header := src.read(12):
-                if len(header) != 12:
-                    raise ConversionError("model ends in the middle of a tensor header")
-                ndim, name_len, ttype = struct.unpack("<iii", header)
-                dims = _read(src, f"<{ndim}i")
-                name = _read_exact(src, name_len).decode()
-                count = int(np.prod(dims))
-                data = _read_exact(src, _tensor_nbytes(ttype, count))
-                if ndim == 2 and ttype in (GGML_F16, GGML_F32) and name not in F32_TENSORS and dims[0] % QK8_0 == 0:
-                    dtype = "<f2" if ttype == GGML_F16 else "<f4"
-                    array = np.frombuffer(data, dtype=dtype).reshape(tuple(reversed(dims)))
-                    ttype, data = GGML_Q8_0, quantize_q8_0(array)
-                dst.write(struct.pack(f"<iii{ndim}i", ndim, name_len, ttype, *dims))
-                dst.write(name.encode() + data)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, dst_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (open(src_path, "rb") as src, AtomicFile(dst_path, mode=PUBLIC) as target,
+          open(target.temp, "wb") as dst):
+        _copy_header(src, dst, FTYPE_Q8_0)
+        while header := src.read(12):
+            if len(header) != 12:
+                raise ConversionError("model ends in the middle of a tensor header")
+            ndim, name_len, ttype = struct.unpack("<iii", header)
+            dims = _read(src, f"<{ndim}i")
+            name = _read_exact(src, name_len).decode()
+            count = int(np.prod(dims))
+            data = _read_exact(src, _tensor_nbytes(ttype, count))
+            if ndim == 2 and ttype in (GGML_F16, GGML_F32) and name not in F32_TENSORS and dims[0] % QK8_0 == 0:
+                dtype = "<f2" if ttype == GGML_F16 else "<f4"
+                array = np.frombuffer(data, dtype=dtype).reshape(tuple(reversed(dims)))
+                ttype, data = GGML_Q8_0, quantize_q8_0(array)
+            dst.write(struct.pack(f"<iii{ndim}i", ndim, name_len, ttype, *dims))
+            dst.write(name.encode() + data)
     return dst_path

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workers import audio, engine
+from workers.atomicfile import AtomicFile
 
 if TYPE_CHECKING:
     from app.models import Job
@@ -175,13 +176,9 @@ def _ffmpeg(ctx: StageContext, args: list[str], *, span: tuple[float, float] = (
 
 def _render(ctx: StageContext, args: list[str], out: Path, *, span: tuple[float, float] = (0.0, 100.0)) -> Path:
     """Run ffmpeg into a temp WAV next to ``out`` and rename it into place only when complete."""
-    tmp = out.with_name(f".{out.name}.part")
-    try:
+    with AtomicFile(out) as output:
         # rf64 auto: long float WAVs pass the 4 GB RIFF limit; -bitexact keeps the header plain.
-        _ffmpeg(ctx, [*args, "-bitexact", "-rf64", "auto", "-f", "wav", str(tmp)], span=span)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        _ffmpeg(ctx, [*args, "-bitexact", "-rf64", "auto", "-f", "wav", str(output.temp)], span=span)
     return out
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import psutil
 
+from app.models import Job
+
 log = logging.getLogger("worker")
 
 SUPERVISOR_ENV = "WT_SUPERVISOR_PID"  # set by ``run`` for the processes it starts
@@ -199,8 +201,6 @@ def install_recycling(huey: Any, settings: dict[str, Any], supervised: bool) -> 
 
 
 def _engine_of(job_id: str | None) -> str | None:
-    from app.models import Job
-
     try:
         row = Job.get_or_none(Job.id == job_id) if job_id else None
         return row.engine if row else None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from workers.atomicfile import AtomicFile
 from workers.convert import convert_ct2_dir, quantize_ggml
 
 _NAME = re.compile(
@@ -192,14 +193,11 @@ def quantize(models_dir: Path | str, name: str, qtype: str = "q8_0") -> Path:
 def download(models_dir: Path | str, name: str, url: str, sha256: str, timeout: float = 60) -> Path:
     """Stream an official ggml file to a temporary file, verify its SHA-256, then rename it into place."""
     target = model_path(models_dir, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     try:
         # identity encoding: Content-Length then counts the bytes we hash and store
-        with open(fd, "wb") as out, requests.get(url, stream=True, timeout=timeout,
-                                                 headers={"Accept-Encoding": "identity"}) as response:
+        with AtomicFile(target) as part, open(part.temp, "wb") as out, requests.get(
+                url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as response:
             response.raise_for_status()
             # With a Content-Encoding the length counts compressed bytes; the checksum still guards.
             encoded = response.headers.get("Content-Encoding")
@@ -211,11 +209,8 @@ def download(models_dir: Path | str, name: str, url: str, sha256: str, timeout: 
                 size += len(chunk)
             if expected is not None and size != int(expected):
                 raise ModelError(f"download ended early: {size} of {expected} bytes")
-        if digest.hexdigest() != sha256.lower():
-            raise ModelError(f"checksum mismatch: expected {sha256}, got {digest.hexdigest()}")
-        tmp.replace(target)
+            if digest.hexdigest() != sha256.lower():
+                raise ModelError(f"checksum mismatch: expected {sha256}, got {digest.hexdigest()}")
     except requests.RequestException as exc:
         raise ModelError(f"download failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

@@ -33,6 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.atomicfile import PUBLIC, atomic_write
+from workers.timestamps import utc_iso
+
 PACKAGE = "pywhispercpp"
 WORK_DIR = Path("engine") / "native"  # under DATA_DIR: sdist, wheels, the staged build and the record
 RECORD = "record.json"
@@ -143,6 +146,7 @@ def _wer(reference: str, hypothesis: str) -> float:
 
 def measure_here(models: list[Path], threads: int = VERIFY_THREADS) -> dict[str, Any]:
     """Transcribe the shipped clips once with each model in this process: times and WER per model and clip."""
+    # late: only the verify step loads whisper.cpp (the freshly built one, after the install)
     import _pywhispercpp as pw
 
     from workers import audio
@@ -285,13 +289,9 @@ class NativeBuild:
             return None
 
     def write_record(self, version: str, outcome: Outcome) -> None:
-        """Keep the outcome beside the build (temp file, then rename)."""
-        self.work.mkdir(parents=True, exist_ok=True)
-        record = {"version": version, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  **asdict(outcome)}
-        tmp = self.record_path.with_suffix(".part")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, self.record_path)
+        """Keep the outcome beside the build (atomically)."""
+        record = {"version": version, "created_at": utc_iso(), **asdict(outcome)}
+        atomic_write(self.record_path, json.dumps(record, indent=2), mode=PUBLIC)
 
     def already_done(self, version: str, plan: BuildPlan) -> bool:
         """True when this version was built for these options before and its outcome still holds."""

@@ -14,13 +14,13 @@ from typing import Any
 import psutil
 from pybreaker import CircuitBreakerError
 
-from app.extensions import engine_breaker
-from app.models import Job, db
-from app.services import transitions
-from app.services.breaker import retry_after
+from app.models import Job, User, db
+from app.services import media, plans, transitions
+from app.services.breaker import engine_breaker, retry_after
 from app.services.storage import Layout
-from workers import audio, engine, stages
+from workers import audio, engine, recovery, stages
 from workers.queue import pending_job_ids
+from workers.timestamps import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ class JobLog:
 
     def write(self, level: str, message: str) -> None:
         """Append one line."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp}Z {level} job={self.job_id} {message}\n")
+            f.write(f"{utc_iso()} {level} job={self.job_id} {message}\n")
         self.processing.log(logging.getLevelName(level), message, extra={"job_id": self.job_id})
 
 
@@ -208,7 +207,7 @@ def _ticking(progress: Progress) -> Iterator[None]:
 
 
 def _stamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return utc_iso()
 
 
 def _relative(cfg: dict[str, Any], output: Path | None) -> str | None:
@@ -228,7 +227,7 @@ def run(job_id: str) -> None:
     job = Job.get_by_id(job_id)
     joblog = JobLog(Layout(cfg["DATA_DIR"]).job_log(job_id), job_id)
     joblog.write("INFO", f"started attempt {job.attempts} of {job.original_filename!r} with model {job.model}")
-    plan = stages.plan_for(job)
+    plan = plans.plan_for(job)
     weights = [stages.STAGES[name].weight for name in plan]
     total = sum(weights)
     started = time.monotonic()
@@ -276,7 +275,7 @@ def run(job_id: str) -> None:
     except CircuitBreakerError:
         # The engine keeps failing: give the job back and try again when the breaker lets a trial through.
         wait = retry_after(engine_breaker) or 5
-        transitions.requeue(job_id, delay=wait)
+        recovery.requeue(job_id, delay=wait)
         joblog.write("WARNING", f"engine paused after repeated failures; job re-queued, retry in {wait} s")
     except audio.MediaError as exc:
         _fail_stage(job_id, job, str(exc))
@@ -296,7 +295,7 @@ def _fail_stage(job_id: str, job: Job, reason: str) -> None:
 
 def reconcile() -> list[str]:
     """Give jobs of dead workers back to the queue (worker start-up and every minute)."""
-    requeued = transitions.requeue_orphans(_settings, worker_alive, pending_job_ids())
+    requeued = recovery.requeue_orphans(_settings, worker_alive, pending_job_ids())
     for job_id in requeued:
         log.warning("job=%s re-queued: its worker died", job_id)
     return requeued
@@ -304,9 +303,6 @@ def reconcile() -> list[str]:
 
 def scan_watch_dirs() -> list[str]:
     """Queue new library media from the watch folders, owned by the first admin."""
-    from app.models import User
-    from app.services import media
-
     if not _settings.get("WATCH_DIRS"):
         return []
     return media.scan_watch_dirs(_settings, User.active_admins().first())

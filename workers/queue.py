@@ -18,10 +18,13 @@ import time
 from pathlib import Path
 
 from huey import SqliteHuey
+from huey.constants import EmptyData
 from huey.storage import SqliteStorage
 
 huey = SqliteHuey("whisper-transcriber", filename=":memory:", results=False)
 STOPPING_PAUSE = 0.05  # seconds an interrupted dequeue waits before answering "nothing"
+HEARTBEAT_KEY = "worker-heartbeat"
+HEARTBEAT_MAX_AGE = 90  # seconds; workers beat every 30
 
 
 class WakingSqliteStorage(SqliteStorage):
@@ -109,3 +112,19 @@ def bind(data_dir: Path | str, poll: float = 1.0) -> None:
 def pending_job_ids() -> set[str]:
     """Job ids that sit in the queue, waiting for a consumer."""
     return {str(task.args[0]) for task in huey.pending() if task.args}
+
+
+def beat() -> None:
+    """Record that a consumer is alive (workers call this every 30 s)."""
+    huey.storage.put_data(HEARTBEAT_KEY, str(time.time()).encode())
+
+
+def consumer_alive() -> bool:
+    """True when some worker wrote its heartbeat recently."""
+    try:
+        raw = huey.storage.peek_data(HEARTBEAT_KEY)
+    except Exception:
+        return False
+    if raw is EmptyData or not raw:
+        return False
+    return time.time() - float(raw) < HEARTBEAT_MAX_AGE

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.extensions import engine_breaker
 from app.models import Job
 from app.services import exports, transitions
-from app.services.storage import Layout, atomic_write
+from app.services.breaker import engine_breaker
+from app.services.storage import Layout
 from workers import audio, dsp, engine, modelstore, tuning
+from workers.atomicfile import PUBLIC, AtomicFile, atomic_write
 
 AUDIO_CACHE = "audio.s16"  # 16 kHz mono s16le, written by the decode stage
 TRANSCRIPT_CACHE = "transcript.json"
@@ -55,9 +56,10 @@ class StageContext:
 
     def source(self) -> Path:
         """The job's input: a media-library file or the stored upload."""
-        if self.job.source_path:
-            return Path(self.job.source_path)
-        return Path(self.cfg["DATA_DIR"]) / self.job.upload_path
+        path = self.job.source_file(self.cfg["DATA_DIR"])
+        if path is None:
+            raise audio.MediaError("the job has no input file")
+        return path
 
     def media(self) -> Path:
         """The newest audio to work on: the cleaned audio when a cleanup stage made one, else the input."""
@@ -156,6 +158,17 @@ def decode(ctx: StageContext) -> Path:
     return out
 
 
+# Backends whose word timestamps cost next to nothing: whisper.cpp times every token as it decodes (one
+# pass over the samples' energy and a sum per token), so its words are always kept for the subtitles.
+# faster-whisper aligns words with an extra decoder pass: there only jobs that ask for them pay for them.
+FREE_WORD_TIMESTAMPS = frozenset({"whispercpp"})
+
+
+def wants_words(job: Job, backend: str) -> bool:
+    """True when the engine should time each word: the job asked, or the backend gives them for free."""
+    return bool((job.options or {}).get("word_timestamps")) or backend in FREE_WORD_TIMESTAMPS
+
+
 def transcribe(ctx: StageContext) -> Path:
     """The engine over the decoded audio → transcript.json in the cache.
 
@@ -183,7 +196,7 @@ def transcribe(ctx: StageContext) -> Path:
         model = engine.load_engine(choice.path, int(ctx.cfg["ENGINE_THREADS"]), choice.backend)
         return model.transcribe(
             samples, language=job.language, translate=job.task == "translate", prompt=job.prompt,
-            words=bool(job.options.get("word_timestamps")), on_segment=on_segment, on_progress=on_progress,
+            words=wants_words(job, choice.backend), on_segment=on_segment, on_progress=on_progress,
             should_abort=ctx.should_abort,
         )
 
@@ -234,36 +247,36 @@ def mux(ctx: StageContext) -> Path:
     subs = ctx.cache / ("subs.vtt" if ext == ".webm" else "subs.srt")
     atomic_write(subs, exports.to_vtt(transcript) if ext == ".webm" else exports.to_srt(transcript))
     out = ctx.cache / f"output{ext}"
-    tmp = ctx.cache / f"output.part{ext}"
     language = transcript["language"] or "und"
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-i", str(subs),
-           "-map", "0", "-map", "-0:s", "-map", "1:0", "-c", "copy", "-c:s", _SUBTITLE_CODECS[ext],
-           "-metadata:s:s:0", f"language={_LANG3.get(language, language)}", str(tmp)]
-    try:
+    # The temp name ends in the container's extension: ffmpeg picks the format from it.
+    with AtomicFile(out, suffix=f".part{ext}") as output:
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-i", str(subs),
+               "-map", "0", "-map", "-0:s", "-map", "1:0", "-c", "copy", "-c:s", _SUBTITLE_CODECS[ext],
+               "-metadata:s:s:0", f"language={_LANG3.get(language, language)}", str(output.temp)]
         result = subprocess.run(cmd, capture_output=True, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"], check=False)
         if result.returncode != 0:
             raise audio.MediaError(f"adding the subtitle track failed: {result.stderr.decode(errors='replace')[-300:]}")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     ctx.log("INFO", f"muxed subtitles into {out.name}")
     return out
 
 
+def sidecar_name(video: str, language: str | None) -> str:
+    """``Show S01E01.mkv`` + ``en`` → ``Show S01E01.en.srt`` (``und`` when the language is unknown)."""
+    return f"{Path(video).stem}.{language or 'und'}.srt"
+
+
 def sidecar(ctx: StageContext) -> Path:
-    """Write ``<name>.<lang>.srt`` next to the media (temp file, then rename; never clobber unless allowed)."""
+    """Write ``<video basename>.<lang>.srt`` next to the media (atomically; never clobber unless allowed).
+
+    Jellyfin's and Bazarr's naming; the language is the transcript's, so the detected one when the job named none.
+    """
     source = ctx.source()
     transcript = _transcript(ctx)
-    target = source.with_name(f"{source.stem}.{transcript['language'] or 'und'}.srt")
+    target = source.with_name(sidecar_name(source.name, transcript["language"]))
     if target.exists() and not ctx.cfg.get("SIDECAR_OVERWRITE"):
         ctx.log("WARNING", f"{target.name} exists; kept (set WT_SIDECAR_OVERWRITE=true to replace it)")
         return target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        tmp.write_text(exports.to_srt(transcript), encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(target, exports.to_srt(transcript), mode=PUBLIC)  # a media server reads it
     ctx.log("INFO", f"wrote sidecar {target}")
     return target
 
@@ -282,24 +295,9 @@ STAGES: dict[str, Stage] = {
     )
 }
 
-PLANS: dict[str, tuple[str, ...]] = {
-    "transcribe": ("decode", "transcribe", "finalize"),
-    "video": ("decode", "transcribe", "finalize", "mux"),
-    "sidecar": ("decode", "transcribe", "finalize", "export"),
-}
-
-
 def register(stage: Stage) -> None:
     """Add a stage defined elsewhere (the audio-cleanup stages live in ``workers/dsp.py``)."""
     STAGES[stage.name] = stage
-
-
-def plan_for(job: Job) -> tuple[str, ...]:
-    """The stage names a job runs, in order."""
-    if job.kind == "cleanup":
-        plan = ("ingest", "denoise", "resample")
-        return plan + PLANS["transcribe"] if job.options.get("transcribe") else plan
-    return PLANS[job.kind]
 
 
 def is_cached(ctx: StageContext, name: str) -> bool:

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 @huey.task()
 def process_job(job_id: str) -> None:
     """Run one job through the pipeline."""
-    from workers import pipeline
+    from workers import pipeline  # late, like each task here: the web process imports tasks only to queue them
 
     pipeline.run(job_id)
 
@@ -35,7 +35,7 @@ def reconcile() -> None:
 @huey.periodic_task(crontab(minute="*/10"))
 def cleanup() -> None:
     """Every ten minutes, apply the admin's retention rules and disk ceiling (app/services/cleanup.py)."""
-    from app.services import cleanup as rules
+    from app.services import cleanup as rules  # late (see process_job); "cleanup" is this task's own name
     from app.settings import load_settings
 
     rules.run_cleanup(load_settings())

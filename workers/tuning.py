@@ -22,8 +22,9 @@ from typing import Any
 import jiwer
 import numpy as np
 
-from app.services.storage import atomic_write
 from workers import audio, engine, modelstore
+from workers.atomicfile import atomic_write
+from workers.timestamps import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def calibrate(cfg: Mapping[str, Any], models: list[str], *, runs: int = 2,
     threads = int(cfg.get("ENGINE_THREADS") or 0)
     clips = {"short": (_clip_audio(SHORT_CLIP), _reference(SHORT_CLIP)),
              "long": (_clip_audio(LONG_CLIP, LONG_REPEATS), _reference(LONG_CLIP, LONG_REPEATS))}
-    record: dict[str, Any] = {"host": platform.node(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    record: dict[str, Any] = {"host": platform.node(), "created_at": utc_iso(),
                               "cpu": cpu_features(), "threads": threads, "models": {}}
     steps = [(m, c) for m in models for c in candidates(cfg["MODELS_DIR"], m)]
     for number, (model, choice) in enumerate(steps, 1):

@@ -1,4 +1,4 @@
-"""The admin API (seed 000 "Admin", seed 002 "Administration"): every route here is admin only.
+"""The admin API (the legacy API's "Admin", the full API's "Administration"): every route here is admin only.
 
 Accounts and the audit log (``/admin/users``, ``/admin/audit``) live in ``app/api/user_routes.py``.
 """
@@ -11,9 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.models import AuditLog
 from app.security import admin_required
-from app.services import admin as service
-from app.services import admin_settings as settings
-from app.services import files
+from app.services import admin_settings, admin_stats, files, server_control
 from app.validation import json_body, string_field
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -26,15 +24,15 @@ def _data_dir() -> str:
 @bp.get("/stats")
 @admin_required
 def stats():
-    """Jobs, users, storage and performance (seed 002) plus system, processes, queue and folders."""
-    return jsonify(service.stats(current_app.config))
+    """Jobs, users, storage and performance (as in the full API) plus system, processes, queue and folders."""
+    return jsonify(admin_stats.stats(current_app.config))
 
 
 @bp.get("/health")
 @admin_required
 def health():
     """Status of the database, Redis, whisper and storage, with uptime and load figures."""
-    return jsonify(service.health(current_app.config))
+    return jsonify(admin_stats.health(current_app.config))
 
 
 @bp.get("/files")
@@ -67,7 +65,7 @@ def browse():
 @admin_required
 def reset():
     """Remove all jobs, files and queue entries (not users or keys); needs ``{"confirm": "RESET"}``."""
-    result = service.reset(current_app.config, json_body().get("confirm"), actor=g.user, ip=request.remote_addr)
+    result = server_control.reset(current_app.config, json_body().get("confirm"), actor=g.user, ip=request.remote_addr)
     return jsonify({"message": "All jobs, files and queue entries were removed", **result})
 
 
@@ -88,49 +86,50 @@ def download_all():
 @admin_required
 def get_cleanup_config():
     """Retention days for uploads, transcripts and logs, and the disk-usage ceiling (0 = off)."""
-    return jsonify(settings.get_cleanup())
+    return jsonify(admin_settings.get_cleanup())
 
 
 @bp.post("/cleanup-config")
 @admin_required
 def set_cleanup_config():
     """Change some of the cleanup rules; the periodic task applies them. ``last_run`` is ignored."""
-    return jsonify(settings.set_cleanup(json_body(), actor=g.user, ip=request.remote_addr))
+    return jsonify(admin_settings.set_cleanup(json_body(), actor=g.user, ip=request.remote_addr))
 
 
 @bp.get("/concurrency")
 @admin_required
 def get_concurrency():
     """Saved worker processes and threads per worker, and the workers running now."""
-    return jsonify(settings.get_concurrency(current_app.config))
+    return jsonify(admin_settings.get_concurrency(current_app.config))
 
 
 @bp.post("/concurrency")
 @admin_required
 def set_concurrency():
     """Save ``workers`` and/or ``threads_per_worker``; workers follow without losing queued jobs."""
-    return jsonify(settings.set_concurrency(current_app.config, json_body(), actor=g.user, ip=request.remote_addr))
+    return jsonify(admin_settings.set_concurrency(current_app.config, json_body(), actor=g.user,
+                                                  ip=request.remote_addr))
 
 
 @bp.get("/settings")
 @admin_required
 def get_settings():
     """Model aliases in force (``{"medium": "base"}``), where they come from, and the installed models."""
-    return jsonify(settings.get_settings(current_app.config))
+    return jsonify(admin_settings.get_settings(current_app.config))
 
 
 @bp.post("/settings")
 @admin_required
 def set_settings():
     """Save ``model_aliases``: a map, ``"medium=base, small=base"``, or null for ``WT_MODEL_ALIASES``."""
-    return jsonify(settings.set_settings(current_app.config, json_body(), actor=g.user, ip=request.remote_addr))
+    return jsonify(admin_settings.set_settings(current_app.config, json_body(), actor=g.user, ip=request.remote_addr))
 
 
 @bp.post("/restart")
 @admin_required
 def restart():
     """Graceful reload of the web server and the workers (needs ENABLE_SERVER_CONTROL)."""
-    body, action = service.restart(current_app.config, actor=g.user, ip=request.remote_addr)
+    body, action = server_control.restart(current_app.config, actor=g.user, ip=request.remote_addr)
     response = jsonify(body)
     response.call_on_close(action)  # signal once the answer is on its way
     return response
@@ -140,7 +139,7 @@ def restart():
 @admin_required
 def shutdown():
     """Stop the appliance cleanly (needs ENABLE_SERVER_CONTROL)."""
-    body, action = service.shutdown(current_app.config, actor=g.user, ip=request.remote_addr)
+    body, action = server_control.shutdown(current_app.config, actor=g.user, ip=request.remote_addr)
     response = jsonify(body)
     response.call_on_close(action)
     return response

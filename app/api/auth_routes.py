@@ -9,7 +9,7 @@ from typing import Any
 import peewee
 from flask import Blueprint, current_app, g, jsonify, request
 
-from app import ratelimit
+from app import login_limits
 from app.errors import AppError
 from app.models import AuditLog, Token
 from app.security import (
@@ -45,12 +45,12 @@ def login_response(data: dict) -> tuple:
     password = data.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise AppError(422, "MISSING_CREDENTIALS", "username and password are required")
-    ratelimit.check_login_allowed(username)
+    login_limits.check_login_allowed(username)
     # The Dubarr API_USER account signs in too, as the admin it acts as over Basic, and so sees its tasks.
     as_api_user = api_user_account(username, password)
     user = as_api_user or authenticate_password(username, password)
     if user is None:
-        ratelimit.record_login_failure(username)
+        login_limits.record_login_failure(username)
         _audit("login_failed", username=username[:150], ip=request.remote_addr)
         raise AppError(401, "INVALID_CREDENTIALS", "Incorrect username or password")
     _audit("login", user=user, ip=request.remote_addr, **({"via": "API_USER"} if as_api_user else {}))

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
 
 from app.models import Job
 from app.security import login_required
-from app.services import exports
-from app.services import jobs as service
+from app.services import exports, jobs
 
 bp = Blueprint("exports", __name__)
 
 
-def download_response(job: Job, fmt: str) -> Response:
-    """A transcript file download (shared by every dialect's download route)."""
-    body, mime = exports.render(service.require_transcript(job), fmt)
+def subtitle_args() -> dict[str, str]:
+    """The subtitle options among the query parameters: ``max_line_width``, ``max_line_count``,
+    ``max_cue_seconds``, ``highlight_words`` (the export service checks their values)."""
+    return {name: request.args[name] for name in exports.SUBTITLE_OPTIONS if name in request.args}
+
+
+def download_response(job: Job, fmt: str, layout: Mapping[str, Any] | None = None) -> Response:
+    """A transcript file download (shared by every dialect's download route).
+
+    ``layout`` holds the subtitle options for srt and vtt; without it they come from the query string.
+    """
+    options = subtitle_args() if layout is None else dict(layout)
+    subtitle = (fmt or "").lower() in exports.SUBTITLE_FORMATS
+    body, mime = exports.render(jobs.require_transcript(job, words=True if subtitle else None), fmt, **options)
     stem = job.original_filename.rsplit(".", 1)[0] or job.id
     response = Response(body, mimetype=None, content_type=mime)
     ascii_stem = stem.encode("ascii", "ignore").decode() or job.id
@@ -32,5 +45,9 @@ def formats():
 @bp.get("/api/export/download/<job_id>/<fmt>")
 @login_required("export:download")
 def download(job_id: str, fmt: str):
-    """Download a completed job's transcript in one format."""
-    return download_response(service.get_job(g.user, job_id), fmt)
+    """Download a completed job's transcript in one format.
+
+    Query (srt, vtt): `max_line_width` (42; 0 keeps one cue per segment), `max_line_count` (2; 0: no limit),
+    `max_cue_seconds` (7), `highlight_words` (karaoke: VTT timestamp tags, SRT underlined words).
+    """
+    return download_response(jobs.get_job(g.user, job_id), fmt)

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 from flask import Blueprint, current_app, jsonify
-from huey.constants import EmptyData
 
-from app.extensions import engine_breaker
 from app.models import Job, db
+from app.ratelimit import limiter
 from app.services import disk
-from app.services.breaker import retry_after
+from app.services.breaker import engine_breaker, retry_after
 from workers import modelstore
-from workers.queue import huey
+from workers.queue import consumer_alive
 
 bp = Blueprint("health", __name__)
-HEARTBEAT_KEY = "worker-heartbeat"
-HEARTBEAT_MAX_AGE = 90  # seconds; workers beat every 30
-
-
-def worker_alive() -> bool:
-    """True when a worker wrote its heartbeat recently."""
-    try:
-        raw = huey.storage.peek_data(HEARTBEAT_KEY)
-    except Exception:
-        return False
-    if raw is EmptyData or not raw:
-        return False
-    return time.time() - float(raw) < HEARTBEAT_MAX_AGE
+limiter.exempt(bp)  # probes must answer however busy the caller is
 
 
 @bp.before_app_request
@@ -55,10 +41,10 @@ def health():
         "database": database,
         "disk": disk_state,  # "low" below WT_MIN_FREE_MB: uploads are refused
         "disk_free_mb": free_mb,
-        "worker_alive": worker_alive(),
+        "worker_alive": consumer_alive(),
         "queue_depth": counts.get("queued", 0),
         "jobs": counts,
-        # Dubarr's names (seed 003) for the same figures.
+        # Dubarr's names for the same figures.
         "queue_stats": queue_stats(counts),
         "engine_statuses": engine_statuses(),
     })
@@ -78,7 +64,7 @@ def engine_statuses() -> dict[str, str]:
         whisper = "ERROR"
     elif cfg["DEFAULT_MODEL"] not in installed:
         whisper = "NOT_CONFIGURED"
-    elif not worker_alive():
+    elif not consumer_alive():
         whisper = "LOADING"  # no worker has reported in yet (starting, or restarting after a crash)
     else:
         whisper = "READY"

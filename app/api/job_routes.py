@@ -1,4 +1,4 @@
-"""Job routes of the canonical dialect (seed 002): create, list, inspect, cancel, restart, delete."""
+"""Job routes of the canonical dialect (the full API): create, list, inspect, cancel, restart, delete."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app.models import Job
 from app.security import login_required
-from app.services import jobs as service
+from app.services import jobs
 from app.services.uploads import take_multipart_file
 from app.validation import datetime_arg, int_arg
 
@@ -22,7 +22,7 @@ def create_from_request(**overrides):
         "task": form.get("task"), "prompt": form.get("prompt"),
     }
     params.update(overrides)
-    return service.create_job(current_app.config, g.user, path, filename, **params)
+    return jobs.create_job(current_app.config, g.user, path, filename, **params)
 
 
 # Both spellings, answered directly: a 308 from one to the other makes clients send a large upload twice.
@@ -32,7 +32,7 @@ def create_from_request(**overrides):
 def create_job():
     """Upload a file (multipart ``file``) with optional model, language, prompt and task."""
     job = create_from_request()
-    body = service.summary(job)
+    body = jobs.summary(job)
     return jsonify({k: body[k] for k in ("job_id", "status", "filename", "model", "created_at")}), 201
 
 
@@ -42,10 +42,10 @@ def list_jobs():
     """The caller's jobs, newest first: ``limit``, ``offset``, ``status``, ``created_after``."""
     limit = int_arg("limit", 50, 1, 100)
     offset = int_arg("offset", 0, 0, 10**9)
-    jobs, total = service.list_jobs(g.user, status=request.args.get("status"),
-                                    created_after=datetime_arg("created_after"),
-                                    search=request.args.get("search"), limit=limit, offset=offset)
-    return jsonify({"jobs": [service.summary(j) for j in jobs], "total": total, "limit": limit, "offset": offset})
+    found, total = jobs.list_jobs(g.user, status=request.args.get("status"),
+                                     created_after=datetime_arg("created_after"),
+                                     search=request.args.get("search"), limit=limit, offset=offset)
+    return jsonify({"jobs": [jobs.summary(j) for j in found], "total": total, "limit": limit, "offset": offset})
 
 
 @bp.get("/api/jobs/<job_id>")
@@ -55,14 +55,14 @@ def get_job(job_id: str):
 
     ``wait=N`` (seconds, up to 60) holds the answer until the job finishes or N seconds pass.
     """
-    return jsonify(service.detail(_waited(service.get_job(g.user, job_id))))
+    return jsonify(jobs.detail(_waited(jobs.get_job(g.user, job_id))))
 
 
 @bp.delete("/api/jobs/<job_id>")
 @login_required("jobs:delete")
 def delete_job(job_id: str):
     """Delete a job and its files."""
-    service.delete_job(current_app.config, service.get_job(g.user, job_id))
+    jobs.delete_job(current_app.config, jobs.get_job(g.user, job_id))
     return jsonify({"message": "Job deleted successfully", "job_id": job_id})
 
 
@@ -70,7 +70,7 @@ def delete_job(job_id: str):
 @login_required("jobs:create")
 def restart_job(job_id: str):
     """Queue a failed, cancelled or purged job again."""
-    job = service.restart_job(service.get_job(g.user, job_id))
+    job = jobs.restart_job(jobs.get_job(g.user, job_id))
     return jsonify({"job_id": job.id, "status": job.status, "message": "Job re-queued"})
 
 
@@ -78,7 +78,7 @@ def restart_job(job_id: str):
 @login_required("jobs:create")
 def cancel_job(job_id: str):
     """Cancel a queued or running job."""
-    job = service.cancel_job(service.get_job(g.user, job_id))
+    job = jobs.cancel_job(jobs.get_job(g.user, job_id))
     return jsonify({"job_id": job.id, "status": job.status, "cancel_requested": True})
 
 
@@ -94,9 +94,9 @@ def job_progress(job_id: str):
     while transcribing (extrapolated from the audio transcribed so far) and the exact count afterwards.
     ``wait=N`` (seconds, up to 60) holds the answer until the job finishes or N seconds pass.
     """
-    return jsonify(service.progress(_waited(service.get_job(g.user, job_id))))
+    return jsonify(jobs.progress(_waited(jobs.get_job(g.user, job_id))))
 
 
 def _waited(job: Job) -> Job:
     """The job after the long poll the ``wait`` query parameter asks for (none by default)."""
-    return service.wait_for(job, int_arg("wait", 0, 0, service.MAX_WAIT_SECONDS))
+    return jobs.wait_for(job, int_arg("wait", 0, 0, jobs.MAX_WAIT_SECONDS))

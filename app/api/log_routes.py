@@ -1,11 +1,11 @@
-"""Log access over HTTP (seed 000) and live over WebSockets (flask-sock, seed 003 and the Operations issue).
+"""Log access over HTTP (the legacy API) and live over WebSockets (flask-sock, Dubarr and the Operations issue).
 
 Who may read what:
 
 - a job's own log (``/log/<id>``, ``/ws/logs/<id>``): its owner or an admin; anyone else gets 404;
 - the shared logs (``/logs/<name>``, ``/logs/access``, ``/ws/logs/system``, ``/ws/logs``): admins only.
-  Seed 000 marks ``/logs/<name>`` and ``/logs/access`` "user", but those files hold every user's
-  requests, file names and errors, so a user could read other users' activity. Seed 003's ``/ws/logs``
+  The legacy API marks ``/logs/<name>`` and ``/logs/access`` "user", but those files hold every user's
+  requests, file names and errors, so a user could read other users' activity. Dubarr's ``/ws/logs``
   streams ``processing.log``, the workers' lines about every job: a user follows their own jobs on
   ``/ws/logs/<id>`` instead, which shows the same lines (per-line filtering would leak the worker
   lines that carry no job id, such as an error naming another user's file).
@@ -34,7 +34,7 @@ from flask import Blueprint, Response, current_app, g, request
 from simple_websocket import ConnectionClosed, Server
 
 from app.errors import AppError, bad_request
-from app.extensions import sock, stopping
+from app.extensions import sock
 from app.logging_setup import LOG_FILES, logs_dir
 from app.models import FINISHED, Job, utcnow
 from app.security import (
@@ -47,6 +47,7 @@ from app.security import (
 from app.services import jobs
 from app.services.logfiles import LogFollower, confined_log_file, open_range, require_access_log
 from app.services.storage import Layout
+from app.shutdown import stopping
 from app.validation import int_arg
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ bp = Blueprint("logs", __name__)
 POLL_SECONDS = 0.3  # how often a socket looks for new lines
 RECHECK_SECONDS = 10.0  # how often a socket checks that its credentials still hold
 FINISH_GRACE_SECONDS = 1.5  # the worker writes a job's last line just after it marks the job finished
-TAIL_LINES = 50  # lines a shared-log socket sends on connect (seed 003)
+TAIL_LINES = 50  # lines a shared-log socket sends on connect (as in Dubarr)
 MAX_TAIL = 10_000
 
 

@@ -19,7 +19,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from app.models import Job
-from app.services import totals
+from app.services import totals, wyoming_stats
+from workers.queue import consumer_alive
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -42,12 +43,8 @@ class JobCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Read the figures now; a database error leaves the job metrics out of this scrape."""
-        from app.api.health_routes import (
-            worker_alive,  # late: app.api.health_routes imports the queue, bound by the app factory
-        )
-
         yield GaugeMetricFamily("whisper_worker_up", "1 when a worker wrote its heartbeat recently",
-                                value=1.0 if worker_alive() else 0.0)
+                                value=1.0 if consumer_alive() else 0.0)
         try:
             counts = Job.counts_by_status()
             done = totals.read()
@@ -73,7 +70,35 @@ class JobCollector(Collector):
                                     "Processing seconds per second of media, per completed job",
                                     buckets=buckets, sum_value=done["rtf_sum"])
 
+
+class WyomingCollector(Collector):
+    """Voice commands of the Wyoming server (not jobs), from the totals its process stores in the database."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the totals now; a database error leaves them out of this scrape."""
+        try:
+            done = wyoming_stats.read()
+        except Exception:
+            log.exception("metrics: cannot read the Wyoming totals")
+            return
+        requests = CounterMetricFamily("whisper_wyoming_requests", "Wyoming voice commands by outcome "
+                                       "(ok: transcript sent; error: error event; abandoned: client left)",
+                                       labels=["outcome"])
+        for outcome, n in done["requests"].items():
+            requests.add_metric([outcome], n)
+        yield requests
+        yield CounterMetricFamily("whisper_wyoming_audio_seconds", "Seconds of audio in transcribed voice commands",
+                                  value=done["audio_seconds"])
+        buckets = [(str(le), float(n)) for le, n in
+                   zip(wyoming_stats.LATENCY_BUCKETS, done["latency_buckets"], strict=True)]
+        buckets.append(("+Inf", float(done["requests"].get("ok", 0))))
+        yield HistogramMetricFamily("whisper_wyoming_latency_seconds",
+                                    "Seconds from a command's audio-stop to its transcript",
+                                    buckets=buckets, sum_value=done["latency_sum"])
+
+
 REGISTRY.register(JobCollector())
+REGISTRY.register(WyomingCollector())
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 

@@ -21,9 +21,11 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory, url_for
 from werkzeug.routing import Rule
 
+from app.services.asr_requests import OUTPUTS as ASR_OUTPUTS
 from app.services.exports import FORMATS
 from app.services.files import BROWSABLE, LISTED
 from app.services.jobs import MAX_WAIT_SECONDS
+from app.services.subtitles import LIMITS as SUBTITLE_LIMITS
 from app.services.voxis import EXPORT_FORMATS, MP3_BITRATES
 
 bp = Blueprint("openapi", __name__)
@@ -40,7 +42,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "form-action 'none'; frame-ancestors 'none'")
 PUBLIC_BLUEPRINTS = frozenset({"health", "metrics", "openapi"})
 PUBLIC_ENDPOINTS = frozenset({
-    "auth.login", "auth.register", "compat_legacy.token", "compat_legacy.register", "voxis.health", "dashboard.login",
+    "auth.login", "auth.register", "compat_legacy.token", "compat_legacy.register", "voxis.health", "asr.status",
+    "dashboard.login",
     "dashboard.register_page",
 })
 _PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
@@ -74,6 +77,22 @@ def _query(name: str, schema: dict[str, Any], description: str, required: bool =
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
+
+
+def _subtitle_query() -> list[dict[str, Any]]:
+    """The subtitle layout options of the export downloads (srt, vtt)."""
+    def bounds(name: str) -> dict[str, Any]:
+        return {"minimum": SUBTITLE_LIMITS[name][0], "maximum": SUBTITLE_LIMITS[name][1]}
+
+    return [
+        _query("max_line_width", {**INT, **bounds("max_line_width"), "default": 42},
+               "srt, vtt: characters per line (0: one cue per segment, the engine's layout)"),
+        _query("max_line_count", {**INT, **bounds("max_line_count"), "default": 2},
+               "srt, vtt: lines per cue (0: no limit)"),
+        _query("max_cue_seconds", {**NUM, **bounds("max_cue_seconds"), "default": 7}, "srt, vtt: longest cue"),
+        _query("highlight_words", {"type": "boolean", "default": False},
+               "srt, vtt: karaoke (VTT timestamp tags; SRT underlines the word being spoken)"),
+    ]
 
 
 def _ok(status: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -145,10 +164,11 @@ HINTS: dict[str, dict[str, Any]] = {
     },
     "exports.download": {
         "parameters": [{"name": "fmt", "in": "path", "required": True, "description": "The transcript format",
-                        "schema": _TRANSCRIPT_FORMAT}],
+                        "schema": _TRANSCRIPT_FORMAT}, *_subtitle_query()],
     },
     "compat_legacy.download": {
-        "parameters": [_query("format", _TRANSCRIPT_FORMAT, "The transcript format (default srt)")],
+        "parameters": [_query("format", _TRANSCRIPT_FORMAT, "The transcript format (default srt)"),
+                       *_subtitle_query()],
     },
     "voxis.export": {
         "parameters": [
@@ -156,6 +176,46 @@ HINTS: dict[str, dict[str, Any]] = {
             _query("quality", {"type": "string", "enum": list(MP3_BITRATES)}, "The mp3 bit rate (default high)"),
         ],
     },
+    "asr.asr": {
+        "parameters": [
+            _query("task", {"type": "string", "enum": ["transcribe", "translate"], "default": "transcribe"},
+                   "Transcribe, or translate into English"),
+            _query("language", STR, "The spoken language (ISO 639-1, e.g. en); empty: detect it"),
+            _query("output", {"type": "string", "enum": list(ASR_OUTPUTS), "default": "txt"}, "The answer's format"),
+            _query("encode", {"type": "boolean", "default": True},
+                   "true: audio_file is any media ffmpeg reads; false: raw PCM, s16le mono 16 kHz, no header"),
+            _query("word_timestamps", {"type": "boolean", "default": False}, "Time every word (json output)"),
+            _query("vad_filter", {"type": "boolean", "default": False},
+                   "Accepted; audio is always cut at pauses before transcription"),
+            _query("initial_prompt", {**STR, "maxLength": 2000}, "Text that sets the vocabulary and style"),
+            _query("video_file", {**STR, "maxLength": 4096}, "The video the audio comes from (informational)"),
+            _query("max_line_width", {**INT, "minimum": SUBTITLE_LIMITS["max_line_width"][0],
+                                      "maximum": SUBTITLE_LIMITS["max_line_width"][1]},
+                   "srt, vtt: characters per line (0: one cue per segment)"),
+            _query("max_line_count", {**INT, "minimum": SUBTITLE_LIMITS["max_line_count"][0],
+                                      "maximum": SUBTITLE_LIMITS["max_line_count"][1]},
+                   "srt, vtt: lines per cue (0: no limit)"),
+            _query("max_cue_seconds", {**NUM, "minimum": SUBTITLE_LIMITS["max_cue_seconds"][0],
+                                       "maximum": SUBTITLE_LIMITS["max_cue_seconds"][1]}, "srt, vtt: longest cue"),
+            _query("highlight_words", {"type": "boolean", "default": False},
+                   "srt, vtt: highlight each word while it is spoken (karaoke)"),
+        ],
+        "responses": {"200": {"description": "The transcript; multipart field audio_file carries the audio",
+                              "content": {FORMATS[name].mime_type.split(";")[0]:
+                                          {"schema": {"type": "object"} if name == "json" else STR}
+                                          for name in ASR_OUTPUTS}}},
+    },
+    "asr.detect_language": {
+        "parameters": [
+            _query("encode", {"type": "boolean", "default": True},
+                   "true: audio_file is any media ffmpeg reads; false: raw PCM, s16le mono 16 kHz, no header"),
+            _query("video_file", {**STR, "maxLength": 4096}, "The video the audio comes from (informational)"),
+        ],
+        "responses": _ok("200", "The language of the first 30 s of audio_file", _obj(
+            detected_language={**STR, "example": "english"}, language_code={**STR, "example": "en"},
+            confidence={**NUM, "minimum": 0, "maximum": 1})),
+    },
+    "asr.status": {"responses": _ok("200", "The appliance's version", _obj(version=STR))},
     "metrics.metrics": {
         "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STR}}}},
     },

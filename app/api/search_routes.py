@@ -1,4 +1,4 @@
-"""Transcript search (seed 002, Export & Search): ``POST /api/search/``."""
+"""Transcript search (the full API's Export & Search): ``POST /api/search/``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from flask import Blueprint, g, jsonify
 
 from app.errors import AppError
 from app.security import login_required
-from app.services import search as service
+from app.services import search
 from app.validation import json_body, string_field
 
 bp = Blueprint("search", __name__)
@@ -68,9 +68,9 @@ def _date_range(filters: dict[str, Any]) -> tuple[datetime | None, datetime | No
     return start, end
 
 
-@bp.post("/api/search/")
+@bp.post("/api/search/", endpoint="search")
 @login_required("jobs:read")
-def search():
+def search_transcripts():
     """Search transcripts: ``query``, ``filters`` (``date_range``, ``models``, ``languages``), ``limit``, ``offset``."""
     data = json_body()
     query = string_field(data, "query", max_length=500)
@@ -79,7 +79,7 @@ def search():
     if not isinstance(filters, dict):
         raise _invalid("filters must be an object")
     start, end = _date_range(filters)
-    return jsonify(service.search(
+    return jsonify(search.search(
         g.user, query, start=start, end=end, models=_string_list(filters, "models"),
         languages=_string_list(filters, "languages"), limit=_bounded_int(data, "limit", 20, 1, 100),
         offset=_bounded_int(data, "offset", 0, 0, 10**9),

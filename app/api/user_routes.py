@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 
 from app.security import admin_required
-from app.services import users as service
+from app.services import users
 from app.validation import datetime_arg, int_arg, json_body
 
 bp = Blueprint("admin_users", __name__, url_prefix="/admin")
@@ -18,7 +18,7 @@ def list_users():
     """Every account, in creation order: ``limit``, ``offset``."""
     limit = int_arg("limit", 50, 1, 500)
     offset = int_arg("offset", 0, 0, 10**9)
-    found, total = service.list_users(limit, offset)
+    found, total = users.list_users(limit, offset)
     return jsonify({"users": [u.to_dict() for u in found], "total": total, "limit": limit, "offset": offset})
 
 
@@ -26,7 +26,7 @@ def list_users():
 @admin_required
 def create_user():
     """Create an account: ``username``, ``password``, ``email``, ``role``."""
-    user = service.admin_create_user(g.user, json_body(), ip=request.remote_addr)
+    user = users.admin_create_user(g.user, json_body(), ip=request.remote_addr)
     return jsonify(user.to_dict()), 201
 
 
@@ -34,7 +34,7 @@ def create_user():
 @admin_required
 def get_user(user_id: str):
     """One account."""
-    return jsonify(service.get_user(user_id).to_dict())
+    return jsonify(users.get_user(user_id).to_dict())
 
 
 @bp.patch("/users/<user_id>")
@@ -43,7 +43,7 @@ def update_user(user_id: str):
     """Change ``role``, ``is_active``, ``email`` or reset the ``password``; the last admin stays an admin."""
     data = json_body()
     changes = {name: data[name] for name in _EDITABLE if name in data}
-    user = service.update_user(g.user, user_id, ip=request.remote_addr, **changes)
+    user = users.update_user(g.user, user_id, ip=request.remote_addr, **changes)
     return jsonify(user.to_dict())
 
 
@@ -51,7 +51,7 @@ def update_user(user_id: str):
 @admin_required
 def delete_user(user_id: str):
     """Delete an account with its tokens and keys; never the last active admin."""
-    service.delete_user(g.user, user_id, ip=request.remote_addr)
+    users.delete_user(g.user, user_id, ip=request.remote_addr)
     return jsonify({"message": "User deleted", "user_id": str(user_id)})
 
 
@@ -61,7 +61,7 @@ def audit():
     """The audit log, newest first: ``limit``, ``offset``, ``action``, ``user_id``, ``since``."""
     limit = int_arg("limit", 50, 1, 500)
     offset = int_arg("offset", 0, 0, 10**9)
-    entries, total = service.audit_page(action=request.args.get("action"), user_id=request.args.get("user_id"),
+    entries, total = users.audit_page(action=request.args.get("action"), user_id=request.args.get("user_id"),
                                         since=datetime_arg("since"), limit=limit, offset=offset)
-    return jsonify({"entries": [service.audit_entry(e) for e in entries], "total": total,
+    return jsonify({"entries": [users.audit_entry(e) for e in entries], "total": total,
                     "limit": limit, "offset": offset})

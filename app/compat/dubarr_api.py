@@ -1,6 +1,6 @@
-"""Dubarr's routes (seed 003): library webhooks, video uploads and task actions, over the same jobs.
+"""Dubarr's routes: library webhooks, video uploads and task actions, over the same jobs.
 
-Authentication: Basic with ``API_USER``/``API_PASS`` as in the seed, or any of the appliance's
+Authentication: Basic with ``API_USER``/``API_PASS`` as in Dubarr's document, or any of the appliance's
 own credentials (token, API key, Basic with a user's password). A 401 here offers Basic beside Bearer,
 so a browser posting to ``/upload`` asks for the password; ``API_USER`` can also sign in to the dashboard.
 """
@@ -15,8 +15,7 @@ from app.api.export_routes import download_response
 from app.api.job_routes import create_from_request
 from app.errors import AppError
 from app.security import login_required, offer_basic
-from app.services import jobs as service
-from app.services import media
+from app.services import jobs, media
 from app.validation import json_body
 
 bp = Blueprint("dubarr", __name__)
@@ -66,11 +65,11 @@ def webhook():
 @login_required("export:download")
 def download(task_id: str):
     """The processed video, or the transcript (SRT) for audio; 404 until it exists."""
-    job = service.get_job(g.user, task_id)
+    job = jobs.get_job(g.user, task_id)
     if job.status != "completed":
         raise AppError(404, "NOT_READY", f"Task is {job.status}; there is nothing to download yet")
     if job.kind == "video":
-        if service.outputs_purged(job):
+        if jobs.outputs_purged(job):
             raise AppError(404, "NOT_FOUND", "The processed video was purged; retry the task to make it again")
         output = (job.stages.get("mux") or {}).get("output")
         path = Path(current_app.config["DATA_DIR"]) / output if output else None
@@ -85,7 +84,7 @@ def download(task_id: str):
 @login_required("jobs:create")
 def retry(task_id: str):
     """Re-run a failed, cancelled or purged task, reusing whatever cached stages are left."""
-    job = service.restart_job(service.get_job(g.user, task_id))
+    job = jobs.restart_job(jobs.get_job(g.user, task_id))
     return _done(job.id, "Task re-queued", status=job.status)
 
 
@@ -93,7 +92,7 @@ def retry(task_id: str):
 @login_required("jobs:create")
 def purge(task_id: str):
     """Clear a task's cached stages (the subtitled video too) so that a retry runs every stage again."""
-    job = service.purge_caches(current_app.config, service.get_job(g.user, task_id))
+    job = jobs.purge_caches(current_app.config, jobs.get_job(g.user, task_id))
     return _done(job.id, "Cached stages cleared")
 
 
@@ -101,6 +100,6 @@ def purge(task_id: str):
 @login_required("jobs:delete")
 def delete(task_id: str):
     """Remove a task and its own files; a library file it read is never touched."""
-    job = service.get_job(g.user, task_id)
-    service.delete_job(current_app.config, job)
+    job = jobs.get_job(g.user, task_id)
+    jobs.delete_job(current_app.config, job)
     return _done(job.id, "Task deleted")

@@ -1,9 +1,9 @@
-"""Seed 000's legacy routes at their exact paths: thin adapters over the job, export, analysis and user services.
+"""The legacy API's routes at their exact paths: thin adapters over the job, export, analysis and user services.
 
-``GET /jobs/{job_id}`` is shared with seed 001 (app/compat/v1_api.py): it answers with seed 000's fields
+``GET /jobs/{job_id}`` is shared with the v1 API (app/compat/v1_api.py): it answers with the legacy fields
 (``id``, ``original_filename``, ``model``, ``created_at``, ``updated``, ``status``) merged with the
 canonical job detail (``job_id``, ``transcript`` ...). ``POST /jobs`` and ``GET /jobs`` are distinct
-rules from seed 001's ``POST /jobs/`` and ``GET /jobs/``; neither redirects to the other.
+rules from the v1 API's ``POST /jobs/`` and ``GET /jobs/``; neither redirects to the other.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from app.api.export_routes import download_response
 from app.api.job_routes import create_from_request
 from app.models import Job, isoformat
 from app.security import login_required
-from app.services import analysis
-from app.services import jobs as service
+from app.services import analysis, jobs
 from app.validation import form_or_json, int_arg
 
 bp = Blueprint("compat_legacy", __name__)
@@ -27,7 +26,7 @@ DEFAULT_DOWNLOAD_FORMAT = "srt"
 
 
 def legacy_fields(job: Job) -> dict[str, Any]:
-    """Seed 000's own names for a job."""
+    """The legacy API's own names for a job."""
     return {"id": job.id, "original_filename": job.original_filename, "model": job.model,
             "created_at": isoformat(job.created_at), "updated": isoformat(job.updated_at), "status": job.status}
 
@@ -38,7 +37,7 @@ def legacy_fields(job: Job) -> dict[str, Any]:
 @bp.post("/jobs")
 @login_required("jobs:create")
 def create_job():
-    """Upload a file (multipart ``file``, optional ``model``) and queue it; returns the job id (seed 000)."""
+    """Upload a file (multipart ``file``, optional ``model``) and queue it; returns the job id (legacy API)."""
     job = create_from_request()
     return jsonify({"id": job.id, "job_id": job.id, "status": job.status}), 201
 
@@ -49,9 +48,9 @@ def list_jobs():
     """The caller's jobs, newest first, filtered by ``search`` (file name and transcript) and ``status``."""
     limit = int_arg("limit", 100, 1, 1000)
     offset = int_arg("offset", 0, 0, 10**9)
-    found, total = service.list_jobs(g.user, status=request.args.get("status") or None,
+    found, total = jobs.list_jobs(g.user, status=request.args.get("status") or None,
                                      search=request.args.get("search") or None, limit=limit, offset=offset)
-    response = jsonify([{**legacy_fields(job), **service.summary(job)} for job in found])
+    response = jsonify([{**legacy_fields(job), **jobs.summary(job)} for job in found])
     response.headers["X-Total-Count"] = str(total)
     return response
 
@@ -59,17 +58,17 @@ def list_jobs():
 @bp.get("/jobs/<job_id>")
 @login_required("jobs:read")
 def get_job(job_id: str):
-    """A job (seeds 000 and 001): the legacy fields plus the full detail, with the transcript once completed."""
-    job = service.get_job(g.user, job_id)
-    return jsonify({**legacy_fields(job), **service.detail(job)})
+    """A job (legacy and v1 APIs): the legacy fields plus the full detail, with the transcript once completed."""
+    job = jobs.get_job(g.user, job_id)
+    return jsonify({**legacy_fields(job), **jobs.detail(job)})
 
 
 @bp.delete("/jobs/<job_id>")
 @login_required("jobs:delete")
 def delete_job(job_id: str):
-    """Remove a job and its files (seed 000)."""
-    job = service.get_job(g.user, job_id)
-    service.delete_job(current_app.config, job)
+    """Remove a job and its files (legacy API)."""
+    job = jobs.get_job(g.user, job_id)
+    jobs.delete_job(current_app.config, job)
     return jsonify({"message": "Job deleted successfully", "id": job.id, "job_id": job.id})
 
 
@@ -77,7 +76,7 @@ def delete_job(job_id: str):
 @login_required("jobs:create")
 def restart_job(job_id: str):
     """Queue a failed, cancelled or purged job again (the legacy API)."""
-    job = service.restart_job(service.get_job(g.user, job_id))
+    job = jobs.restart_job(jobs.get_job(g.user, job_id))
     return jsonify({"id": job.id, "job_id": job.id, "status": job.status, "message": "Job re-queued"})
 
 
@@ -86,21 +85,21 @@ def restart_job(job_id: str):
 def download(job_id: str):
     """Download the transcript; ``format`` is srt (default), txt or vtt (json and tsv work too)."""
     fmt = request.args.get("format") or DEFAULT_DOWNLOAD_FORMAT
-    return download_response(service.get_job(g.user, job_id), fmt)
+    return download_response(jobs.get_job(g.user, job_id), fmt)
 
 
 @bp.get("/metadata/<job_id>")
 @login_required("jobs:read")
 def metadata(job_id: str):
     """Duration, language, model, word and segment counts, speed, input format and keywords of a completed job."""
-    return jsonify(analysis.metadata(service.get_job(g.user, job_id)))
+    return jsonify(analysis.metadata(jobs.get_job(g.user, job_id)))
 
 
 @bp.post("/jobs/<job_id>/analyze")
 @login_required("jobs:read")
 def analyze(job_id: str):
     """Summarise and analyse a transcript: the OpenAI-compatible endpoint if configured, else locally."""
-    return jsonify(analysis.analyze(current_app.config, service.get_job(g.user, job_id)))
+    return jsonify(analysis.analyze(current_app.config, jobs.get_job(g.user, job_id)))
 
 
 # ------------------------------------------------------------------------ auth

@@ -11,8 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from app.api.job_routes import create_from_request
 from app.errors import AppError
 from app.security import login_required
-from app.services import exports
-from app.services import jobs as service
+from app.services import exports, jobs
 from workers import modelstore
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -50,14 +49,9 @@ def _options() -> tuple[str, bool, dict]:
 def _transcribe(task: str) -> Response | tuple:
     fmt, words, options = _options()
     job = create_from_request(model=_model_name(request.form.get("model")), task=task, options=options)
-    finished = service.wait_finished(job.id, float(current_app.config["OPENAI_TIMEOUT_SECONDS"]))
-    if finished is None:
-        raise AppError(504, "TIMEOUT", f"The transcription did not finish in time; it continues as job {job.id}. "
-                       f"Poll /api/jobs/{job.id} for the result.", {"X-Job-ID": job.id})
-    if finished.status != "completed":
-        raise AppError(422 if finished.status == "failed" else 409, "PROCESSING_FAILED",
-                       f"Job {job.id} {finished.status}: {finished.error or 'no transcript'}")
-    transcript = service.transcript(finished)
+    finished = jobs.await_completed(job, float(current_app.config["OPENAI_TIMEOUT_SECONDS"]))
+    # srt and vtt are timed by the words; the other answers show words only when asked (verbose_json's flag).
+    transcript = jobs.transcript(finished, words=True)
     if fmt == "json":
         return jsonify({"text": transcript["text"]})
     if fmt == "verbose_json":

@@ -1,4 +1,4 @@
-"""Transcript figures and analysis (seed 000): metadata, a local extractive analysis, a remote chat model.
+"""Transcript figures and analysis (the legacy API): metadata, a local extractive analysis, a remote chat model.
 
 ``POST /jobs/{id}/analyze`` asks an OpenAI-style chat-completions endpoint (``OPENAI_BASE_URL``,
 ``OPENAI_MODEL``) when ``OPENAI_API_KEY`` is set, and otherwise answers from the transcript alone:
@@ -22,7 +22,7 @@ import requests
 
 from app.errors import AppError
 from app.models import Job
-from app.services import jobs as jobs_service
+from app.services import jobs
 from app.services.breaker import retry_after
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def statistics(text: str, units: list[str], duration: float | None) -> dict[str,
 
 def metadata(job: Job) -> dict[str, Any]:
     """Duration, language, model, counts, speed and the input's audio format of a completed job (else 409)."""
-    transcript = jobs_service.require_transcript(job)
+    transcript = jobs.require_transcript(job)
     segments = transcript["segments"]
     word_count = sum(len(words(s["text"])) for s in segments)
     media = job.media_info or {}
@@ -164,7 +164,7 @@ def metadata(job: Job) -> dict[str, Any]:
 
 def analyze(cfg: Mapping[str, Any], job: Job) -> dict[str, Any]:
     """The remote analysis when an API key is configured, otherwise the local one; 409 before completion."""
-    transcript = jobs_service.require_transcript(job)
+    transcript = jobs.require_transcript(job)
     text = transcript["text"]
     units = sentences(text, [s["text"] for s in transcript["segments"]])
     found = keywords(text)

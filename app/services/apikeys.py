@@ -8,7 +8,7 @@ from typing import Any
 
 from app.errors import AppError, not_found
 from app.models import ApiKey, AuditLog, db, isoformat, utcnow
-from app.security import SCOPES, Principal, hash_api_key, new_api_key
+from app.services.credentials import SCOPES, Principal, hash_api_key, new_api_key
 
 MAX_EXPIRES_DAYS = 3650
 MAX_PER_MINUTE = 100_000

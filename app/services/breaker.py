@@ -13,6 +13,8 @@ import pybreaker
 
 from app.errors import AppError
 from app.models import Setting, db
+from workers.audio import MediaError
+from workers.engine import Aborted
 
 KEY = "engine_breaker"
 _EMPTY = {"state": pybreaker.STATE_CLOSED, "counter": 0, "success_counter": 0, "opened_at": None}
@@ -96,3 +98,18 @@ def ensure_accepting(breaker: pybreaker.CircuitBreaker) -> None:
         raise AppError(503, "ENGINE_UNAVAILABLE",
                        f"The transcription engine failed repeatedly; new work is paused for {wait} s",
                        {"Retry-After": str(wait)})
+
+
+# Opens after repeated engine failures; a trial call after the timeout closes it again. Its state
+# lives in SQLite so the web process (which refuses new work) sees what the workers' engine did.
+# Cancellation and bad media are not engine failures.
+engine_breaker = pybreaker.CircuitBreaker(
+    fail_max=3, reset_timeout=60, name="engine", state_storage=SettingStorage("engine"),
+    exclude=[Aborted, MediaError], throw_new_error_on_trip=False,  # the tripping job fails with the real error
+)
+
+
+def configure_breaker(settings: dict) -> None:
+    """Apply the configured failure count and pause to the engine breaker."""
+    engine_breaker.fail_max = int(settings["BREAKER_FAIL_MAX"])
+    engine_breaker.reset_timeout = float(settings["BREAKER_RESET_SECONDS"])

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from typing import Any, BinaryIO
 from app.errors import AppError, bad_request, not_found
 from app.models import Job, UploadChunk, UploadSession, User, db, isoformat, utcnow
 from app.services import jobs
-from app.services.storage import Layout
+from app.services.storage import AtomicFile, Layout
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +179,10 @@ def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, s
     if content_length is not None and content_length != expected:
         raise bad_request(f"chunk {number} must be {expected} bytes, the request has {content_length}",
                           "CHUNK_SIZE_MISMATCH")
-    folder = chunk_root(cfg) / session.id
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{number}.", suffix=".tmp")
-    temp = Path(name)
-    try:
+    # .tmp, not .part: only a complete, recorded chunk is named <n>.part.
+    with AtomicFile(chunk_path(cfg, session.id, number), suffix=".tmp") as part:
         digest, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
+        with open(part.temp, "wb") as out:
             while block := stream.read(min(BLOCK, expected + 1 - size)):
                 size += len(block)
                 if size > expected:
@@ -196,8 +192,7 @@ def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, s
             if size != expected:
                 raise bad_request(f"chunk {number} must be {expected} bytes, received "
                                   f"{'more' if size > expected else size}", "CHUNK_SIZE_MISMATCH")
-            out.flush()
-            os.fsync(out.fileno())
+        part.sync()  # before the write lock: nobody waits on the disk
         checksum = digest.hexdigest()
         with db.atomic("IMMEDIATE"):
             # Under the write lock, so finalize sees either all of this chunk or none of it.
@@ -205,13 +200,11 @@ def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, s
             if current is None:
                 raise not_found("Upload session")
             _require_open(current)
-            os.replace(temp, chunk_path(cfg, session.id, number))
+            part.commit()
             UploadChunk.replace(session=session.id, number=number, size=size, checksum=checksum).execute()
             UploadSession.update(expires_at=utcnow() + _ttl(cfg)).where(UploadSession.id == session.id).execute()
             received = UploadChunk.select().where(UploadChunk.session == session.id)
             received_count, received_bytes = received.count(), sum(c.size for c in received)
-    finally:
-        temp.unlink(missing_ok=True)
     return {"chunk_number": number, "received_size": size, "checksum": checksum,
             "progress": _progress(received_bytes, session.file_size), "received_chunks": received_count,
             "total_chunks": session.total_chunks}

@@ -23,8 +23,9 @@ from typing import Any
 import psutil
 
 from app.errors import AppError
-from app.models import FINISHED, Job, Setting, utcnow
-from app.services import jobs as lifecycle
+from app.models import FINISHED, Job, Setting
+from app.services import jobs
+from workers.timestamps import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def run_cleanup(cfg: Mapping[str, Any], *, now: float | None = None,
         if job is None:
             _remove(path, f"transcript older than {rules['transcripts_days']} days", removed, data)
         elif job.status in FINISHED:
-            lifecycle.delete_job(cfg, job)
+            jobs.delete_job(cfg, job)
             jobs_deleted.append(job.id)
             removed.append(path.relative_to(data).as_posix())
             log.info("cleanup deleted job %s: its transcript is older than %d days", job.id,
@@ -128,7 +129,7 @@ def run_cleanup(cfg: Mapping[str, Any], *, now: float | None = None,
     if removed:
         log.info("cleanup removed %d file(s) and %d job(s)", len(removed), len(jobs_deleted))
     report = {"removed": removed, "jobs_deleted": jobs_deleted, "disk_percent": disk, "rules": rules}
-    Setting.write(LAST_RUN_KEY, {"at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"), "files_removed": len(removed),
+    Setting.write(LAST_RUN_KEY, {"at": utc_iso(), "files_removed": len(removed),
                                  "jobs_deleted": len(jobs_deleted), "disk_percent": disk})
     return report
 

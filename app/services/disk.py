@@ -33,6 +33,7 @@ UPLOAD_ENDPOINTS = frozenset({
     "dubarr.upload",  # Dubarr
     "voxis.upload",  # VOXIS
     "openai.transcriptions", "openai.translations",  # OpenAI
+    "asr.asr", "asr.detect_language",  # whisper-asr-webservice (Bazarr)
 })
 
 

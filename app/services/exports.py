@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from app.errors import AppError
+from app.services import subtitles
 
 
 @dataclass(frozen=True)
@@ -48,32 +51,80 @@ def timestamp(seconds: float, separator: str = ",") -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
 
 
-def _cue_text(text: str) -> str:
-    # A blank line would end the cue early in both SRT and VTT.
-    return "\n".join(line for line in text.strip().splitlines() if line.strip()) or " "
-
-
 def to_txt(transcript: dict[str, Any]) -> str:
     """One segment per line."""
     return "\n".join(s["text"].strip() for s in transcript["segments"]) + "\n"
 
 
-def to_srt(transcript: dict[str, Any]) -> str:
-    """SubRip cues numbered from 1."""
-    cues = [
-        f"{i}\n{timestamp(s['start'])} --> {timestamp(s['end'])}\n{_cue_text(s['text'])}\n"
-        for i, s in enumerate(transcript["segments"], start=1)
-    ]
-    return "\n".join(cues)
+SUBTITLE_OPTIONS = ("max_line_width", "max_line_count", "max_cue_seconds", "highlight_words")
 
 
-def to_vtt(transcript: dict[str, Any]) -> str:
-    """WebVTT with a header."""
-    cues = [
-        f"{timestamp(s['start'], '.')} --> {timestamp(s['end'], '.')}\n{_cue_text(s['text']).replace('-->', '->')}\n"
-        for s in transcript["segments"]
-    ]
-    return "WEBVTT\n\n" + "\n".join(cues)
+def subtitle_layout(options: Mapping[str, Any] | None = None) -> subtitles.Layout:
+    """The subtitle options (``max_line_width``, ``max_line_count``, ``max_cue_seconds``, ``highlight_words``)
+    checked; a bad value is a 400 naming it, an unknown name a 400 too."""
+    options = dict(options or {})
+    unknown = set(options) - set(SUBTITLE_OPTIONS)
+    if unknown:
+        raise AppError(400, "INVALID_PARAMETER", f"Unknown subtitle option {sorted(unknown)[0]!r}")
+    try:
+        return subtitles.layout(**options)
+    except ValueError as exc:
+        raise AppError(400, "INVALID_PARAMETER", str(exc)) from exc
+
+
+def to_srt(transcript: dict[str, Any], **options: Any) -> str:
+    """SubRip cues numbered from 1, laid out for reading (``max_line_width=0``: one cue per segment).
+
+    Options: ``max_line_width`` (42), ``max_line_count`` (2), ``max_cue_seconds`` (7), ``highlight_words``
+    (each word underlined while it is spoken, as whisper's writer does).
+    """
+    rules = subtitle_layout(options)
+    cues = subtitles.build_cues(transcript["segments"], rules)
+    blocks = []
+    for cue in cues:
+        if rules.highlight_words:
+            blocks += [(start, end, _marked(cue, spoken, "<u>", "</u>"))
+                       for start, end, spoken in subtitles.highlight_steps(cue)]
+        else:  # an arrow in the text could pass for a timing line (one cue per segment keeps the text as it was)
+            blocks.append((cue.start, cue.end, cue.text if rules.per_segment else cue.text.replace("-->", "->")))
+    return "\n".join(f"{i}\n{timestamp(start)} --> {timestamp(end)}\n{text}\n"
+                     for i, (start, end, text) in enumerate(blocks, start=1))
+
+
+def to_vtt(transcript: dict[str, Any], **options: Any) -> str:
+    """WebVTT with a header, laid out like :func:`to_srt`; ``highlight_words`` adds karaoke timestamp tags."""
+    rules = subtitle_layout(options)
+    cues = subtitles.build_cues(transcript["segments"], rules)
+    body = [f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n"
+            f"{_karaoke(c) if rules.highlight_words else c.text.replace('-->', '->')}\n" for c in cues]
+    return "WEBVTT\n\n" + "\n".join(body)
+
+
+def _marked(cue: subtitles.Cue, spoken: list[int], before: str, after: str) -> str:
+    """The cue's text with the words at ``spoken`` (indexes into its words) wrapped in ``before``/``after``."""
+    lines, k = [], 0
+    for line in cue.lines:
+        texts = []
+        for word in line:
+            texts.append(f"{before}{word.text}{after}" if k in spoken else word.text)
+            k += 1
+        lines.append(" ".join(texts))
+    return "\n".join(lines)
+
+
+def _karaoke(cue: subtitles.Cue) -> str:
+    """WebVTT karaoke: a ``<hh:mm:ss.mmm>`` tag before each word from the moment it is spoken (players
+    style the spoken and the coming words with ``::cue(:past)`` and ``::cue(:future)``)."""
+    tags = {spoken[0]: start for start, _, spoken in subtitles.highlight_steps(cue)[1:]}
+    lines, k = [], 0
+    for line in cue.lines:
+        texts = []
+        for word in line:
+            text = html.escape(word.text, quote=False).replace("--&gt;", "-&gt;")
+            texts.append(f"<{timestamp(tags[k], '.')}>{text}" if k in tags else text)
+            k += 1
+        lines.append(" ".join(texts))
+    return "\n".join(lines)
 
 
 def to_tsv(transcript: dict[str, Any]) -> str:
@@ -93,11 +144,21 @@ def to_json(transcript: dict[str, Any]) -> str:
 RENDERERS = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "json": to_json, "tsv": to_tsv}
 
 
-def render(transcript: dict[str, Any], fmt: str) -> tuple[str, str]:
-    """Render a transcript; returns (body, content type). Unknown formats are a 400."""
+SUBTITLE_FORMATS = ("srt", "vtt")
+
+
+def render(transcript: dict[str, Any], fmt: str, **options: Any) -> tuple[str, str]:
+    """Render a transcript; returns (body, content type). Unknown formats are a 400.
+
+    ``options`` are the subtitle options of :func:`to_srt`; they shape srt and vtt and are checked for
+    every format, so a bad value is a 400 whatever the format.
+    """
     fmt = (fmt or "").lower()
     if fmt not in RENDERERS:
         raise AppError(400, "UNSUPPORTED_FORMAT", f"Unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt in SUBTITLE_FORMATS:
+        return RENDERERS[fmt](transcript, **options), FORMATS[fmt].mime_type
+    subtitle_layout(options)
     return RENDERERS[fmt](transcript), FORMATS[fmt].mime_type
 
 

@@ -16,12 +16,12 @@ import os
 import stat
 import zipfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from app.errors import AppError, bad_request, not_found
 from app.models import Job
+from workers.timestamps import utc_iso
 
 LISTED = ("logs", "uploads", "transcripts")  # GET/DELETE /admin/files
 BROWSABLE = ("uploads", "transcripts", "logs", "cache")  # GET /admin/browse
@@ -31,7 +31,7 @@ CHUNK = 256 * 1024
 
 
 def _mtime(value: float) -> str:
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_iso(value)
 
 
 def folder_root(data_dir: str | Path, folder: str, allowed: tuple[str, ...]) -> Path:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import AppError, not_found
-from app.extensions import engine_breaker, stopping
 from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
-from app.services import languages, model_aliases
-from app.services.breaker import ensure_accepting
+from app.services import languages, model_aliases, plans, queueing
+from app.services.breaker import engine_breaker, ensure_accepting
 from app.services.storage import Layout, clean_filename
+from app.shutdown import stopping
 from workers import audio, modelstore
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,7 @@ def create_source_job(cfg: Mapping[str, Any], user: User | None, source: Path, *
 
 def submit(job: Job) -> None:
     """Put the job's id on the queue."""
-    from workers.tasks import process_job  # imported late: the queue is bound by the app factory
-
-    process_job(job.id)
+    queueing.submit(job.id)
 
 
 # ------------------------------------------------------------------- reading
@@ -197,24 +195,30 @@ def list_jobs(user: User | None, *, status: str | None = None, created_after: da
     return jobs, total
 
 
-def transcript(job: Job) -> dict[str, Any]:
-    """The transcript of a completed job: text, segments, language and confidence."""
+def transcript(job: Job, *, words: bool | None = None) -> dict[str, Any]:
+    """The transcript of a completed job: text, segments, language and confidence.
+
+    Segments carry their word timestamps when ``words`` is true; by default (None) only when the job asked
+    for them: whisper.cpp jobs store them always, for the subtitles, but the transcript's shape is the client's.
+    """
+    if words is None:
+        words = bool((job.options or {}).get("word_timestamps"))
     segments = []
     for s in Segment.for_job(job):
         segment = {"id": s.idx, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
                    "confidence": None if s.confidence is None else round(s.confidence, 4)}
-        if s.words is not None:
+        if words and s.words is not None:
             segment["words"] = s.words
         segments.append(segment)
     return {"text": job.text or "", "segments": segments, "language": job.detected_language,
             "confidence": job.confidence}
 
 
-def require_transcript(job: Job) -> dict[str, Any]:
-    """The transcript, or 409 when the job has not completed."""
+def require_transcript(job: Job, *, words: bool | None = None) -> dict[str, Any]:
+    """The transcript (``words`` as for :func:`transcript`), or 409 when the job has not completed."""
     if job.status != "completed":
         raise AppError(409, "JOB_NOT_COMPLETED", f"Job is {job.status}; the transcript is not ready")
-    return transcript(job)
+    return transcript(job, words=words)
 
 
 def summary(job: Job) -> dict[str, Any]:
@@ -251,10 +255,9 @@ def detail(job: Job) -> dict[str, Any]:
 
 def stage_view(job: Job) -> list[dict[str, Any]]:
     """The job's plan with each stage's status, progress and timestamps."""
-    from workers.stages import plan_for
-
     records = job.stages or {}
-    return [{"name": name, "status": "pending", "progress": 0.0, **records.get(name, {})} for name in plan_for(job)]
+    return [{"name": name, "status": "pending", "progress": 0.0, **records.get(name, {})}
+            for name in plans.plan_for(job)]
 
 
 def progress(job: Job) -> dict[str, Any]:
@@ -309,6 +312,22 @@ def wait_finished(job_id: str, timeout: float, interval: float = WAIT_INTERVAL) 
         if time.monotonic() >= deadline or stopping.is_set():
             return None
         time.sleep(interval)
+
+
+def await_completed(job: Job, timeout: float) -> Job:
+    """The job once completed, for the dialects that answer with the result (OpenAI, whisper-asr-webservice).
+
+    504 naming the job when it takes longer than ``timeout`` (it keeps running), 422 when it failed,
+    409 when it was cancelled.
+    """
+    finished = wait_finished(job.id, timeout)
+    if finished is None:
+        raise AppError(504, "TIMEOUT", f"The transcription did not finish in time; it continues as job {job.id}. "
+                       f"Poll /api/jobs/{job.id} for the result.", {"X-Job-ID": job.id})
+    if finished.status != "completed":
+        raise AppError(422 if finished.status == "failed" else 409, "PROCESSING_FAILED",
+                       f"Job {job.id} {finished.status}: {finished.error or 'no transcript'}")
+    return finished
 
 
 def wait_for(job: Job, seconds: float) -> Job:

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.errors import AppError
 from app.models import Job, User
-from app.services import jobs as lifecycle
+from app.services import jobs
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def queue_library_file(cfg: Mapping[str, Any], user: User | None, path: Path, *,
     waiting = Job.select().where((Job.source_path == str(path)) & Job.status.in_(("queued", "processing"))).first()
     if waiting is not None:
         return waiting
-    return lifecycle.create_source_job(cfg, user, path, kind="sidecar", model=model, language=language)
+    return jobs.create_source_job(cfg, user, path, kind="sidecar", model=model, language=language)
 
 
 # --------------------------------------------------------------- folder watch

@@ -7,6 +7,10 @@ import re
 import tempfile
 from pathlib import Path
 
+# One helper for atomic writes (temp file, fsync, rename), shared with the Flask-free worker libraries.
+from workers.atomicfile import AtomicFile as AtomicFile
+from workers.atomicfile import atomic_write as atomic_write
+
 FOLDERS = ("uploads", "transcripts", "logs", "tmp", "cache", "models")
 _EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
 _DISPLAY_EXT = re.compile(r"^\.[A-Za-z0-9]{1,16}$")
@@ -72,18 +76,3 @@ def clean_filename(filename: str | None) -> str:
     if not _DISPLAY_EXT.match(ext):
         return name[:MAX_FILENAME]
     return name[:MAX_FILENAME - len(ext)].rstrip() + ext
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

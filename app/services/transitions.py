@@ -1,4 +1,4 @@
-"""Job state changes made by the workers: progress, stage records, results, failures and re-queueing.
+"""Job state changes made by the workers: progress, stage records, results and failures.
 
 The rules for what users may do with jobs live in ``app/services/jobs.py``; this module holds
 the transitions the pipeline drives, each in its own IMMEDIATE transaction.
@@ -15,7 +15,7 @@ from typing import Any
 
 from app.models import Job, Segment, db, isoformat, utcnow
 from app.services import totals
-from app.services.jobs import submit, transcript
+from app.services.jobs import transcript
 from app.services.storage import Layout, atomic_write
 
 
@@ -137,16 +137,6 @@ def fail(job_id: str, reason: str) -> None:
             Job.id == job_id).execute()
 
 
-def requeue(job_id: str, delay: float = 0) -> None:
-    """Put a processing job back in the queue without counting the attempt (the engine was paused)."""
-    from workers.tasks import process_job
-
-    with db.atomic("IMMEDIATE"):
-        Job.update(status="queued", stage="queued", worker_id=None, attempts=Job.attempts - 1,
-                   updated_at=utcnow()).where((Job.id == job_id) & (Job.status == "processing")).execute()
-    process_job.schedule((job_id,), delay=delay)
-
-
 def mark_cancelled(job_id: str) -> None:
     """Record that a running job stopped on request; partial text is discarded."""
     now = utcnow()
@@ -154,26 +144,3 @@ def mark_cancelled(job_id: str) -> None:
         Segment.delete().where(Segment.job == job_id).execute()
         Job.update(status="cancelled", stage="cancelled", text=None, completed_at=now, updated_at=now).where(
             Job.id == job_id).execute()
-
-
-def requeue_orphans(cfg: Mapping[str, Any], is_alive, pending_ids: set[str]) -> list[str]:
-    """Re-queue jobs whose worker died; fail those that already used up their attempts.
-
-    Queued jobs missing from the queue (``pending_ids``) are submitted again: Huey drops
-    a task taken by a consumer that is then killed. Claiming is atomic, so a duplicate is harmless.
-    """
-    requeued: list[str] = []
-    for job in Job.in_status("processing"):
-        if job.worker_id and is_alive(job.worker_id):
-            continue
-        if job.attempts >= cfg["MAX_ATTEMPTS"]:
-            fail(job.id, f"The worker stopped {job.attempts} times while processing this job; giving up")
-            continue
-        with db.atomic("IMMEDIATE"):
-            Job.update(status="queued", stage="queued", progress=0.0, worker_id=None, updated_at=utcnow()).where(
-                (Job.id == job.id) & (Job.status == "processing")).execute()
-        requeued.append(job.id)
-    for job in Job.in_status("queued"):
-        if job.id not in pending_ids:
-            submit(job)
-    return requeued

@@ -13,7 +13,7 @@ from peewee import IntegrityError
 
 from app.errors import AppError, not_found
 from app.models import AuditLog, Token, User, db, isoformat
-from app.security import hash_password, verify_password
+from app.services.credentials import hash_password, verify_password
 
 log = logging.getLogger(__name__)
 MIN_PASSWORD = 8

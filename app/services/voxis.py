@@ -16,11 +16,11 @@ from typing import Any
 
 from app.errors import AppError, not_found
 from app.models import Job, MediaFile, User, db, isoformat
-from app.services import jobs as lifecycle
-from app.services.storage import Layout, clean_filename, safe_extension
+from app.services import jobs, plans
+from app.services.storage import AtomicFile, Layout, clean_filename, safe_extension
 from workers import audio, dsp
 
-API_VERSION = "1.0.5"  # the VOXIS API version these routes follow (seed 004)
+API_VERSION = "1.0.5"  # the version of the VOXIS API document these routes follow
 SERVICE_NAME = "VOXIS Backend"
 UPLOAD_EXTENSIONS = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".flac": "audio/flac", ".ogg": "audio/ogg",
                      ".m4a": "audio/mp4"}
@@ -162,7 +162,7 @@ def start_processing(cfg: Mapping[str, Any], user: User | None, data: Mapping[st
     except OSError:
         shutil.copyfile(stored, link)
     transcribe = options["transcribe"]
-    return lifecycle.create_job(cfg, user, link, media.filename, kind="cleanup", options=options,
+    return jobs.create_job(cfg, user, link, media.filename, kind="cleanup", options=options,
                                 model=data.get("model") if transcribe else None,
                                 language=data.get("language") if transcribe else None)
 
@@ -172,9 +172,7 @@ def start_processing(cfg: Mapping[str, Any], user: User | None, data: Mapping[st
 
 def current_stage(job: Job) -> str:
     """The stage a client should show: the running one, the failed one, the next one, or the last."""
-    from workers.stages import plan_for
-
-    plan = plan_for(job)
+    plan = plans.plan_for(job)
     records = job.stages or {}
     if job.status == "queued":
         return "upload"  # uploaded, waiting for a worker
@@ -190,11 +188,9 @@ def current_stage(job: Job) -> str:
 
 def status_view(job: Job) -> dict[str, Any]:
     """``GET /api/status``: status, current stage, overall progress and each stage's progress."""
-    from workers.stages import plan_for
-
     records = job.stages or {}
     stages = {name: {"progress": round(records.get(name, {}).get("progress", 0)),
-                     "updated_at": records.get(name, {}).get("updated_at")} for name in plan_for(job)}
+                     "updated_at": records.get(name, {}).get("updated_at")} for name in plans.plan_for(job)}
     body: dict[str, Any] = {
         "job_id": job.id, "status": STATUS.get(job.status, job.status), "current_stage": current_stage(job),
         "progress": 100 if job.status == "completed" else round(job.progress), "stages": stages,
@@ -273,15 +269,12 @@ def _transcode(cfg: Mapping[str, Any], source: Path, out: Path, fmt: str, qualit
         codec = ["-c:a", "libmp3lame", "-b:a", MP3_BITRATES[quality], "-ar", str(min(rate, MP3_MAX_RATE))]
     else:
         codec = ["-c:a", "flac"]
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.part")  # two downloads may transcode at once
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), *codec, "-f", fmt, str(tmp)]
     try:
-        result = subprocess.run(cmd, capture_output=True, timeout=cfg["FFMPEG_TIMEOUT_SECONDS"], check=False)
-        if result.returncode != 0:
-            detail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["ffmpeg error"]
-            raise AppError(500, "EXPORT_FAILED", f"Converting to {fmt} failed: {detail[0]}")
-        os.replace(tmp, out)
+        with AtomicFile(out) as target:  # a temp name of its own: two downloads may transcode at once
+            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), *codec, "-f", fmt, str(target.temp)]
+            result = subprocess.run(cmd, capture_output=True, timeout=cfg["FFMPEG_TIMEOUT_SECONDS"], check=False)
+            if result.returncode != 0:
+                detail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["ffmpeg error"]
+                raise AppError(500, "EXPORT_FAILED", f"Converting to {fmt} failed: {detail[0]}")
     except subprocess.TimeoutExpired as exc:
         raise AppError(500, "EXPORT_FAILED", f"Converting to {fmt} took too long") from exc
-    finally:
-        tmp.unlink(missing_ok=True)

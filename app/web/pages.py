@@ -32,7 +32,8 @@ from flask import (
 from app.errors import AppError, not_found
 from app.models import User
 from app.security import SESSION_COOKIE, decode_token
-from app.services import jobs as service
+from app.services import jobs
+from app.services.credentials import SCOPES, USER_SCOPES
 from workers import modelstore
 
 bp = Blueprint("dashboard", __name__)
@@ -174,11 +175,11 @@ def home():
 def job_page(job_id: str):
     """One job: metadata, live progress and log, the transcript with timestamps that seek the player."""
     try:
-        job = service.get_job(g.user, job_id)
+        job = jobs.get_job(g.user, job_id)
     except AppError:
         return render("error.html", 404, title="Job not found",
                       message="This job does not exist or was deleted.")
-    detail = service.detail(job)
+    detail = jobs.detail(job)
     has_media = _media_path(job) is not None
     video = bool((job.media_info or {}).get("has_video"))
     return render("job.html", job=detail, has_media=has_media, video=video)
@@ -190,7 +191,7 @@ def job_media(job_id: str):
     user = session_user()
     if user is None:
         raise AppError(401, "UNAUTHORIZED", "Sign in to play this file")
-    job = service.get_job(user, job_id)
+    job = jobs.get_job(user, job_id)
     path = _media_path(job)
     if path is None:
         raise not_found("Media file")
@@ -203,21 +204,14 @@ def job_media(job_id: str):
 
 def _media_path(job: Any) -> Path | None:
     """The file the job was made from, when it still exists."""
-    if job.upload_path:
-        path = Path(current_app.config["DATA_DIR"]) / job.upload_path
-    elif job.source_path:
-        path = Path(job.source_path)
-    else:
-        return None
-    return path if path.is_file() else None
+    path = job.source_file(current_app.config["DATA_DIR"])
+    return path if path is not None and path.is_file() else None
 
 
 @bp.get("/ui/keys")
 @page()
 def keys_page():
     """The signed-in user's API keys: create, list, revoke."""
-    from app.security import SCOPES, USER_SCOPES
-
     scopes = SCOPES if g.user.role == "admin" else tuple(s for s in SCOPES if s in USER_SCOPES)
     return render("keys.html", scopes=scopes)
 

@@ -1,43 +1,30 @@
-"""Administration: statistics, health, reset and server control (settings: ``admin_settings``).
+"""Administration: statistics and health, read for ``/admin/stats`` and ``/admin/health``."""
 
-Server control and systemd: restart sends SIGHUP to the Gunicorn master (it starts a new worker and
-stops the old one gracefully) and to every registered Huey worker (it finishes the running job, then
-re-executes itself), which is what ``systemctl reload`` does too. Shutdown under ``whisper-transcriber
-run`` asks the supervisor to stop (SIGTERM: workers finish their job, Gunicorn stops, ``run`` exits 0).
-Under systemd there is no supervisor: workers get SIGINT and the Gunicorn master SIGTERM, but
-``Restart=always`` brings the workers back; the clean way there is
-``systemctl stop whisper-transcriber.target``.
-"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
+from limits.storage import storage_from_string
 from peewee import fn
 
-from app import models
-from app.api.health_routes import worker_alive
-from app.errors import AppError
-from app.models import ApiKey, AuditLog, Job, Segment, User, db, utcnow
+from app.models import ApiKey, AuditLog, Job, User, db, utcnow
 from app.services import files
-from app.services.storage import FOLDERS, Layout
-from app.supervisor import gunicorn_master, live_workers, supervisor_process
+from app.services.storage import FOLDERS
+from app.supervisor import gunicorn_master, live_workers
 from workers import modelstore, tuning
-from workers.queue import huey
+from workers.queue import consumer_alive, huey
+from workers.timestamps import utc_iso
 
 MB = 1024**2
 GB = 1024**3
-RESET_FOLDERS = ("uploads", "transcripts", "logs", "cache", "tmp")
 
 _cpu_lock = threading.Lock()
 _cpu_last: list = [psutil.cpu_times()]
@@ -88,7 +75,7 @@ def _rss(proc: psutil.Process | None) -> float | None:
         return None
 
 
-def _queue_depth() -> int:
+def queue_depth() -> int:
     try:
         return huey.pending_count()
     except Exception:
@@ -174,7 +161,7 @@ def _processes(data_dir: str) -> dict[str, Any]:
 
 
 def stats(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The seed-002 statistics plus system, process, queue and per-folder figures."""
+    """The full API's statistics plus system, process, queue and per-folder figures."""
     data_dir = str(cfg["DATA_DIR"])
     jobs, performance, rtf = _job_stats()
     by_folder = folder_usage(data_dir)
@@ -188,7 +175,7 @@ def stats(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "performance": performance,
         "system": _system(data_dir),
         "processes": _processes(data_dir),
-        "queue_depth": _queue_depth(),
+        "queue_depth": queue_depth(),
         "real_time_factor": rtf,
         "storage_by_folder": by_folder,
         "engine": engine_choice(cfg),
@@ -224,9 +211,7 @@ def _redis(cfg: Mapping[str, Any]) -> str:
     if not str(cfg.get("RATELIMIT_STORAGE_URI") or "").startswith("redis"):
         return "not_configured"
     try:
-        from app.extensions import limiter
-
-        return "healthy" if limiter.storage.check() else "unhealthy"
+        return "healthy" if storage_from_string(str(cfg["RATELIMIT_STORAGE_URI"])).check() else "unhealthy"
     except Exception:
         return "unhealthy"
 
@@ -239,13 +224,13 @@ def _storage(data_dir: str) -> tuple[str, float]:
 
 
 def health(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The seed-002 health body with measured values; services that do not exist are ``not_configured``."""
+    """The full API's health body with measured values; services that do not exist are ``not_configured``."""
     data_dir = str(cfg["DATA_DIR"])
     storage, _ = _storage(data_dir)
     database = _database()
     workers = live_workers()
     installed = modelstore.installed(cfg["MODELS_DIR"])
-    whisper = "healthy" if installed and (workers or worker_alive()) else "unhealthy"
+    whisper = "healthy" if installed and (workers or consumer_alive()) else "unhealthy"
     details = {"workers": len(workers), "models": installed}
     if not installed:
         details["whisper"] = "no model is installed"
@@ -259,7 +244,7 @@ def health(cfg: Mapping[str, Any]) -> dict[str, Any]:
     started = (master or psutil.Process()).create_time()
     return {
         "status": status,
-        "timestamp": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": utc_iso(),
         "services": services,
         "metrics": {
             "uptime": duration_text(time.time() - started),
@@ -271,112 +256,3 @@ def health(cfg: Mapping[str, Any]) -> dict[str, Any]:
         },
         "details": details,
     }
-
-
-# ------------------------------------------------------------------ reset
-
-
-def _empty(root: Path, keep_logs_open: bool) -> int:
-    """Remove everything inside ``root`` without following symlinks; live ``*.log`` files are emptied."""
-    removed = 0
-    if not root.is_dir() or root.is_symlink():
-        return 0
-    for entry in os.scandir(root):
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                removed += sum(len(names) for _, _, names in os.walk(entry.path))
-                shutil.rmtree(entry.path, ignore_errors=True)
-            elif keep_logs_open and entry.name.endswith(".log") and entry.is_file(follow_symlinks=False):
-                os.truncate(entry.path, 0)  # processes keep appending to the same (now empty) file
-                removed += 1
-            else:
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
-
-
-def reset(cfg: Mapping[str, Any], confirm: Any, *, actor: User, ip: str | None) -> dict[str, Any]:
-    """Remove every job, file and queue entry; keep users, keys, settings and the audit log."""
-    if confirm != "RESET":
-        raise AppError(400, "CONFIRMATION_REQUIRED", 'Send {"confirm": "RESET"} to remove all jobs and files')
-    with db.atomic("IMMEDIATE"):
-        # A running worker sees its row gone, aborts at the next check and writes nothing.
-        segments = Segment.delete().execute()
-        jobs = Job.delete().execute()
-        for name in ("UploadChunk", "UploadSession"):
-            if hasattr(models, name):
-                getattr(models, name).delete().execute()
-    queued = _queue_depth()
-    huey.storage.flush_queue()
-    huey.storage.flush_schedule()  # the key-value store (worker registry, heartbeats) stays
-    data = Path(cfg["DATA_DIR"])
-    removed = sum(_empty(data / name, keep_logs_open=name == "logs") for name in RESET_FOLDERS)
-    Layout(data).ensure()
-    result = {"jobs_deleted": jobs, "segments_deleted": segments, "queue_entries_removed": queued,
-              "files_removed": removed}
-    AuditLog.record("admin_reset", user=actor, ip=ip, **result)
-    return result
-
-
-# ------------------------------------------------------------------ server control
-
-
-def _control(cfg: Mapping[str, Any]) -> psutil.Process:
-    """The Gunicorn master, when server control is enabled and the appliance runs under Gunicorn."""
-    if not cfg.get("ENABLE_SERVER_CONTROL"):
-        raise AppError(403, "SERVER_CONTROL_DISABLED",
-                       "Server control is disabled; set ENABLE_SERVER_CONTROL=true to allow it")
-    master = gunicorn_master(cfg["DATA_DIR"])
-    if master is None:
-        raise AppError(503, "SERVER_CONTROL_UNAVAILABLE",
-                       "No running Gunicorn master found ($DATA_DIR/gunicorn.pid is missing or stale); "
-                       "server control works under `whisper-transcriber run` or `serve`")
-    return master
-
-
-def _send(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _targets(cfg: Mapping[str, Any], action: str, actor: User, ip: str | None) -> tuple[Any, Any, list[int], str]:
-    """The processes a server-control action signals (Gunicorn master, supervisor, workers), audited."""
-    master = _control(cfg)
-    supervisor = supervisor_process(cfg["DATA_DIR"])
-    workers = [w["pid"] for w in live_workers()]
-    mode = "supervisor" if supervisor else "direct"
-    AuditLog.record(action, user=actor, ip=ip, mode=mode, web_master_pid=master.pid, workers=workers)
-    return master, supervisor, workers, mode
-
-
-def restart(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Graceful reload: SIGHUP to Gunicorn and to each worker. Returns the body and the action to run.
-
-    Under ``run`` the supervisor forwards the SIGHUP, so workers it is retiring are not restarted.
-    """
-    master, supervisor, workers, mode = _targets(cfg, "admin_restart", actor, ip)
-
-    def action() -> None:
-        for pid in [supervisor.pid] if supervisor else [master.pid, *workers]:
-            _send(pid, signal.SIGHUP)
-
-    return {"message": "Restart initiated: the web server reloads, workers restart after their running job",
-            "mode": mode, "web_master_pid": master.pid, "workers": workers}, action
-
-
-def shutdown(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Clean stop: workers finish their running job, queued jobs stay queued, the web server stops."""
-    master, supervisor, workers, mode = _targets(cfg, "admin_shutdown", actor, ip)
-
-    def action() -> None:
-        if supervisor is not None:
-            _send(supervisor.pid, signal.SIGTERM)  # it stops the workers (SIGINT) and Gunicorn, then exits 0
-            return
-        for pid in workers:
-            _send(pid, signal.SIGINT)
-        _send(master.pid, signal.SIGTERM)
-
-    return {"message": "Shutdown initiated: running jobs finish first, queued jobs stay queued",
-            "mode": mode, "web_master_pid": master.pid, "workers": workers}, action

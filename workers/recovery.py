@@ -1,0 +1,42 @@
+"""Re-queue decisions, made by the worker runtime: give back a job the engine could not take, and
+recover jobs whose worker died. Services only record state; what goes back on the queue is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from app.models import Job, db, utcnow
+from app.services import queueing, transitions
+
+
+def requeue(job_id: str, delay: float = 0) -> None:
+    """Put a processing job back in the queue without counting the attempt (the engine was paused)."""
+    with db.atomic("IMMEDIATE"):
+        Job.update(status="queued", stage="queued", worker_id=None, attempts=Job.attempts - 1,
+                   updated_at=utcnow()).where((Job.id == job_id) & (Job.status == "processing")).execute()
+    queueing.submit(job_id, delay=delay)
+
+
+def requeue_orphans(cfg: Mapping[str, Any], is_alive: Callable[[str], bool], pending_ids: set[str]) -> list[str]:
+    """Re-queue jobs whose worker died; fail those that already used up their attempts.
+
+    Queued jobs missing from the queue (``pending_ids``) are submitted again: Huey drops
+    a task taken by a consumer that is then killed. Claiming is atomic, so a duplicate is harmless.
+    """
+    requeued: list[str] = []
+    for job in Job.in_status("processing"):
+        if job.worker_id and is_alive(job.worker_id):
+            continue
+        if job.attempts >= cfg["MAX_ATTEMPTS"]:
+            transitions.fail(job.id, f"The worker stopped {job.attempts} times while processing this job; giving up")
+            continue
+        with db.atomic("IMMEDIATE"):
+            Job.update(status="queued", stage="queued", progress=0.0, worker_id=None, updated_at=utcnow()).where(
+                (Job.id == job.id) & (Job.status == "processing")).execute()
+        requeued.append(job.id)
+    for job in Job.in_status("queued"):
+        if job.id not in pending_ids:
+            queueing.submit(job.id)
+    return requeued
