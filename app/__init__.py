@@ -51,8 +51,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if settings["TRUSTED_PROXIES"] > 0:  # only then is X-Forwarded-For the client address
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings["TRUSTED_PROXIES"], x_proto=settings["TRUSTED_PROXIES"])
     app.json.sort_keys = False
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"ping_interval": settings["WS_PING_INTERVAL"] or None,
-                                                  "thread_class": SocketReaderThread})
+    app.config.setdefault(
+        "SOCK_SERVER_OPTIONS",
+        {"ping_interval": settings["WS_PING_INTERVAL"] or None, "thread_class": SocketReaderThread},
+    )
     logging_setup.log_requests(app)  # access.log; boot set up the other logs
     limiter.init_app(app)
     login_limits.init_app(app)

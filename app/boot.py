@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app import logging_setup, models
+from app import db, logging_setup
 from app.services import queueing
 from app.services.breaker import configure_breaker
 from app.services.storage import Layout
@@ -50,7 +50,7 @@ def boot(settings: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
         logging_setup.console_logging(loaded["LOG_LEVEL"])
     Layout(loaded["DATA_DIR"]).ensure()
     logging_setup.configure_logging(loaded, role)
-    models.open_database(Path(loaded["DATA_DIR"]) / "whisper.db")
+    db.open_database(Path(loaded["DATA_DIR"]) / "whisper.db")
     queue.bind(loaded["DATA_DIR"], float(loaded["QUEUE_POLL_SECONDS"]))
     queueing.bind(tasks.process_job)  # services queue jobs through this; they never import the tasks
     configure_breaker(loaded)

@@ -67,8 +67,9 @@ def worker() -> None:
     pipeline.reconcile()
     recycler = lifecycle.install_recycling(queue.huey, settings, supervised)  # memory or job limit reached
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
-    consumer = queue.huey.create_consumer(workers=1, worker_type="thread", periodic=True,
-                                          initial_delay=poll, max_delay=poll, backoff=1.0)
+    consumer = queue.huey.create_consumer(
+        workers=1, worker_type="thread", periodic=True, initial_delay=poll, max_delay=poll, backoff=1.0
+    )
     watch_concurrency(consumer, settings)  # threads changed: SIGHUP self, Huey restarts after the job
     threading.Thread(target=_interrupt_on_stop, args=(consumer,), daemon=True, name="wake-on-stop").start()
     consumer.run()  # without a supervisor a recycling worker re-executes itself in here
@@ -136,8 +137,12 @@ def models_list() -> None:
 @click.argument("name")
 @click.option("--url", help="Download an official ggml file from this URL instead of building offline.")
 @click.option("--sha256", help="Expected SHA-256 of the download (required with --url).")
-@click.option("--quantize/--no-quantize", default=True, show_default=True,
-              help="Also write the q8_0 copy that whisper.cpp runs faster (the calibration checks its accuracy).")
+@click.option(
+    "--quantize/--no-quantize",
+    default=True,
+    show_default=True,
+    help="Also write the q8_0 copy that whisper.cpp runs faster (the calibration checks its accuracy).",
+)
 def models_install(name: str, url: str | None, sha256: str | None, quantize: bool) -> None:
     """Install NAME: tiny.en and base are built offline; others need --url and --sha256."""
     folder = load_settings()["MODELS_DIR"]
@@ -263,8 +268,10 @@ def engine_build(revert: bool, once: bool, runs: int) -> None:
         for model, clips in outcome.baseline.items():
             for clip, base in clips.items():
                 new = outcome.native[model][clip]
-                click.echo(f"  {model:24} {clip:24} CPU {base['cpu']:6.2f} s -> {new['cpu']:6.2f} s  "
-                           f"WER {base['wer']:.3f} -> {new['wer']:.3f}")
+                click.echo(
+                    f"  {model:24} {clip:24} CPU {base['cpu']:6.2f} s -> {new['cpu']:6.2f} s  "
+                    f"WER {base['wer']:.3f} -> {new['wer']:.3f}"
+                )
     click.echo(outcome.message)
     if not outcome.installed:
         sys.exit(1)
@@ -305,8 +312,12 @@ def users_create(username: str, password: str, email: str | None, admin: bool) -
 @click.option("--runs", default=3, help="Runs per clip; the median is reported.")
 @click.option("--audio-dir", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--compare", is_flag=True, help="Side by side with faster-whisper: every engine, every workload.")
-@click.option("--workloads", default="jfk,osr,10min,batch8", show_default=True,
-              help="With --compare: which of jfk, osr, 10min and batch8 to run.")
+@click.option(
+    "--workloads",
+    default="jfk,osr,10min,batch8",
+    show_default=True,
+    help="With --compare: which of jfk, osr, 10min and batch8 to run.",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="With --compare: save the figures.")
 def bench(model: str, runs: int, audio_dir: str | None, compare: bool, workloads: str, json_out: str | None) -> None:
     """Time the bare engine and the running appliance on the shipped clips (or --compare with faster-whisper)."""
@@ -336,9 +347,11 @@ def tune(models: tuple[str, ...], runs: int) -> None:
     record = tuning.calibrate(settings, names, runs=runs, echo=click.echo)
     for name, entry in record["models"].items():
         for label, figures in entry["results"].items():
-            click.echo(f"  {name:10} {label:40} short {figures['short']['seconds']:6.2f} s "
-                       f"(WER {figures['short']['wer']:.3f})  long {figures['long']['seconds']:6.2f} s "
-                       f"(WER {figures['long']['wer']:.3f})")
+            click.echo(
+                f"  {name:10} {label:40} short {figures['short']['seconds']:6.2f} s "
+                f"(WER {figures['short']['wer']:.3f})  long {figures['long']['seconds']:6.2f} s "
+                f"(WER {figures['long']['wer']:.3f})"
+            )
         click.echo(f"{name}: short audio on {entry['short']}, long audio on {entry['long']}")
     click.echo(f"saved to {tuning.tuning_path(settings)}")
 

@@ -135,7 +135,10 @@ def register_error_handlers(app: Flask) -> None:
         if is_disk_full(exc):  # wherever it happened: an upload, the database, a log or a transcript
             # The text, not the exception: a kept record must not keep the traceback's open files alive.
             log.warning("disk full: %s", str(exc), extra={"request_id": getattr(g, "request_id", None)})
-            return _respond(507, "INSUFFICIENT_STORAGE", "The server's disk is full; the request could not be "
-                            "completed. Try again once space is freed")
+            return _respond(
+                507,
+                "INSUFFICIENT_STORAGE",
+                "The server's disk is full; the request could not be completed. Try again once space is freed",
+            )
         log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
         return _respond(500, "INTERNAL_ERROR", "Internal server error; the request id is in the server log")

@@ -191,9 +191,16 @@ class SharedRotatingFileHandler(logging.Handler):
         return True
 
     def _dropped_line(self, record: logging.LogRecord) -> bytes:
-        note = logging.makeLogRecord({"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
-                                      "msg": "%d log lines were dropped: the disk was full",
-                                      "args": (self.dropped,), "created": record.created})
+        note = logging.makeLogRecord(
+            {
+                "name": __name__,
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": "%d log lines were dropped: the disk was full",
+                "args": (self.dropped,),
+                "created": record.created,
+            }
+        )
         return (self.format(note) + "\n").encode("utf-8", "replace")
 
     def _over_limit(self, size: int, incoming: int) -> bool:
@@ -254,16 +261,20 @@ def _add(logger: logging.Logger, handler: logging.Handler) -> None:
 
 
 def _file_handler(settings: Mapping[str, Any], name: str, role: str) -> SharedRotatingFileHandler:
-    handler = SharedRotatingFileHandler(logs_dir(settings) / LOG_FILES[name],
-                                        settings.get("LOG_MAX_BYTES", 10 * 1024**2), settings.get("LOG_BACKUPS", 5))
+    handler = SharedRotatingFileHandler(
+        logs_dir(settings) / LOG_FILES[name],
+        settings.get("LOG_MAX_BYTES", 10 * 1024**2),
+        settings.get("LOG_BACKUPS", 5),
+    )
     handler.setFormatter(JsonFormatter(role))
     handler.addFilter(ContextFilter())
     return handler
 
 
 def _has_stderr_handler(logger: logging.Logger) -> bool:
-    return any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
-               for h in logger.handlers)
+    return any(
+        isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr for h in logger.handlers
+    )
 
 
 def console_logging(level: str) -> None:
@@ -335,11 +346,19 @@ def _write_access_line(response: Response) -> Response:
     if rule is not None and getattr(rule, "websocket", False) and status == 200:
         status = 101  # a WebSocket that was accepted, logged when it ends
     logging.getLogger(ACCESS_LOGGER).info(
-        "%s %s %s", request.method, request.path, status,
+        "%s %s %s",
+        request.method,
+        request.path,
+        status,
         # The path only: a WebSocket's ?token= must never reach a log file.
-        extra={"method": request.method, "path": request.path, "status": status,
-               "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 1),
-               "remote_addr": request.remote_addr, "user_id": _user_id()},
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 1),
+            "remote_addr": request.remote_addr,
+            "user_id": _user_id(),
+        },
     )
     return response
 

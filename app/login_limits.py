@@ -59,8 +59,9 @@ def check_login_allowed(username: str) -> None:
             "Retry-After": str(max(1, math.ceil(reset_at - time.time()))),
         }
         setattr(g, OVERRIDE_HEADERS, headers)
-        raise AppError(429, "RATE_LIMITED", "Too many failed login attempts; retry after the seconds in Retry-After",
-                       headers)
+        raise AppError(
+            429, "RATE_LIMITED", "Too many failed login attempts; retry after the seconds in Retry-After", headers
+        )
 
 
 def record_login_failure(username: str) -> None:

@@ -111,20 +111,38 @@ def _breach_message() -> str:
 # Order matters: flask-limiter reports the first limit of the shortest window in the X-RateLimit
 # headers, so on /admin/* those describe the tighter admin limit.
 APPLICATION_LIMITS = [
-    ApplicationLimit(limit_provider=admin_limit, key_function=rate_limit_key, scope="admin",
-                     exempt_when=lambda: not is_admin_path(),
-                     error_message="Rate limit for administration endpoints exceeded; see Retry-After"),
-    ApplicationLimit(limit_provider=chunk_limit, key_function=rate_limit_key, scope="chunks",
-                     exempt_when=lambda: not is_chunk_upload(),
-                     error_message="Too many upload chunks; retry after the number of seconds in Retry-After"),
-    ApplicationLimit(limit_provider=principal_limit, key_function=rate_limit_key, scope="principal",
-                     exempt_when=is_chunk_upload, error_message=_breach_message),
+    ApplicationLimit(
+        limit_provider=admin_limit,
+        key_function=rate_limit_key,
+        scope="admin",
+        exempt_when=lambda: not is_admin_path(),
+        error_message="Rate limit for administration endpoints exceeded; see Retry-After",
+    ),
+    ApplicationLimit(
+        limit_provider=chunk_limit,
+        key_function=rate_limit_key,
+        scope="chunks",
+        exempt_when=lambda: not is_chunk_upload(),
+        error_message="Too many upload chunks; retry after the number of seconds in Retry-After",
+    ),
+    ApplicationLimit(
+        limit_provider=principal_limit,
+        key_function=rate_limit_key,
+        scope="principal",
+        exempt_when=is_chunk_upload,
+        error_message=_breach_message,
+    ),
 ]
 
 # One limiter for the process. ``init_app`` (once per app) builds a fresh storage from
 # RATELIMIT_STORAGE_URI, so every app, and so every test, starts with empty counters.
-limiter = Limiter(key_func=rate_limit_key, headers_enabled=True, default_limits=[],
-                  application_limits=APPLICATION_LIMITS, strategy="fixed-window")
+limiter = Limiter(
+    key_func=rate_limit_key,
+    headers_enabled=True,
+    default_limits=[],
+    application_limits=APPLICATION_LIMITS,
+    strategy="fixed-window",
+)
 
 
 # ------------------------------------------------------------ dialect limits
@@ -137,8 +155,12 @@ def dialect_limit(bp: Blueprint, setting: str, scope: str, error_message: str) -
 
     It applies on top of the app-wide limits and is the one ``bp``'s ``X-RateLimit-*`` headers describe.
     """
-    limiter.shared_limit(lambda: current_app.config[setting], scope=scope,
-                         key_func=lambda: f"{scope}:{request.remote_addr}", error_message=error_message)(bp)
+    limiter.shared_limit(
+        lambda: current_app.config[setting],
+        scope=scope,
+        key_func=lambda: f"{scope}:{request.remote_addr}",
+        error_message=error_message,
+    )(bp)
     _DIALECT_SCOPES[bp.name] = scope
 
     @bp.record_once
@@ -221,9 +243,14 @@ class RejectionSummary(logging.Filter):
             self._due = min((window[0] + self.WINDOW for window in self._windows.values()), default=math.inf)
         for (address, limit), suppressed in ended:
             if suppressed:
-                _log.info("ratelimit %s refused %s %d more times within a minute of the first refusal (not logged "
-                          "one by one)", limit, address, suppressed,
-                          extra={"remote_addr": address, "suppressed": suppressed})
+                _log.info(
+                    "ratelimit %s refused %s %d more times within a minute of the first refusal (not logged "
+                    "one by one)",
+                    limit,
+                    address,
+                    suppressed,
+                    extra={"remote_addr": address, "suppressed": suppressed},
+                )
 
 
 rejections = RejectionSummary()

@@ -33,6 +33,7 @@ CSRF_COOKIE = "wt_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 ALGORITHM = "HS256"  # fixed: never read from the token
 
+
 def unauthorized(detail: str = "Authentication required") -> AppError:
     """The 401 every authentication failure answers with."""
     return AppError(401, "UNAUTHORIZED", detail, {"WWW-Authenticate": "Bearer"})
@@ -64,8 +65,7 @@ def issue_token(user: User) -> dict[str, Any]:
     Token.purge_expired()  # the denylist only needs tokens that could still be used
     with db.atomic("IMMEDIATE"):
         Token.create(jti=jti, user=user, expires_at=expires)
-    claims = {"sub": str(user.id), "jti": jti, "iat": _epoch(now),
-              "exp": _epoch(expires), "role": user.role}
+    claims = {"sub": str(user.id), "jti": jti, "iat": _epoch(now), "exp": _epoch(expires), "role": user.role}
     token = jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm=ALGORITHM)
     return {"access_token": token, "token_type": "bearer", "expires_in": lifetime}
 
@@ -78,7 +78,9 @@ def decode_token(token: str) -> tuple[User, dict[str, Any]]:
     """Verify a JWT and return its user; any problem is a 401."""
     try:
         claims = jwt.decode(
-            token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM],
+            token,
+            current_app.config["SECRET_KEY"],
+            algorithms=[ALGORITHM],
             options={"require": ["exp", "iat", "sub", "jti"]},
         )
     except jwt.ExpiredSignatureError as exc:
@@ -117,7 +119,8 @@ def principal_from_api_key(secret: str) -> Principal:
     allowed = set(SCOPES) if key.user.role == "admin" else set(USER_SCOPES)
     with db.atomic("IMMEDIATE"):
         ApiKey.update(last_used=utcnow(), usage_count=ApiKey.usage_count + 1).where(
-            ApiKey.key_id == key.key_id).execute()
+            ApiKey.key_id == key.key_id
+        ).execute()
     return Principal(key.user, frozenset(set(key.permissions) & allowed), "api_key", api_key=key)
 
 
@@ -141,8 +144,12 @@ def api_user_account(username: str, password: str) -> User | None:
     """
     cfg = current_app.config
     api_user, api_pass = cfg.get("API_USER") or "", cfg.get("API_PASS") or ""
-    if not (api_user and api_pass and hmac.compare_digest(username.encode(), api_user.encode())
-            and hmac.compare_digest(password.encode(), api_pass.encode())):
+    if not (
+        api_user
+        and api_pass
+        and hmac.compare_digest(username.encode(), api_user.encode())
+        and hmac.compare_digest(password.encode(), api_pass.encode())
+    ):
         return None
     admin = User.active_admins().order_by(User.id).first()
     if admin is None:
@@ -269,7 +276,6 @@ def login_required(scope: str | None = None) -> Callable:
 
 
 admin_required = login_required("admin")
-
 
 
 def require_session() -> Principal:

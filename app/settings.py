@@ -139,8 +139,9 @@ def parse_networks(value: str | Iterable[str | Network] | None, name: str) -> tu
             # strict: "192.168.1.7/24" is refused rather than silently widened to the whole /24
             networks.append(ipaddress.ip_network(text))
         except ValueError as exc:
-            raise RuntimeError(f"{name}: {text!r} is not a network such as 192.168.1.0/24, 10.0.0.5 or fd00::/8 "
-                               f"({exc})") from exc
+            raise RuntimeError(
+                f"{name}: {text!r} is not a network such as 192.168.1.0/24, 10.0.0.5 or fd00::/8 ({exc})"
+            ) from exc
     return tuple(networks)
 
 
@@ -161,8 +162,10 @@ def parse_model_aliases(value: str | dict[str, str] | None, name: str) -> dict[s
     for alias, target in pairs:
         alias, target = alias.strip(), target.strip()
         if not _MODEL_NAME.fullmatch(alias) or not _MODEL_NAME.fullmatch(target):
-            raise RuntimeError(f"{name}: {alias}={target} is not an alias such as medium=base "
-                               "(names are letters, digits, '.', '-' and '_')")
+            raise RuntimeError(
+                f"{name}: {alias}={target} is not an alias such as medium=base "
+                "(names are letters, digits, '.', '-' and '_')"
+            )
         if alias in aliases and aliases[alias] != target:
             raise RuntimeError(f"{name}: {alias} is given twice, as {aliases[alias]} and as {target}")
         aliases[alias] = target

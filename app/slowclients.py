@@ -167,8 +167,9 @@ class GuardedThreadWorker(ThreadWorker):
         settings = load_settings()
         self.idle = idle_seconds(settings)
         self.max_body = int(settings.get("MAX_CONTENT_LENGTH") or 0)
-        self.upload_pool = futures.ThreadPoolExecutor(max_workers=upload_threads(self.cfg.threads),
-                                                      thread_name_prefix="upload")
+        self.upload_pool = futures.ThreadPoolExecutor(
+            max_workers=upload_threads(self.cfg.threads), thread_name_prefix="upload"
+        )
         super().init_process()
 
     def run(self) -> None:
@@ -336,8 +337,9 @@ class GuardedThreadWorker(ThreadWorker):
                 self.closed_idle += 1
                 self._close(conn, _TIMEOUT_408 if conn.received else b"")
         if self.closed_idle and now - self.reported_at >= REPORT_EVERY:
-            self.log.info("closed %d connection(s) that sent no complete request or paused over %gs",
-                          self.closed_idle, self.idle)
+            self.log.info(
+                "closed %d connection(s) that sent no complete request or paused over %gs", self.closed_idle, self.idle
+            )
             self.closed_idle, self.reported_at = 0, now
 
     # -------------------------------------------------------------- thread side

@@ -39,7 +39,8 @@ from typing import Any
 
 import psutil
 
-from app.models import Job, Setting, db, open_database
+from app.db import open_database
+from app.models import Job, Setting, db
 from workers.lifecycle import RECYCLE_EXIT_CODE, SUPERVISOR_ENV
 from workers.queue import huey
 
@@ -73,8 +74,10 @@ def read_concurrency(settings: dict[str, Any]) -> dict[str, int]:
     except Exception:  # a locked or missing database must not stop a process; use the defaults
         log.exception("could not read the concurrency setting")
         value = {}
-    return {"workers": int(value.get("workers", settings.get("WORKERS", 1))),
-            "threads": int(value.get("threads", settings.get("ENGINE_THREADS", 0)))}
+    return {
+        "workers": int(value.get("workers", settings.get("WORKERS", 1))),
+        "threads": int(value.get("threads", settings.get("ENGINE_THREADS", 0))),
+    }
 
 
 # ------------------------------------------------------------------ worker registry
@@ -109,7 +112,7 @@ def live_workers() -> list[dict[str, Any]]:
             entry = json.loads(bytes(raw))
             alive = f"{psutil.Process(int(entry['pid'])).create_time():.2f}" == f"{float(entry['created']):.2f}"
         except (ValueError, KeyError, TypeError, psutil.Error):
-            alive, entry = False, {"pid": str(key)[len(WORKER_KEY_PREFIX):]}
+            alive, entry = False, {"pid": str(key)[len(WORKER_KEY_PREFIX) :]}
         if not alive:
             forget_worker(entry["pid"])
         elif time.time() - float(entry["beat"]) < WORKER_MAX_AGE:
@@ -172,8 +175,7 @@ def watch_concurrency(consumer: Any, settings: dict[str, Any]) -> None:
                 continue  # Huey has not installed its handlers yet; SIGHUP would kill the process
             now = read_concurrency(settings)
             # Never once stopping: a SIGHUP would turn a requested exit (SIGINT) into a restart.
-            if not consumer.stop_flag.is_set() and (
-                    now["threads"] != _threads or (index and index > now["workers"])):
+            if not consumer.stop_flag.is_set() and (now["threads"] != _threads or (index and index > now["workers"])):
                 log.info("concurrency changed to %s; restarting after the running job", now)
                 os.kill(os.getpid(), signal.SIGHUP)
                 return
@@ -248,8 +250,7 @@ class Supervisor:
         if tuning.read_record(self.settings) is not None:
             return None
         log.info("calibrating the engines in the background; jobs run meanwhile on the default engine")
-        print("Measuring the engines on this box (about 30 s, once; `whisper-transcriber tune` repeats it)",
-              flush=True)
+        print("Measuring the engines on this box (about 30 s, once; `whisper-transcriber tune` repeats it)", flush=True)
         return subprocess.Popen([*self.cmd, "tune"], process_group=0, env=self.env)
 
     def _spawn(self) -> None:
@@ -308,8 +309,11 @@ class Supervisor:
             if proc.returncode != 0:  # 0: it was asked to stop (a reload) and comes back at once
                 if time.monotonic() - self.wyoming_started > 60:
                     self.wyoming_backoff = 1.0
-                log.warning("the Wyoming server exited with %s; starting it again in %.0f s",
-                            proc.returncode, self.wyoming_backoff)
+                log.warning(
+                    "the Wyoming server exited with %s; starting it again in %.0f s",
+                    proc.returncode,
+                    self.wyoming_backoff,
+                )
                 self.wyoming_next = time.monotonic() + self.wyoming_backoff
                 self.wyoming_backoff = min(self.wyoming_backoff * 2, 30.0)
         if time.monotonic() >= self.wyoming_next:

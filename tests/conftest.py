@@ -80,13 +80,15 @@ def app(tmp_path):
     """A fresh app: temp data dir, its own SQLite and queue files, the shared models."""
     from app import create_app
 
-    app = create_app({
-        "TESTING": True,
-        "DATA_DIR": str(tmp_path / "data"),
-        "MODELS_DIR": str(MODELS_DIR),
-        "ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "RATELIMIT_STORAGE_URI": "memory://",
-    })
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RATELIMIT_STORAGE_URI": "memory://",
+        }
+    )
     yield app
 
 
@@ -153,17 +155,31 @@ class StubEngine:
         self.model_path = str(model_path)
         self.label = f"stub:{Path(model_path).name}"
 
-    def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False, on_segment=None,
-                   on_progress=None, should_abort=None):
+    def transcribe(
+        self,
+        audio,
+        *,
+        language=None,
+        translate=False,
+        prompt=None,
+        words=False,
+        on_segment=None,
+        on_progress=None,
+        should_abort=None,
+    ):
         StubEngine.calls.append({"language": language, "translate": translate, "prompt": prompt, "words": words})
         seconds = max(1, int(audio.size / 16000))
         segments = []
         for i in range(seconds):
             if should_abort and should_abort():
                 raise engine.Aborted()
-            seg = engine.EngineSegment(float(i), float(i + 1), f"word{i}", 0.9,
-                                       [{"word": f"word{i}", "start": float(i), "end": i + 0.5,
-                                         "probability": 0.9}] if words else None)
+            seg = engine.EngineSegment(
+                float(i),
+                float(i + 1),
+                f"word{i}",
+                0.9,
+                [{"word": f"word{i}", "start": float(i), "end": i + 0.5, "probability": 0.9}] if words else None,
+            )
             segments.append(seg)
             if on_segment:
                 on_segment(seg)
@@ -255,6 +271,7 @@ class LiveServer:
 
     def wait(self, job_id: str, timeout: float = 180) -> dict:
         """Wait for a job to finish; return its details."""
+
         def finished():
             job = self.get(f"/api/jobs/{job_id}?wait=20").json()  # a long poll: answers when the job finishes
             return job if job["status"] in ("completed", "failed", "cancelled") else None
@@ -263,19 +280,28 @@ class LiveServer:
 
 
 @contextmanager
-def launch_appliance(data_dir: Path, log_name: str, *, library: Path | None = None, stop_timeout: float = 30,
-                     **env: str) -> Iterator[LiveServer]:
+def launch_appliance(
+    data_dir: Path, log_name: str, *, library: Path | None = None, stop_timeout: float = 30, **env: str
+) -> Iterator[LiveServer]:
     """``whisper-transcriber run`` on a free port with its own data dir, logged in as admin; stopped afterwards."""
     port = free_port()
-    full_env = {**os.environ, "WT_DATA_DIR": str(data_dir), "WT_PORT": str(port), "WT_HOST": "127.0.0.1",
-                "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                # Calibrating takes ~30 s of both cores; tests that want it (test_tuning) turn it back on.
-                "WT_TUNE_ON_START": "false",
-                **({"WT_MEDIA_ROOTS": str(library)} if library else {}), **env}
+    full_env = {
+        **os.environ,
+        "WT_DATA_DIR": str(data_dir),
+        "WT_PORT": str(port),
+        "WT_HOST": "127.0.0.1",
+        "WT_MODELS_DIR": str(MODELS_DIR),
+        "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        # Calibrating takes ~30 s of both cores; tests that want it (test_tuning) turn it back on.
+        "WT_TUNE_ON_START": "false",
+        **({"WT_MEDIA_ROOTS": str(library)} if library else {}),
+        **env,
+    }
     OUTPUT.mkdir(exist_ok=True)
     log = open(OUTPUT / log_name, "wb")  # noqa: SIM115
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=full_env,
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -286,8 +312,9 @@ def launch_appliance(data_dir: Path, log_name: str, *, library: Path | None = No
 
     try:
         wait_for(healthy, timeout=90)
-        token = requests.post(url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
-                              timeout=10).json()["access_token"]
+        token = requests.post(
+            url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}, timeout=10
+        ).json()["access_token"]
         yield LiveServer(url, data_dir, process, token, library)
     finally:
         if process.poll() is None:
@@ -306,6 +333,12 @@ def live_server(tmp_path_factory):
     library = data_dir.parent / "library"
     library.mkdir()
     # Tests poll as one admin for minutes; the limits themselves are tested with the Flask client.
-    with launch_appliance(data_dir, "live-server.log", library=library, ENABLE_SERVER_CONTROL="false",
-                          WT_RATELIMIT_USER="100000 per minute", WT_RATELIMIT_ADMIN="100000 per minute") as server:
+    with launch_appliance(
+        data_dir,
+        "live-server.log",
+        library=library,
+        ENABLE_SERVER_CONTROL="false",
+        WT_RATELIMIT_USER="100000 per minute",
+        WT_RATELIMIT_ADMIN="100000 per minute",
+    ) as server:
         yield server

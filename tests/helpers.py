@@ -59,8 +59,22 @@ def ffmpeg(*args: str) -> None:
 
 def make_video(source: Path, out: Path) -> Path:
     """A small mp4: a colour source with ``source`` as its audio track."""
-    ffmpeg("-f", "lavfi", "-i", "color=c=blue:s=160x120:r=10", "-i", str(source), "-shortest",
-           "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(out))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:s=160x120:r=10",
+        "-i",
+        str(source),
+        "-shortest",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(out),
+    )
     return out
 
 
@@ -81,8 +95,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-def post_clip(client, headers: dict[str, str], clip: str | Path = "jfk.flac", *, path: str = "/api/jobs/",
-              data: bytes | None = None, name: str | None = None, **form: Any):
+def post_clip(
+    client,
+    headers: dict[str, str],
+    clip: str | Path = "jfk.flac",
+    *,
+    path: str = "/api/jobs/",
+    data: bytes | None = None,
+    name: str | None = None,
+    **form: Any,
+):
     """POST a clip (a name under tests/data, or a path) as the multipart ``file`` with form fields; the response.
 
     ``data`` replaces the clip's bytes and ``name`` the file name the client sends (for the bad-input tests).

@@ -13,13 +13,21 @@ from app.models import ApiKey, AuditLog, Job, User
 from tests.helpers import AUDIO, assert_error
 
 ROUTES = [
-    ("get", "/admin/stats", None), ("get", "/admin/health", None), ("get", "/admin/files", None),
-    ("delete", "/admin/files", {"folder": "logs", "filename": "x.log"}), ("get", "/admin/browse?folder=logs", None),
-    ("post", "/admin/reset", {"confirm": "RESET"}), ("get", "/admin/download-all", None),
-    ("get", "/admin/cleanup-config", None), ("post", "/admin/cleanup-config", {"logs_days": 1}),
-    ("get", "/admin/concurrency", None), ("post", "/admin/concurrency", {"workers": 2}),
-    ("get", "/admin/settings", None), ("post", "/admin/settings", {"model_aliases": {"medium": "base"}}),
-    ("post", "/admin/shutdown", None), ("post", "/admin/restart", None),
+    ("get", "/admin/stats", None),
+    ("get", "/admin/health", None),
+    ("get", "/admin/files", None),
+    ("delete", "/admin/files", {"folder": "logs", "filename": "x.log"}),
+    ("get", "/admin/browse?folder=logs", None),
+    ("post", "/admin/reset", {"confirm": "RESET"}),
+    ("get", "/admin/download-all", None),
+    ("get", "/admin/cleanup-config", None),
+    ("post", "/admin/cleanup-config", {"logs_days": 1}),
+    ("get", "/admin/concurrency", None),
+    ("post", "/admin/concurrency", {"workers": 2}),
+    ("get", "/admin/settings", None),
+    ("post", "/admin/settings", {"model_aliases": {"medium": "base"}}),
+    ("post", "/admin/shutdown", None),
+    ("post", "/admin/restart", None),
 ]
 
 
@@ -43,8 +51,11 @@ def test_every_admin_route_is_401_anonymous_and_403_for_users(app, user_headers,
 # ------------------------------------------------------------------ settings pairs
 
 # Every GET/POST pair under /admin that holds settings, with one writable field to change.
-SETTINGS_PAIRS = [("/admin/cleanup-config", "logs_days", 7), ("/admin/concurrency", "workers", 2),
-                  ("/admin/settings", "model_aliases", {"medium": "base"})]
+SETTINGS_PAIRS = [
+    ("/admin/cleanup-config", "logs_days", 7),
+    ("/admin/concurrency", "workers", 2),
+    ("/admin/settings", "model_aliases", {"medium": "base"}),
+]
 
 
 @pytest.mark.parametrize(("path", "field", "value"), SETTINGS_PAIRS)
@@ -64,8 +75,9 @@ def test_settings_round_trip_posts_the_get_body_back(app, client, admin_headers,
     assert changed.status_code == 200, changed.get_json()
     after = client.get(path, headers=admin_headers).get_json()
     assert after[field] == value
-    assert {k: v for k, v in after.items() if k != field and not k.endswith("_source")} == \
-        {k: v for k, v in before.items() if k != field and not k.endswith("_source")}
+    assert {k: v for k, v in after.items() if k != field and not k.endswith("_source")} == {
+        k: v for k, v in before.items() if k != field and not k.endswith("_source")
+    }
 
 
 @pytest.mark.parametrize("path", [pair[0] for pair in SETTINGS_PAIRS])
@@ -109,9 +121,15 @@ def test_stats_carry_the_full_api_shape_and_real_figures(app, client, admin_head
     assert system["memory"]["total_mb"] > 0 and 0 < system["disk"]["percent"] < 100
     processes = body["processes"]
     assert processes["web_pid"] == os.getpid() and processes["web_rss_mb"] > 0
-    assert processes["workers"] == [{"pid": os.getpid(), "rss_mb": processes["workers"][0]["rss_mb"],
-                                     "threads": 0, "uptime_seconds": processes["workers"][0]["uptime_seconds"],
-                                     "job_id": None}]
+    assert processes["workers"] == [
+        {
+            "pid": os.getpid(),
+            "rss_mb": processes["workers"][0]["rss_mb"],
+            "threads": 0,
+            "uptime_seconds": processes["workers"][0]["uptime_seconds"],
+            "job_id": None,
+        }
+    ]
 
 
 def test_health_has_the_full_api_shape_and_never_claims_redis(app, client, admin_headers):
@@ -120,8 +138,12 @@ def test_health_has_the_full_api_shape_and_never_claims_redis(app, client, admin
 
     body = client.get("/admin/health", headers=admin_headers).get_json()
     assert set(body) >= {"status", "timestamp", "services", "metrics"}
-    assert body["services"] == {"database": "healthy", "redis": "not_configured", "whisper": "unhealthy",
-                                "storage": "healthy"}
+    assert body["services"] == {
+        "database": "healthy",
+        "redis": "not_configured",
+        "whisper": "unhealthy",
+        "storage": "healthy",
+    }
     assert body["status"] == "degraded" and body["timestamp"].endswith("Z")
     metrics = body["metrics"]
     assert set(metrics) >= {"uptime", "active_jobs", "queue_size", "memory_usage", "cpu_usage"}
@@ -144,8 +166,9 @@ def test_health_counts_queued_jobs(client, admin_headers, uploaded_job):
 # ------------------------------------------------------------------ files
 
 
-def test_files_lists_uploads_transcripts_and_logs_with_sizes(app, client, admin_headers, stub_engine, drain,
-                                                             uploaded_job):
+def test_files_lists_uploads_transcripts_and_logs_with_sizes(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     """Every file appears once with its size and an ISO date; job logs under jobs/."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
@@ -167,16 +190,23 @@ def test_delete_file_removes_it_and_writes_the_audit_log(app, client, admin_head
     assert not (data_dir(app) / "logs" / "foo.log").exists()
     entry = AuditLog.search(action="admin_file_deleted").first()
     assert entry.target == "logs/foo.log" and entry.username == "admin"
-    assert_error(client.delete("/admin/files", headers=admin_headers, json={"folder": "logs", "filename": "foo.log"}),
-                 404, "NOT_FOUND")
+    assert_error(
+        client.delete("/admin/files", headers=admin_headers, json={"folder": "logs", "filename": "foo.log"}),
+        404,
+        "NOT_FOUND",
+    )
 
 
-def test_files_of_queued_jobs_are_409_and_of_finished_jobs_deletable(app, client, admin_headers, stub_engine, drain,
-                                                                     uploaded_job):
+def test_files_of_queued_jobs_are_409_and_of_finished_jobs_deletable(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     """The worker still needs a queued job's upload; a completed job's upload and transcript may go."""
     queued = uploaded_job(client, admin_headers)["job_id"]
-    assert_error(client.delete("/admin/files", headers=admin_headers,
-                               json={"folder": "uploads", "filename": f"{queued}.flac"}), 409, "JOB_ACTIVE")
+    assert_error(
+        client.delete("/admin/files", headers=admin_headers, json={"folder": "uploads", "filename": f"{queued}.flac"}),
+        409,
+        "JOB_ACTIVE",
+    )
     drain()
     for folder, name in (("uploads", f"{queued}.flac"), ("transcripts", f"{queued}.json")):
         response = client.delete("/admin/files", headers=admin_headers, json={"folder": folder, "filename": name})
@@ -193,8 +223,11 @@ def test_delete_file_needs_folder_and_filename(client, admin_headers, body):
 
 def test_delete_file_with_malformed_json_is_400(client, admin_headers):
     """A body that is not JSON is a 400."""
-    assert_error(client.delete("/admin/files", headers=admin_headers, data="nope",
-                               content_type="application/json"), 400, "INVALID_JSON")
+    assert_error(
+        client.delete("/admin/files", headers=admin_headers, data="nope", content_type="application/json"),
+        400,
+        "INVALID_JSON",
+    )
 
 
 @pytest.fixture
@@ -210,19 +243,30 @@ def probes(app):
 
 
 BAD_PATHS = [
-    ("logs", "../whisper.db", 400), ("logs", "jobs/../../secret_key", 400), ("logs", "/etc/passwd", 400),
-    ("logs", "a\x00b.log", 400), ("logs", "..", 400), ("uploads", "../../etc/passwd", 400),
-    ("logs", "passwd.log", 400), ("uploads", "db.flac", 400), ("transcripts", "secret.json", 400),
-    ("logs", "outside/tiny.en", 400), ("models", "ggml-tiny.en.bin", 400), ("../models", "x", 400),
-    (".", "whisper.db", 400), ("secret_key", "x", 400), ("logs", "missing.log", 404),
+    ("logs", "../whisper.db", 400),
+    ("logs", "jobs/../../secret_key", 400),
+    ("logs", "/etc/passwd", 400),
+    ("logs", "a\x00b.log", 400),
+    ("logs", "..", 400),
+    ("uploads", "../../etc/passwd", 400),
+    ("logs", "passwd.log", 400),
+    ("uploads", "db.flac", 400),
+    ("transcripts", "secret.json", 400),
+    ("logs", "outside/tiny.en", 400),
+    ("models", "ggml-tiny.en.bin", 400),
+    ("../models", "x", 400),
+    (".", "whisper.db", 400),
+    ("secret_key", "x", 400),
+    ("logs", "missing.log", 404),
 ]
 
 
 @pytest.mark.parametrize(("folder", "filename", "status"), BAD_PATHS)
 def test_delete_file_confinement_probes(app, client, admin_headers, probes, folder, filename, status):
     """Traversal, absolute paths, NUL bytes and escaping symlinks are refused; nothing outside is touched."""
-    assert_error(client.delete("/admin/files", headers=admin_headers, json={"folder": folder, "filename": filename}),
-                 status)
+    assert_error(
+        client.delete("/admin/files", headers=admin_headers, json={"folder": folder, "filename": filename}), status
+    )
     assert Path("/etc/passwd").exists() and (probes / "whisper.db").exists() and (probes / "secret_key").exists()
 
 
@@ -231,8 +275,9 @@ def test_browse_confinement_probes(app, client, admin_headers, probes, folder, p
     """The same probes through GET /admin/browse (query string, NUL encoded)."""
     from urllib.parse import urlencode
 
-    assert_error(client.get(f"/admin/browse?{urlencode({'folder': folder, 'path': path})}",
-                            headers=admin_headers), status)
+    assert_error(
+        client.get(f"/admin/browse?{urlencode({'folder': folder, 'path': path})}", headers=admin_headers), status
+    )
 
 
 def test_listings_and_archive_skip_links_that_lead_outside(app, client, admin_headers, probes):
@@ -258,8 +303,9 @@ def test_browse_lists_subfolders_and_refuses_files(app, client, admin_headers, s
     jobs = client.get("/admin/browse?folder=logs&path=jobs", headers=admin_headers).get_json()
     assert jobs["path"] == "jobs" and [e["name"] for e in jobs["entries"]] == [f"{job_id}.log"]
     assert jobs["entries"][0]["type"] == "file" and jobs["entries"][0]["size"] > 0
-    assert_error(client.get(f"/admin/browse?folder=logs&path=jobs/{job_id}.log", headers=admin_headers), 400,
-                 "NOT_A_DIRECTORY")
+    assert_error(
+        client.get(f"/admin/browse?folder=logs&path=jobs/{job_id}.log", headers=admin_headers), 400, "NOT_A_DIRECTORY"
+    )
     assert_error(client.get("/admin/browse", headers=admin_headers), 400, "INVALID_FOLDER")
     assert client.get("/admin/browse?folder=cache", headers=admin_headers).status_code == 200
 
@@ -275,13 +321,15 @@ def test_reset_without_the_exact_confirmation_is_400_and_keeps_everything(client
     assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).status_code == 200
 
 
-def test_reset_removes_jobs_files_and_queue_but_keeps_users_and_keys(app, client, admin_headers, stub_engine, drain,
-                                                                     uploaded_job):
+def test_reset_removes_jobs_files_and_queue_but_keeps_users_and_keys(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     """Everything of every job goes; accounts, keys and the audit log stay; live logs are emptied."""
     from workers.queue import huey
 
-    key = client.post("/api/api-keys/", headers=admin_headers,
-                      json={"name": "ci", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    key = client.post(
+        "/api/api-keys/", headers=admin_headers, json={"name": "ci", "permissions": ["jobs:read"]}
+    ).get_json()["api_key"]
     done = uploaded_job(client, admin_headers)["job_id"]
     drain()
     uploaded_job(client, admin_headers)
@@ -310,8 +358,9 @@ def test_reset_removes_jobs_files_and_queue_but_keeps_users_and_keys(app, client
 # ------------------------------------------------------------------ download-all
 
 
-def test_download_all_streams_a_zip_of_logs_and_transcripts(app, client, admin_headers, stub_engine, drain,
-                                                            uploaded_job):
+def test_download_all_streams_a_zip_of_logs_and_transcripts(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     """The response is streamed; unzipped, it holds every transcript and log byte for byte, no uploads."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()

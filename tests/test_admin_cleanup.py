@@ -36,8 +36,14 @@ def make_job(app, status: str, days: float, *, transcript: bool = False, finishe
     if transcript:
         aged(root / "transcripts" / f"{job_id}.json", days)
     done = utcnow() - timedelta(days=finished_days if finished_days is not None else days)
-    return Job.create(id=job_id, original_filename="a.flac", upload_path=f"uploads/{job_id}.flac", model="tiny.en",
-                      status=status, completed_at=done if status in ("completed", "failed", "cancelled") else None)
+    return Job.create(
+        id=job_id,
+        original_filename="a.flac",
+        upload_path=f"uploads/{job_id}.flac",
+        model="tiny.en",
+        status=status,
+        completed_at=done if status in ("completed", "failed", "cancelled") else None,
+    )
 
 
 def exists(app, relative: str) -> bool:
@@ -52,8 +58,9 @@ def test_cleanup_config_defaults_update_and_audit(client, admin_headers):
     """GET shows the defaults; POST changes some fields and keeps the others; the audit log records it."""
     body = client.get("/admin/cleanup-config", headers=admin_headers).get_json()
     assert body == {**cleanup.DEFAULTS, "last_run": None}
-    changed = client.post("/admin/cleanup-config", headers=admin_headers,
-                          json={"uploads_days": 7, "max_disk_percent": 85})
+    changed = client.post(
+        "/admin/cleanup-config", headers=admin_headers, json={"uploads_days": 7, "max_disk_percent": 85}
+    )
     assert changed.status_code == 200
     assert changed.get_json() == {**cleanup.DEFAULTS, "uploads_days": 7, "max_disk_percent": 85, "last_run": None}
     assert client.get("/admin/cleanup-config", headers=admin_headers).get_json()["uploads_days"] == 7
@@ -61,8 +68,18 @@ def test_cleanup_config_defaults_update_and_audit(client, admin_headers):
     assert entry.detail["new"]["uploads_days"] == 7 and entry.detail["old"]["uploads_days"] == 30
 
 
-@pytest.mark.parametrize("body", [{}, {"uploads_days": -1}, {"logs_days": "7"}, {"logs_days": True},
-                                  {"max_disk_percent": 100}, {"transcripts_days": 1.5}, {"keep": 3}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"uploads_days": -1},
+        {"logs_days": "7"},
+        {"logs_days": True},
+        {"max_disk_percent": 100},
+        {"transcripts_days": 1.5},
+        {"keep": 3},
+    ],
+)
 def test_cleanup_config_rejects_bad_values(client, admin_headers, body):
     """Unknown names, wrong types and values out of range are a 422; nothing is saved."""
     assert_error(client.post("/admin/cleanup-config", headers=admin_headers, json=body), 422)
@@ -75,8 +92,11 @@ def test_cleanup_config_posted_back_ignores_last_run(app, client, admin_headers)
         cleanup.run_cleanup(app.config)
     body = client.get("/admin/cleanup-config", headers=admin_headers).get_json()
     assert body["last_run"]["at"]
-    changed = client.post("/admin/cleanup-config", headers=admin_headers,
-                          json={**body, "uploads_days": 9, "last_run": {"at": "2000-01-01T00:00:00Z"}})
+    changed = client.post(
+        "/admin/cleanup-config",
+        headers=admin_headers,
+        json={**body, "uploads_days": 9, "last_run": {"at": "2000-01-01T00:00:00Z"}},
+    )
     assert changed.status_code == 200, changed.get_json()
     assert changed.get_json() == {**body, "uploads_days": 9}
     assert cleanup.last_run() == body["last_run"]
@@ -84,8 +104,11 @@ def test_cleanup_config_posted_back_ignores_last_run(app, client, admin_headers)
 
 def test_cleanup_config_with_malformed_json_is_400(client, admin_headers):
     """Not JSON: 400."""
-    assert_error(client.post("/admin/cleanup-config", headers=admin_headers, data="x",
-                             content_type="application/json"), 400, "INVALID_JSON")
+    assert_error(
+        client.post("/admin/cleanup-config", headers=admin_headers, data="x", content_type="application/json"),
+        400,
+        "INVALID_JSON",
+    )
 
 
 def test_cleanup_is_a_periodic_task_every_ten_minutes(app, monkeypatch):
@@ -97,7 +120,8 @@ def test_cleanup_is_a_periodic_task_every_ten_minutes(app, monkeypatch):
 
     task = next(t for t in huey._registry.periodic_tasks if t.name == "cleanup")
     assert task.validate_datetime(datetime(2030, 1, 1, 12, 10)) and not task.validate_datetime(
-        datetime(2030, 1, 1, 12, 15))
+        datetime(2030, 1, 1, 12, 15)
+    )
     monkeypatch.setenv("WT_DATA_DIR", app.config["DATA_DIR"])
     cleanup.set_config({"logs_days": 1})
     old = aged(Path(app.config["DATA_DIR"]) / "logs" / "old.log", 5)

@@ -79,8 +79,19 @@ def test_concurrency_defaults_save_and_audit(app, client, admin_headers):
     assert entry.detail["new"] == {"workers": 3, "threads": 4}
 
 
-@pytest.mark.parametrize("body", [{}, {"workers": 0}, {"workers": 17}, {"workers": "2"}, {"workers": True},
-                                  {"threads_per_worker": -1}, {"threads_per_worker": 65}, {"workers": 1.5}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"workers": 0},
+        {"workers": 17},
+        {"workers": "2"},
+        {"workers": True},
+        {"threads_per_worker": -1},
+        {"threads_per_worker": 65},
+        {"workers": 1.5},
+    ],
+)
 def test_concurrency_rejects_bad_values(client, admin_headers, body):
     """Out of range, wrong types or nothing to change: 422, nothing saved."""
     assert_error(client.post("/admin/concurrency", headers=admin_headers, json=body), 422)
@@ -173,8 +184,13 @@ def test_shutdown_and_restart_under_the_supervisor_go_through_it(app, client, ad
 
 def appliance(data_dir: Path, name: str):
     """``whisper-transcriber run`` with server control on; stopped afterwards if still up."""
-    return launch_appliance(data_dir, f"admin-control-{name}.log", stop_timeout=120,
-                            ENABLE_SERVER_CONTROL="true", WT_RATELIMIT_ENABLED="false")
+    return launch_appliance(
+        data_dir,
+        f"admin-control-{name}.log",
+        stop_timeout=120,
+        ENABLE_SERVER_CONTROL="true",
+        WT_RATELIMIT_ENABLED="false",
+    )
 
 
 def workers_of(process: subprocess.Popen) -> list[psutil.Process]:
@@ -214,8 +230,14 @@ def test_restart_reloads_gunicorn_and_workers_and_keeps_serving(controlled):
     restarts = restarts_logged(controlled)
     response = controlled.post("/admin/restart")
     assert response.status_code == 200 and response.json()["mode"] == "supervisor"
-    after = wait_for(lambda: (s := safe_get(controlled, "/admin/stats")) and s["processes"]["web_pid"] != before[
-        "web_pid"] and s["processes"], timeout=60)
+    after = wait_for(
+        lambda: (
+            (s := safe_get(controlled, "/admin/stats"))
+            and s["processes"]["web_pid"] != before["web_pid"]
+            and s["processes"]
+        ),
+        timeout=60,
+    )
     assert after["web_master_pid"] == before["web_master_pid"]
     wait_for(lambda: restarts_logged(controlled) > restarts, timeout=60)
     job = controlled.wait(controlled.submit(AUDIO / "jfk.flac"))
@@ -235,8 +257,10 @@ def test_concurrency_change_spawns_and_retires_workers_without_losing_jobs(contr
 
     pids = sorted(p.pid for p in workers_of(controlled.process))
     assert controlled.post("/admin/concurrency", json={"threads_per_worker": 1}).status_code == 200
-    wait_for(lambda: [w["threads"] for w in controlled.get("/admin/stats").json()["processes"]["workers"]] == [1, 1],
-             timeout=90)
+    wait_for(
+        lambda: [w["threads"] for w in controlled.get("/admin/stats").json()["processes"]["workers"]] == [1, 1],
+        timeout=90,
+    )
     assert sorted(p.pid for p in workers_of(controlled.process)) == pids  # restarted in place by Huey
 
     queued = controlled.submit(AUDIO / "jfk.flac")

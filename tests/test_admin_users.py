@@ -18,8 +18,9 @@ def http(app):
 
 def create(http, admin_headers, username: str, role: str = "user", **extra) -> dict:
     """POST /admin/users; return the new user."""
-    response = http.post("/admin/users", headers=admin_headers,
-                         json={"username": username, "password": PASSWORD, "role": role, **extra})
+    response = http.post(
+        "/admin/users", headers=admin_headers, json={"username": username, "password": PASSWORD, "role": role, **extra}
+    )
     assert response.status_code == 201, response.get_json()
     return response.get_json()
 
@@ -51,8 +52,12 @@ def test_admin_password_reset_signs_the_user_out(http, admin_headers):
     """A new password from the admin works and ends the user's sessions."""
     user = create(http, admin_headers, "alice")
     old_session = login(http, "alice", PASSWORD)
-    assert http.patch(f"/admin/users/{user['id']}", headers=admin_headers,
-                      json={"password": "reset-by-admin-1"}).status_code == 200
+    assert (
+        http.patch(
+            f"/admin/users/{user['id']}", headers=admin_headers, json={"password": "reset-by-admin-1"}
+        ).status_code
+        == 200
+    )
     assert_error(http.get("/auth/me", headers=old_session), 401)
     assert login(http, "alice", "reset-by-admin-1")
 
@@ -95,8 +100,14 @@ def test_unknown_user_is_404(http, admin_headers, user_id):
     assert_error(http.delete(f"/admin/users/{user_id}", headers=admin_headers), 404)
 
 
-ADMIN_ROUTES = [("get", "/admin/users"), ("post", "/admin/users"), ("get", "/admin/users/1"),
-                ("patch", "/admin/users/1"), ("delete", "/admin/users/1"), ("get", "/admin/audit")]
+ADMIN_ROUTES = [
+    ("get", "/admin/users"),
+    ("post", "/admin/users"),
+    ("get", "/admin/users/1"),
+    ("patch", "/admin/users/1"),
+    ("delete", "/admin/users/1"),
+    ("get", "/admin/audit"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
@@ -113,12 +124,12 @@ def test_admin_routes_are_403_for_users_and_401_for_anonymous(http, admin_header
 # ------------------------------------------------------------ last-admin guard
 
 
-@pytest.mark.parametrize(("method", "body"), [("patch", {"role": "user"}), ("patch", {"is_active": False}),
-                                              ("delete", None)])
+@pytest.mark.parametrize(
+    ("method", "body"), [("patch", {"role": "user"}), ("patch", {"is_active": False}), ("delete", None)]
+)
 def test_last_active_admin_cannot_be_demoted_disabled_or_deleted(http, admin_headers, method, body):
     """409 LAST_ADMIN, and nothing changes."""
-    response = getattr(http, method)(f"/admin/users/{admin_id(http, admin_headers)}", headers=admin_headers,
-                                     json=body)
+    response = getattr(http, method)(f"/admin/users/{admin_id(http, admin_headers)}", headers=admin_headers, json=body)
     assert_error(response, 409, "LAST_ADMIN")
     me = http.get("/auth/me", headers=admin_headers).get_json()
     assert me["role"] == "admin" and me["is_active"] is True
@@ -130,8 +141,9 @@ def test_an_admin_can_step_down_while_another_remains(http, admin_headers):
     second_headers = login(http, "root2", PASSWORD)
     first_id = admin_id(http, admin_headers)
     assert http.patch(f"/admin/users/{first_id}", headers=second_headers, json={"role": "user"}).status_code == 200
-    assert_error(http.patch(f"/admin/users/{second['id']}", headers=second_headers, json={"is_active": False}),
-                 409, "LAST_ADMIN")
+    assert_error(
+        http.patch(f"/admin/users/{second['id']}", headers=second_headers, json={"is_active": False}), 409, "LAST_ADMIN"
+    )
     assert_error(http.get("/admin/users", headers=admin_headers), 403)
 
 
@@ -139,8 +151,7 @@ def test_disabled_admin_does_not_count_as_the_remaining_admin(http, admin_header
     """An inactive admin cannot keep the guard open."""
     second = create(http, admin_headers, "root2", role="admin")
     http.patch(f"/admin/users/{second['id']}", headers=admin_headers, json={"is_active": False})
-    assert_error(http.delete(f"/admin/users/{admin_id(http, admin_headers)}", headers=admin_headers), 409,
-                 "LAST_ADMIN")
+    assert_error(http.delete(f"/admin/users/{admin_id(http, admin_headers)}", headers=admin_headers), 409, "LAST_ADMIN")
     assert http.delete(f"/admin/users/{second['id']}", headers=admin_headers).status_code == 200
 
 
@@ -154,16 +165,29 @@ def test_audit_log_records_security_events_and_pages(http, admin_headers):
     alice = login(http, "alice", PASSWORD)
     key = http.post("/api/api-keys/", headers=alice, json={"name": "k", "permissions": ["jobs:read"]}).get_json()
     http.delete(f"/api/api-keys/{key['key_id']}", headers=alice)
-    http.post("/auth/change-password", headers=alice,
-              json={"current_password": PASSWORD, "new_password": "another-password-1"})
+    http.post(
+        "/auth/change-password",
+        headers=alice,
+        json={"current_password": PASSWORD, "new_password": "another-password-1"},
+    )
     http.patch(f"/admin/users/{user['id']}", headers=admin_headers, json={"is_active": False})
     http.post("/auth/logout", headers=admin_headers)
     admin = login(http)
 
     body = http.get("/admin/audit?limit=100", headers=admin).get_json()
     actions = [e["action"] for e in reversed(body["entries"])]
-    assert actions == ["login", "admin_user_created", "login_failed", "login", "api_key_created",
-                       "api_key_revoked", "password_changed", "admin_user_updated", "logout", "login"]
+    assert actions == [
+        "login",
+        "admin_user_created",
+        "login_failed",
+        "login",
+        "api_key_created",
+        "api_key_revoked",
+        "password_changed",
+        "admin_user_updated",
+        "logout",
+        "login",
+    ]
     assert body["total"] == len(actions)
     entry = body["entries"][0]
     assert set(entry) == {"id", "at", "action", "user_id", "username", "target", "ip", "detail"}

@@ -71,12 +71,26 @@ def chat_server():
                 status, payload = state.status, b'{"error": {"message": "upstream trouble"}}'
             else:
                 status = 200
-                payload = state.raw if state.raw is not None else json.dumps({
-                    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "served-model",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": state.content}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }).encode()
+                payload = (
+                    state.raw
+                    if state.raw is not None
+                    else json.dumps(
+                        {
+                            "id": "chatcmpl-1",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": "served-model",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": state.content},
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                        }
+                    ).encode()
+                )
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -205,8 +219,9 @@ def test_remote_plain_text_reply_becomes_the_summary(client, admin_headers, talk
     assert body["summary"] == "It is about speech recognition." and body["analysis"] is None
 
 
-def test_repeated_failures_open_the_breaker_with_503_and_retry_after(client, admin_headers, talk_job, remote,
-                                                                    fresh_breaker):
+def test_repeated_failures_open_the_breaker_with_503_and_retry_after(
+    client, admin_headers, talk_job, remote, fresh_breaker
+):
     """5xx answers are 502 until the breaker trips; then 503 with Retry-After, and the endpoint is spared."""
     remote.status = 500
     for _ in range(fresh_breaker.fail_max - 1):
@@ -227,10 +242,11 @@ def test_repeated_failures_open_the_breaker_with_503_and_retry_after(client, adm
     assert fresh_breaker.current_state == "closed"
 
 
-@pytest.mark.parametrize("trouble", [{"status": 429}, {"status": 503}, {"raw": b"<html>oops</html>"},
-                                     {"raw": b'{"choices": []}'}, {"content": "   "}])
-def test_outages_and_garbage_count_towards_the_breaker(client, admin_headers, talk_job, remote, fresh_breaker,
-                                                        trouble):
+@pytest.mark.parametrize(
+    "trouble",
+    [{"status": 429}, {"status": 503}, {"raw": b"<html>oops</html>"}, {"raw": b'{"choices": []}'}, {"content": "   "}],
+)
+def test_outages_and_garbage_count_towards_the_breaker(client, admin_headers, talk_job, remote, fresh_breaker, trouble):
     """Overload, server errors and answers that are not chat completions are failures."""
     for name, value in trouble.items():
         setattr(remote, name, value)
@@ -239,8 +255,7 @@ def test_outages_and_garbage_count_towards_the_breaker(client, admin_headers, ta
     assert_error(analyze(client, admin_headers, talk_job), 503, "ANALYSIS_UNAVAILABLE")
 
 
-def test_a_refused_request_is_502_and_never_opens_the_breaker(client, admin_headers, talk_job, remote,
-                                                               fresh_breaker):
+def test_a_refused_request_is_502_and_never_opens_the_breaker(client, admin_headers, talk_job, remote, fresh_breaker):
     """A 4xx such as a wrong key is a setup problem: 502 every time, the breaker stays closed."""
     remote.status = 401
     for _ in range(fresh_breaker.fail_max + 1):
@@ -299,4 +314,7 @@ def test_settings_come_from_the_documented_environment_names(monkeypatch):
     monkeypatch.setenv("OPENAI_MODEL", "llama3")
     settings = load_settings()
     assert (settings["OPENAI_API_KEY"], settings["OPENAI_BASE_URL"], settings["OPENAI_MODEL"]) == (
-        API_KEY, "http://127.0.0.1:9/v1", "llama3")
+        API_KEY,
+        "http://127.0.0.1:9/v1",
+        "llama3",
+    )

@@ -26,8 +26,16 @@ def build(data_dir: Path, **config):
     """An app as the ``app`` fixture builds it, with extra settings."""
     from app import create_app
 
-    return create_app({"TESTING": True, "DATA_DIR": str(data_dir), "MODELS_DIR": str(MODELS_DIR),
-                       "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_STORAGE_URI": "memory://", **config})
+    return create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(data_dir),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            **config,
+        }
+    )
 
 
 @pytest.fixture
@@ -44,8 +52,9 @@ def anon(app):
 
 def upload(http, environ: dict[str, str], **kw):
     """POST /api/upload with the jfk clip and no credentials."""
-    return http.post("/api/upload", data={"file": (io.BytesIO(CLIP.read_bytes()), CLIP.name)},
-                     environ_base=environ, **kw)
+    return http.post(
+        "/api/upload", data={"file": (io.BytesIO(CLIP.read_bytes()), CLIP.name)}, environ_base=environ, **kw
+    )
 
 
 def service_user():
@@ -62,8 +71,9 @@ def test_inside_address_uploads_processes_polls_and_exports_without_credentials(
     """The whole VOXIS flow from 10.1.2.3 with no credentials; the job belongs to the non-admin service user."""
     uploaded = upload(anon, INSIDE)
     assert uploaded.status_code == 200, uploaded.get_json()
-    started = anon.post("/api/process", json={"file_id": uploaded.get_json()["file_id"], "transcribe": True},
-                        environ_base=INSIDE)
+    started = anon.post(
+        "/api/process", json={"file_id": uploaded.get_json()["file_id"], "transcribe": True}, environ_base=INSIDE
+    )
     assert started.status_code == 200, started.get_json()
     job_id = started.get_json()["job_id"]
     drain()
@@ -103,8 +113,16 @@ def test_default_is_closed(tmp_path):
 def test_only_the_dialects_without_auth_are_open(anon):
     """Trusted addresses reach VOXIS only: canonical, account, admin and other dialects' routes stay 401."""
     assert anon.get("/api/status/nope", environ_base=INSIDE).status_code == 404  # let in, then not found
-    for method, path in (("GET", "/api/jobs/"), ("GET", "/auth/me"), ("GET", "/admin/users"), ("GET", "/admin/audit"),
-                         ("GET", "/admin/stats"), ("GET", "/v1/models"), ("GET", "/jobs"), ("POST", "/api/api-keys/")):
+    for method, path in (
+        ("GET", "/api/jobs/"),
+        ("GET", "/auth/me"),
+        ("GET", "/admin/users"),
+        ("GET", "/admin/audit"),
+        ("GET", "/admin/stats"),
+        ("GET", "/v1/models"),
+        ("GET", "/jobs"),
+        ("POST", "/api/api-keys/"),
+    ):
         response = anon.open(path, method=method, environ_base=INSIDE)
         assert response.status_code == 401, (path, response.status_code)
 
@@ -120,8 +138,9 @@ def test_ipv6_and_ipv4_mapped_client_addresses(anon):
 
 def test_x_forwarded_for_cannot_claim_a_trusted_address_without_trusted_proxies(anon):
     """WT_TRUSTED_PROXIES=0: the header is ignored, the socket's address decides."""
-    spoofed = anon.get("/api/jobs", headers={"X-Forwarded-For": "10.1.0.9"},
-                       environ_base={"REMOTE_ADDR": "203.0.113.5"})
+    spoofed = anon.get(
+        "/api/jobs", headers={"X-Forwarded-For": "10.1.0.9"}, environ_base={"REMOTE_ADDR": "203.0.113.5"}
+    )
     assert spoofed.status_code == 401
 
 
@@ -138,8 +157,9 @@ def test_credentials_still_win_and_bad_ones_are_refused(anon, admin_headers, stu
     """From inside, a valid token acts as its user; a wrong one is a 401, never a fallback to the service user."""
     as_admin = upload(anon, INSIDE, headers=admin_headers)
     assert as_admin.status_code == 200
-    job = anon.post("/api/process", json={"file_id": as_admin.get_json()["file_id"]}, headers=admin_headers,
-                    environ_base=INSIDE).get_json()["job_id"]
+    job = anon.post(
+        "/api/process", json={"file_id": as_admin.get_json()["file_id"]}, headers=admin_headers, environ_base=INSIDE
+    ).get_json()["job_id"]
     with anon.application.app_context():
         from app.models import Job
 
@@ -164,8 +184,9 @@ def test_service_user_is_not_admin_and_nobody_can_log_in_as_it(anon, client, adm
         login = anon.post("/auth/login", json={"username": SERVICE, "password": password}, environ_base=INSIDE)
         assert login.status_code in (401, 422), login.get_json()
         basic = base64.b64encode(f"{SERVICE}:{password}".encode()).decode()
-        assert anon.get("/api/jobs", headers={"Authorization": f"Basic {basic}"},
-                        environ_base=INSIDE).status_code == 401
+        assert (
+            anon.get("/api/jobs", headers={"Authorization": f"Basic {basic}"}, environ_base=INSIDE).status_code == 401
+        )
 
 
 def test_disabling_or_taking_over_the_service_account_closes_anonymous_access(anon, client, admin_headers):
@@ -184,8 +205,9 @@ def test_disabling_or_taking_over_the_service_account_closes_anonymous_access(an
 
 def test_an_ordinary_account_with_the_service_name_is_never_borrowed(anon, client, admin_headers):
     """A user who registered the name first keeps it to themselves; anonymous callers get 401."""
-    created = client.post("/admin/users", headers=admin_headers,
-                          json={"username": SERVICE.upper(), "password": "their-own-password"})
+    created = client.post(
+        "/admin/users", headers=admin_headers, json={"username": SERVICE.upper(), "password": "their-own-password"}
+    )
     assert created.status_code == 201
     assert anon.get("/api/jobs", environ_base=INSIDE).status_code == 401
     with anon.application.app_context():
@@ -244,7 +266,10 @@ def test_networks_come_from_the_environment_and_are_parsed_once(monkeypatch):
 
     monkeypatch.setenv("WT_ANONYMOUS_NETWORKS", " 192.168.1.0/24, ,10.0.0.5,fd00::/8 ")
     assert load_settings()["ANONYMOUS_NETWORKS"] == (
-        ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("10.0.0.5/32"), ipaddress.ip_network("fd00::/8"))
+        ipaddress.ip_network("192.168.1.0/24"),
+        ipaddress.ip_network("10.0.0.5/32"),
+        ipaddress.ip_network("fd00::/8"),
+    )
     monkeypatch.setenv("WT_ANONYMOUS_NETWORKS", "192.168.1.0/24;10.0.0.0/8")
     with pytest.raises(RuntimeError, match="WT_ANONYMOUS_NETWORKS"):
         load_settings()
@@ -257,14 +282,27 @@ def test_networks_come_from_the_environment_and_are_parsed_once(monkeypatch):
 def test_bazarr_style_client_on_loopback_cleans_and_transcribes_without_credentials(tmp_path):
     """A real appliance with WT_ANONYMOUS_NETWORKS=127.0.0.1/32: VOXIS upload + process with transcription,
     no credentials, through Gunicorn, the queue and whisper.cpp; judged by WER; the writes are audited."""
-    with launch_appliance(tmp_path / "data", "anonymous-networks.log", WT_ANONYMOUS_NETWORKS="127.0.0.1/32",
-                          WT_RATELIMIT_ANON="600 per minute", WT_RATELIMIT_VOXIS="600 per minute") as server:
+    with launch_appliance(
+        tmp_path / "data",
+        "anonymous-networks.log",
+        WT_ANONYMOUS_NETWORKS="127.0.0.1/32",
+        WT_RATELIMIT_ANON="600 per minute",
+        WT_RATELIMIT_VOXIS="600 per minute",
+    ) as server:
         with open(CLIP, "rb") as f:
             uploaded = requests.post(server.url + "/api/upload", files={"file": (CLIP.name, f)}, timeout=60)
         assert uploaded.status_code == 200, uploaded.text
-        started = requests.post(server.url + "/api/process", timeout=30, json={
-            "file_id": uploaded.json()["file_id"], "transcribe": True, "denoise_strength": 40,
-            "target_sample_rate": 48000, "target_channels": 1})
+        started = requests.post(
+            server.url + "/api/process",
+            timeout=30,
+            json={
+                "file_id": uploaded.json()["file_id"],
+                "transcribe": True,
+                "denoise_strength": 40,
+                "target_sample_rate": 48000,
+                "target_channels": 1,
+            },
+        )
         assert started.status_code == 200, started.text
         job_id = started.json()["job_id"]
 
@@ -278,5 +316,7 @@ def test_bazarr_style_client_on_loopback_cleans_and_transcribes_without_credenti
         assert wer(reference(CLIP.name), status["transcript"]) <= 0.10
         assert requests.get(server.url + "/api/jobs/", timeout=10).status_code == 401  # canonical API stays closed
         entries = server.get("/admin/audit?action=anonymous_request").json()["entries"]
-        assert sorted((e["target"], e["ip"]) for e in entries) == [("/api/process", "127.0.0.1"),
-                                                                  ("/api/upload", "127.0.0.1")]
+        assert sorted((e["target"], e["ip"]) for e in entries) == [
+            ("/api/process", "127.0.0.1"),
+            ("/api/upload", "127.0.0.1"),
+        ]

@@ -32,22 +32,27 @@ def test_job_completes_and_exports_every_format(client, admin_headers, stub_engi
     """After the worker runs, the transcript downloads as txt, srt, vtt, json and tsv."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
-    for fmt, mime in [("txt", "text/plain"), ("srt", "application/x-subrip"), ("vtt", "text/vtt"),
-                      ("json", "application/json"), ("tsv", "text/tab-separated-values")]:
+    for fmt, mime in [
+        ("txt", "text/plain"),
+        ("srt", "application/x-subrip"),
+        ("vtt", "text/vtt"),
+        ("json", "application/json"),
+        ("tsv", "text/tab-separated-values"),
+    ]:
         response = client.get(f"/api/export/download/{job_id}/{fmt}", headers=admin_headers)
         assert response.status_code == 200 and response.content_type.startswith(mime)
         assert f'filename="jfk.{fmt}"' in response.headers["Content-Disposition"]
     assert client.get("/api/export/formats", headers=admin_headers).get_json()["formats"][0]["name"] == "txt"
 
 
-def test_export_before_completion_is_409_and_unknown_format_400(client, admin_headers, stub_engine, drain,
-                                                                uploaded_job):
+def test_export_before_completion_is_409_and_unknown_format_400(
+    client, admin_headers, stub_engine, drain, uploaded_job
+):
     """A queued job has nothing to export; a bad format names the choices."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     assert_error(client.get(f"/api/export/download/{job_id}/srt", headers=admin_headers), 409)
     drain()
-    assert_error(client.get(f"/api/export/download/{job_id}/docx", headers=admin_headers), 400,
-                 "UNSUPPORTED_FORMAT")
+    assert_error(client.get(f"/api/export/download/{job_id}/docx", headers=admin_headers), 400, "UNSUPPORTED_FORMAT")
 
 
 def test_list_pages_filters_and_previews(client, admin_headers, stub_engine, drain, uploaded_job):
@@ -58,16 +63,25 @@ def test_list_pages_filters_and_previews(client, admin_headers, stub_engine, dra
     assert body["total"] == 3 and body["limit"] == 2 and len(body["jobs"]) == 2
     assert body["jobs"][0]["job_id"] == ids[-1]
     job = body["jobs"][0]
-    assert set(job) >= {"job_id", "status", "filename", "model", "created_at", "completed_at", "duration",
-                        "transcript_preview"}
+    assert set(job) >= {
+        "job_id",
+        "status",
+        "filename",
+        "model",
+        "created_at",
+        "completed_at",
+        "duration",
+        "transcript_preview",
+    }
     assert job["transcript_preview"].startswith("word0") and job["error"] is None
     assert client.get("/api/jobs/?status=failed", headers=admin_headers).get_json()["total"] == 0
     later = client.get("/api/jobs/?created_after=2999-01-01T00:00:00Z", headers=admin_headers).get_json()
     assert later["total"] == 0
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "offset=-1", "status=done",
-                                   "created_after=yesterday"])
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=101", "limit=x", "offset=-1", "status=done", "created_after=yesterday"]
+)
 def test_list_rejects_bad_query_parameters(client, admin_headers, query):
     """Out-of-range or malformed parameters are a 400."""
     assert_error(client.get(f"/api/jobs/?{query}", headers=admin_headers), 400)
@@ -200,8 +214,9 @@ def test_file_truncated_in_its_header_is_refused(client, admin_headers, app):
     assert leftovers(app) == []
 
 
-def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(client, admin_headers, stub_engine, drain,
-                                                                      uploaded_job):
+def test_file_truncated_in_its_body_fails_the_job_with_a_clear_reason(
+    client, admin_headers, stub_engine, drain, uploaded_job
+):
     """The header promises 11 s but the data stops early: the job fails and says why."""
     data = (AUDIO / "jfk.flac").read_bytes()[:60000]
     job_id = uploaded_job(client, admin_headers, data=data, name="cut.flac")["job_id"]
@@ -254,8 +269,7 @@ def test_non_whisper_model_name_is_400(client, admin_headers):
     assert_error(post_clip(client, admin_headers, model="gpt-4o"), 400, "INVALID_MODEL")
 
 
-@pytest.mark.parametrize(("field", "value"), [("task", "summarise"), ("language", "english!"),
-                                              ("prompt", "x" * 2001)])
+@pytest.mark.parametrize(("field", "value"), [("task", "summarise"), ("language", "english!"), ("prompt", "x" * 2001)])
 def test_invalid_job_options_are_400(client, admin_headers, field, value, app):
     """Task, language and prompt are validated before anything is stored."""
     assert_error(post_clip(client, admin_headers, **{field: value}), 400)
@@ -322,11 +336,22 @@ def test_a_language_whisper_does_not_know_is_400_naming_valid_ones(client, admin
     assert leftovers(app) == []
 
 
-@pytest.mark.parametrize(("given", "stored"), [("de", "de"), ("German", "de"), ("  HAITIAN creole ", "ht"),
-                                               ("en-US", "en"), ("pt_BR", "pt"), ("yue", "yue"), ("AUTO", None),
-                                               ("", None)])
-def test_language_codes_english_names_and_regions_become_whisper_codes(client, admin_headers, given, stored,
-                                                                       uploaded_job):
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("de", "de"),
+        ("German", "de"),
+        ("  HAITIAN creole ", "ht"),
+        ("en-US", "en"),
+        ("pt_BR", "pt"),
+        ("yue", "yue"),
+        ("AUTO", None),
+        ("", None),
+    ],
+)
+def test_language_codes_english_names_and_regions_become_whisper_codes(
+    client, admin_headers, given, stored, uploaded_job
+):
     """The job keeps whisper's code, whatever form the client sent it in."""
     job_id = uploaded_job(client, admin_headers, language=given)["job_id"]
     assert client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()["requested_language"] == stored
@@ -334,29 +359,43 @@ def test_language_codes_english_names_and_regions_become_whisper_codes(client, a
 
 def _chunked_finalize(client, headers, language: str):
     base = "/api/chunked-uploads"
-    session = client.post(f"{base}/initialize", headers=headers, json={
-        "filename": "jfk.flac", "file_size": len(JFK), "chunk_size": len(JFK), "content_type": "audio/flac"})
+    session = client.post(
+        f"{base}/initialize",
+        headers=headers,
+        json={"filename": "jfk.flac", "file_size": len(JFK), "chunk_size": len(JFK), "content_type": "audio/flac"},
+    )
     session_id = session.get_json()["session_id"]
     client.post(f"{base}/{session_id}/chunks/1", headers=headers, data=JFK, content_type="application/octet-stream")
-    return client.post(f"{base}/{session_id}/finalize", headers=headers,
-                       json={"language": language, "chunk_checksums": [hashlib.sha256(JFK).hexdigest()]})
+    return client.post(
+        f"{base}/{session_id}/finalize",
+        headers=headers,
+        json={"language": language, "chunk_checksums": [hashlib.sha256(JFK).hexdigest()]},
+    )
 
 
 def _voxis_process(client, headers, language: str):
     uploaded = client.post("/api/upload", headers=headers, data={"file": (io.BytesIO(JFK), "jfk.flac")})
-    return client.post("/api/process", headers=headers,
-                       json={"file_id": uploaded.get_json()["file_id"], "transcribe": True, "language": language})
+    return client.post(
+        "/api/process",
+        headers=headers,
+        json={"file_id": uploaded.get_json()["file_id"], "transcribe": True, "language": language},
+    )
 
 
 def _multipart(path: str, **form):
     return lambda client, headers, language: client.post(
-        path, headers=headers, data={"file": (io.BytesIO(JFK), "jfk.flac"), "language": language, **form})
+        path, headers=headers, data={"file": (io.BytesIO(JFK), "jfk.flac"), "language": language, **form}
+    )
 
 
 DIALECTS = {
-    "full API": _multipart("/api/jobs/"), "v1": _multipart("/jobs/"), "legacy": _multipart("/jobs"),
-    "Dubarr": _multipart("/upload"), "OpenAI": _multipart("/v1/audio/transcriptions", model="whisper-1"),
-    "chunked": _chunked_finalize, "VOXIS": _voxis_process,
+    "full API": _multipart("/api/jobs/"),
+    "v1": _multipart("/jobs/"),
+    "legacy": _multipart("/jobs"),
+    "Dubarr": _multipart("/upload"),
+    "OpenAI": _multipart("/v1/audio/transcriptions", model="whisper-1"),
+    "chunked": _chunked_finalize,
+    "VOXIS": _voxis_process,
 }
 
 
@@ -374,11 +413,12 @@ def test_an_over_long_file_name_is_cut_in_its_stem_and_keeps_its_extension(clien
     name = "interview with the mayor " * 20 + ".flac"
     filename = uploaded_job(client, admin_headers, name=name)["filename"]
     assert filename.endswith(".flac") and 250 <= len(filename) <= 255
-    assert name.startswith(filename[:-len(".flac")])  # the stem's end was cut, nothing else
+    assert name.startswith(filename[: -len(".flac")])  # the stem's end was cut, nothing else
 
 
-def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(app, client, admin_headers, stub_engine, drain,
-                                                                  uploaded_job):
+def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     """The reason users read (job, list and stage record) never shows where the server keeps its data."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     for stored in (Path(app.config["DATA_DIR"]) / "uploads").iterdir():
@@ -387,6 +427,9 @@ def test_a_failed_jobs_error_shows_paths_relative_to_the_data_dir(app, client, a
     job = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
     stage_errors = [stage["error"] for stage in job["stages"] if stage.get("error")]
     assert job["status"] == "failed" and f"uploads/{job_id}.flac" in job["error"]
-    for text in (job["error"], *stage_errors, client.get("/api/jobs/", headers=admin_headers).get_json()["jobs"][0]
-                 ["error"]):
+    for text in (
+        job["error"],
+        *stage_errors,
+        client.get("/api/jobs/", headers=admin_headers).get_json()["jobs"][0]["error"],
+    ):
         assert app.config["DATA_DIR"] not in text and "/tmp/" not in text

@@ -11,8 +11,17 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD
 from tests.helpers import assert_error, post_clip
 
-LIST_FIELDS = {"key_id", "name", "key_preview", "permissions", "created_at", "expires_at", "last_used",
-               "usage_count", "is_active"}
+LIST_FIELDS = {
+    "key_id",
+    "name",
+    "key_preview",
+    "permissions",
+    "created_at",
+    "expires_at",
+    "last_used",
+    "usage_count",
+    "is_active",
+}
 
 
 @pytest.fixture
@@ -23,16 +32,22 @@ def http(app):
 
 def create_key(http, headers, permissions=("jobs:read",), **extra) -> dict:
     """POST /api/api-keys/ and return the 201 body."""
-    response = http.post("/api/api-keys/", headers=headers,
-                         json={"name": "My Integration", "permissions": list(permissions), **extra})
+    response = http.post(
+        "/api/api-keys/", headers=headers, json={"name": "My Integration", "permissions": list(permissions), **extra}
+    )
     assert response.status_code == 201, response.get_json()
     return response.get_json()
 
 
 def test_create_returns_the_key_once_and_stores_only_its_hash(app, http, admin_headers):
     """201 with a wt_ key; the database and the list only ever hold the hash and a preview."""
-    body = create_key(http, admin_headers, ["jobs:read", "jobs:create", "export:download"], expires_days=90,
-                      rate_limit={"requests_per_minute": 100, "daily_quota": 10000})
+    body = create_key(
+        http,
+        admin_headers,
+        ["jobs:read", "jobs:create", "export:download"],
+        expires_days=90,
+        rate_limit={"requests_per_minute": 100, "daily_quota": 10000},
+    )
     secret = body["api_key"]
     assert secret.startswith("wt_") and len(secret) > 40 and body["key_id"].startswith("key_")
     assert body["permissions"] == ["jobs:read", "jobs:create", "export:download"]
@@ -126,8 +141,9 @@ def test_key_of_a_disabled_user_is_401(http, admin_headers, user_headers):
 def test_user_can_only_grant_permissions_they_have(http, admin_headers, user_headers):
     """admin is for admins; a user's attempt is 403 and creates nothing."""
     alice = user_headers("alice")
-    assert_error(http.post("/api/api-keys/", headers=alice, json={"name": "x", "permissions": ["admin"]}),
-                 403, "FORBIDDEN")
+    assert_error(
+        http.post("/api/api-keys/", headers=alice, json={"name": "x", "permissions": ["admin"]}), 403, "FORBIDDEN"
+    )
     assert http.get("/api/api-keys/", headers=alice).get_json()["api_keys"] == []
     assert create_key(http, admin_headers, ["admin", "jobs:read"])["permissions"] == ["admin", "jobs:read"]
 
@@ -154,8 +170,7 @@ def test_demoted_admins_key_loses_the_admin_scope(http, admin_headers, user_head
         ({"name": "x", "permissions": ["jobs:read"], "expires_days": "90"}, 422, "INVALID_FIELD"),
         ({"name": "x", "permissions": ["jobs:read"], "expires_days": True}, 422, "INVALID_FIELD"),
         ({"name": "x", "permissions": ["jobs:read"], "rate_limit": 5}, 422, "INVALID_FIELD"),
-        ({"name": "x", "permissions": ["jobs:read"], "rate_limit": {"requests_per_minute": -1}}, 422,
-         "INVALID_FIELD"),
+        ({"name": "x", "permissions": ["jobs:read"], "rate_limit": {"requests_per_minute": -1}}, 422, "INVALID_FIELD"),
     ],
 )
 def test_invalid_key_requests_are_422(http, admin_headers, body, status, code):
@@ -165,8 +180,7 @@ def test_invalid_key_requests_are_422(http, admin_headers, body, status, code):
 
 def test_malformed_json_is_400(http, admin_headers):
     """Not JSON at all."""
-    response = http.post("/api/api-keys/", headers={**admin_headers, "Content-Type": "application/json"},
-                         data="{nope")
+    response = http.post("/api/api-keys/", headers={**admin_headers, "Content-Type": "application/json"}, data="{nope")
     assert_error(response, 400, "INVALID_JSON")
 
 
@@ -198,11 +212,18 @@ def test_key_sees_only_its_owners_jobs(http, admin_headers, stub_engine, user_he
 def test_api_key_cannot_manage_keys_or_the_password(http, admin_headers):
     """A leaked key cannot mint broader keys, revoke others or change the account."""
     key = {"X-API-Key": create_key(http, admin_headers, ["jobs:read"])["api_key"]}
-    assert_error(http.post("/api/api-keys/", headers=key, json={"name": "x", "permissions": ["jobs:delete"]}),
-                 403, "FORBIDDEN")
+    assert_error(
+        http.post("/api/api-keys/", headers=key, json={"name": "x", "permissions": ["jobs:delete"]}), 403, "FORBIDDEN"
+    )
     assert_error(http.get("/api/api-keys/", headers=key), 403, "FORBIDDEN")
-    assert_error(http.post("/auth/change-password", headers=key,
-                           json={"current_password": ADMIN_PASSWORD, "new_password": "something-else-1"}), 403)
+    assert_error(
+        http.post(
+            "/auth/change-password",
+            headers=key,
+            json={"current_password": ADMIN_PASSWORD, "new_password": "something-else-1"},
+        ),
+        403,
+    )
 
 
 def test_key_management_needs_authentication(http):
@@ -212,8 +233,9 @@ def test_key_management_needs_authentication(http):
     assert_error(http.delete("/api/api-keys/key_0123"), 401)
 
 
-def test_admins_key_without_admin_scope_sees_only_the_admins_own_jobs(http, admin_headers, stub_engine, user_headers,
-                                                                      uploaded_job):
+def test_admins_key_without_admin_scope_sees_only_the_admins_own_jobs(
+    http, admin_headers, stub_engine, user_headers, uploaded_job
+):
     """Visibility follows the key's scopes, not just the owner's role."""
     alice = user_headers("alice")
     alices_job = uploaded_job(http, alice)["job_id"]

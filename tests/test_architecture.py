@@ -16,8 +16,14 @@ WEB_STACK = ("flask_limiter", "flask_sock", "jwt", "argon2")
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """Run import-linter on the packages under ``root`` with its .importlinter."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(root / ".importlinter"), "--no-cache"], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / ".importlinter"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_layers_contract_holds():
@@ -29,8 +35,11 @@ def test_a_service_that_imports_the_tasks_breaks_the_contract(tmp_path):
     """Services queue jobs through app/services/queueing.py; importing workers.tasks would run back up."""
     for part in ("app", "workers", ".importlinter"):
         copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy
-        copy(ROOT / part, tmp_path / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                              if (ROOT / part).is_dir() else {}))
+        copy(
+            ROOT / part,
+            tmp_path / part,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / part).is_dir() else {}),
+        )
     jobs = tmp_path / "app" / "services" / "jobs.py"
     jobs.write_text(jobs.read_text() + "\nfrom workers import tasks  # noqa: E402,F401\n")
     result = lint_imports(tmp_path)
@@ -53,8 +62,9 @@ def test_a_worker_loads_no_web_stack(tmp_path):
         "print(' '.join(sorted(sys.modules)))\n"
     )
     env = {**os.environ, "WT_DATA_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     loaded = set(result.stdout.split())
     assert "workers.pipeline" in loaded

@@ -26,26 +26,59 @@ PCM_RATE = 32000  # bytes per second of s16le mono 16 kHz
 @functools.cache
 def pcm(clip: str = "jfk.flac", *before_input: str) -> bytes:
     """A clip as Bazarr sends it: headerless s16le, mono, 16 kHz."""
-    return subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *before_input, "-i", str(AUDIO / clip),
-                           "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
-                          capture_output=True, check=True, timeout=120).stdout
+    return subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            *before_input,
+            "-i",
+            str(AUDIO / clip),
+            "-f",
+            "s16le",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
 
 
 def multipart(payload: bytes, name: str, field: str = "audio_file") -> tuple[bytes, str]:
     """A multipart body with one file, as requests sends it (the test client's encoder leaves temp files open)."""
     boundary = "asr-test-boundary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n")
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     return head.encode() + payload + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def post(client, path: str = "/asr", body: bytes | None = None, headers: dict | None = None, name: str = "audio_file",
-         environ: dict | None = None, **params: str):
+def post(
+    client,
+    path: str = "/asr",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    name: str = "audio_file",
+    environ: dict | None = None,
+    **params: str,
+):
     """POST ``body`` (default: jfk as raw PCM) as multipart ``audio_file`` with query parameters."""
     params.setdefault("encode", "false")
     data, content_type = multipart(pcm() if body is None else body, name)
-    return client.post(path, query_string=params, data=data, content_type=content_type,
-                       headers=BASIC if headers is None else headers, environ_base=environ or {})
+    return client.post(
+        path,
+        query_string=params,
+        data=data,
+        content_type=content_type,
+        headers=BASIC if headers is None else headers,
+        environ_base=environ or {},
+    )
 
 
 def job_rows() -> list:
@@ -88,17 +121,23 @@ def test_raw_pcm_request_answers_srt_as_an_ordinary_listed_job(app, client, stub
 
 def test_a_video_name_in_any_script_gives_a_header_a_server_can_send(client, stub_engine, background_worker):
     """Response headers must be latin-1: the file name in Content-Disposition keeps only its ASCII letters."""
-    response = post(client, output="vtt", language="en", video_file="/tv/Ünïcødé 日本 \"quoted\".mkv")
+    response = post(client, output="vtt", language="en", video_file='/tv/Ünïcødé 日本 "quoted".mkv')
     assert response.status_code == 200
     header = response.headers["Content-Disposition"]
     header.encode("latin-1")
     assert header.startswith("attachment; filename=") and header.endswith('.vtt"')
 
 
-@pytest.mark.parametrize(("output", "mimetype", "start"), [
-    ("txt", "text/plain", "word0\nword1"), ("vtt", "text/vtt", "WEBVTT"), ("srt", "application/x-subrip", "1\n"),
-    ("tsv", "text/tab-separated-values", "start\tend\ttext\n0\t1000\tword0"), ("json", "application/json", "{"),
-])
+@pytest.mark.parametrize(
+    ("output", "mimetype", "start"),
+    [
+        ("txt", "text/plain", "word0\nword1"),
+        ("vtt", "text/vtt", "WEBVTT"),
+        ("srt", "application/x-subrip", "1\n"),
+        ("tsv", "text/tab-separated-values", "start\tend\ttext\n0\t1000\tword0"),
+        ("json", "application/json", "{"),
+    ],
+)
 def test_every_output_has_its_own_content_type(client, stub_engine, background_worker, output, mimetype, start):
     """txt (the default), vtt, srt, tsv and json come from the export renderers."""
     response = post(client, output=output)
@@ -117,8 +156,9 @@ def test_subtitle_options_reach_the_export_renderer(client, stub_engine, backgro
     """max_line_width=0 keeps one cue per segment; highlight_words asks for word times and marks the words."""
     plain = parse_srt(post(client, output="srt", language="en", max_line_width="0").get_data(as_text=True))
     assert [text for _, text in plain] == [f"word{i}" for i in range(11)]
-    narrow = parse_srt(post(client, output="srt", language="en", max_line_width="6",
-                            max_line_count="1").get_data(as_text=True))
+    narrow = parse_srt(
+        post(client, output="srt", language="en", max_line_width="6", max_line_count="1").get_data(as_text=True)
+    )
     assert all(len(text) <= 6 for _, text in narrow) and len(narrow) == 11
     karaoke = post(client, output="srt", language="en", highlight_words="true").get_data(as_text=True)
     assert stub_engine.calls[-1]["words"] is True and "<u>word1</u>" in karaoke
@@ -151,24 +191,27 @@ def test_status_is_open_and_names_the_version(client):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize(("body", "params", "status", "code"), [
-    (b"\x01\x02\x03", {}, 400, "INVALID_PCM"),  # an odd byte count is not 16-bit samples
-    (b"", {}, 400, "EMPTY_FILE"),
-    (None, {"output": "docx"}, 400, "UNSUPPORTED_FORMAT"),
-    (None, {"task": "summarize"}, 400, "INVALID_TASK"),
-    (None, {"language": "x" * 5000}, 400, "INVALID_LANGUAGE"),
-    (None, {"language": "klingon"}, 400, "INVALID_LANGUAGE"),
-    (None, {"encode": "maybe"}, 400, "INVALID_PARAMETER"),
-    (None, {"word_timestamps": "2"}, 400, "INVALID_PARAMETER"),
-    (None, {"max_line_width": "-3"}, 400, "INVALID_PARAMETER"),
-    (None, {"max_cue_seconds": "0.1"}, 400, "INVALID_PARAMETER"),
-    (None, {"highlight_words": "sometimes"}, 400, "INVALID_PARAMETER"),
-    (None, {"max_line_count": "lots"}, 400, "INVALID_PARAMETER"),
-    (None, {"max_line_count": "²"}, 400, "INVALID_PARAMETER"),  # a digit to str.isdigit, not to int()
-    (None, {"initial_prompt": "p" * 2001}, 400, "INVALID_PROMPT"),
-    (None, {"video_file": "v" * 5000}, 400, "INVALID_PARAMETER"),
-    (b"not a media file at all", {"encode": "true"}, 415, "UNSUPPORTED_MEDIA"),
-])
+@pytest.mark.parametrize(
+    ("body", "params", "status", "code"),
+    [
+        (b"\x01\x02\x03", {}, 400, "INVALID_PCM"),  # an odd byte count is not 16-bit samples
+        (b"", {}, 400, "EMPTY_FILE"),
+        (None, {"output": "docx"}, 400, "UNSUPPORTED_FORMAT"),
+        (None, {"task": "summarize"}, 400, "INVALID_TASK"),
+        (None, {"language": "x" * 5000}, 400, "INVALID_LANGUAGE"),
+        (None, {"language": "klingon"}, 400, "INVALID_LANGUAGE"),
+        (None, {"encode": "maybe"}, 400, "INVALID_PARAMETER"),
+        (None, {"word_timestamps": "2"}, 400, "INVALID_PARAMETER"),
+        (None, {"max_line_width": "-3"}, 400, "INVALID_PARAMETER"),
+        (None, {"max_cue_seconds": "0.1"}, 400, "INVALID_PARAMETER"),
+        (None, {"highlight_words": "sometimes"}, 400, "INVALID_PARAMETER"),
+        (None, {"max_line_count": "lots"}, 400, "INVALID_PARAMETER"),
+        (None, {"max_line_count": "²"}, 400, "INVALID_PARAMETER"),  # a digit to str.isdigit, not to int()
+        (None, {"initial_prompt": "p" * 2001}, 400, "INVALID_PROMPT"),
+        (None, {"video_file": "v" * 5000}, 400, "INVALID_PARAMETER"),
+        (b"not a media file at all", {"encode": "true"}, 415, "UNSUPPORTED_MEDIA"),
+    ],
+)
 def test_bad_input_is_a_standard_error_and_makes_no_job(app, client, body, params, status, code):
     """Never a 200 (Bazarr would save the error as a subtitle) and nothing queued; no upload left behind."""
     response = post(client, body=body, **params)
@@ -233,9 +276,16 @@ def test_timeout_is_504_naming_the_job_and_a_repeat_is_answered_from_it(app, cli
 def test_identical_audio_joins_the_running_job_but_other_settings_do_not(app, client):
     """Same bytes and settings: one job. Another task, language or prompt: a job of its own."""
     app.config["ASR_TIMEOUT_SECONDS"] = 0.05
-    ids = [post(client, **params).headers["X-Job-ID"] for params in (
-        {"language": "en"}, {"language": "en", "output": "srt"}, {"language": "en", "initial_prompt": "Kennedy"},
-        {"task": "translate", "language": "en"}, {})]
+    ids = [
+        post(client, **params).headers["X-Job-ID"]
+        for params in (
+            {"language": "en"},
+            {"language": "en", "output": "srt"},
+            {"language": "en", "initial_prompt": "Kennedy"},
+            {"task": "translate", "language": "en"},
+            {},
+        )
+    ]
     assert ids[0] == ids[1] and len(set(ids)) == 4
     assert len(job_rows()) == 4
 
@@ -245,8 +295,8 @@ def test_same_video_file_task_language_and_output_joins_even_with_other_audio(ap
     app.config["ASR_TIMEOUT_SECONDS"] = 0.05
     video = {"video_file": "/movies/Film (2020)/Film.mkv", "language": "en", "output": "srt"}
     first = post(client, **video).headers["X-Job-ID"]
-    assert post(client, body=pcm()[:PCM_RATE * 5], **video).headers["X-Job-ID"] == first
-    assert post(client, body=pcm()[:PCM_RATE * 5], **{**video, "output": "vtt"}).headers["X-Job-ID"] != first
+    assert post(client, body=pcm()[: PCM_RATE * 5], **video).headers["X-Job-ID"] == first
+    assert post(client, body=pcm()[: PCM_RATE * 5], **{**video, "output": "vtt"}).headers["X-Job-ID"] != first
     assert len(job_rows()) == 2
 
 
@@ -282,8 +332,9 @@ def test_detect_language_uses_the_first_30_seconds_on_a_multilingual_model(clien
 
 def test_detect_language_cuts_encoded_media_to_30_seconds(client, stub_engine, background_worker):
     """encode=true: the first 30 s of the media's audio, decoded by ffmpeg."""
-    response = post(client, "/detect-language", body=(AUDIO / "multilingual.mp3").read_bytes(), name="m.mp3",
-                    encode="true")
+    response = post(
+        client, "/detect-language", body=(AUDIO / "multilingual.mp3").read_bytes(), name="m.mp3", encode="true"
+    )
     assert response.status_code == 200, response.get_json()
     assert 29.5 <= job_rows()[0].duration <= 30.0
 
@@ -296,8 +347,15 @@ def english_only_app(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     (models / "ggml-tiny.en.bin").symlink_to(MODELS_DIR / "ggml-tiny.en.bin")
-    return create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "MODELS_DIR": str(models),
-                       "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_STORAGE_URI": "memory://"})
+    return create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(models),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RATELIMIT_STORAGE_URI": "memory://",
+        }
+    )
 
 
 def test_english_only_install_names_the_model_to_install(english_only_app):
@@ -325,8 +383,9 @@ def test_credentials_are_required_outside_trusted_networks(app, admin_headers):
     """No credentials: 401. An API key (X-API-Key), a bearer token and HTTP Basic all work."""
     client = app.test_client(use_cookies=False)  # Bazarr keeps no session
     assert_error(post(client, headers={}), 401)
-    key = client.post("/api/api-keys/", headers=admin_headers,
-                      json={"name": "bazarr", "permissions": ["jobs:create", "jobs:read"]}).get_json()["api_key"]
+    key = client.post(
+        "/api/api-keys/", headers=admin_headers, json={"name": "bazarr", "permissions": ["jobs:create", "jobs:read"]}
+    ).get_json()["api_key"]
     app.config["ASR_TIMEOUT_SECONDS"] = 0.01
     for headers in ({"X-API-Key": key}, admin_headers, BASIC):
         assert post(client, headers=headers).status_code == 504  # let in; no worker runs here
@@ -338,9 +397,17 @@ def trusted_app(tmp_path):
     """An app that trusts 10.1.0.0/16 and allows 3 anonymous requests a minute per address."""
     from app import create_app
 
-    return create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "MODELS_DIR": str(MODELS_DIR),
-                       "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_STORAGE_URI": "memory://",
-                       "ANONYMOUS_NETWORKS": "10.1.0.0/16", "RATELIMIT_ANON": "3 per minute"})
+    return create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            "ANONYMOUS_NETWORKS": "10.1.0.0/16",
+            "RATELIMIT_ANON": "3 per minute",
+        }
+    )
 
 
 def test_trusted_network_needs_no_credentials_and_is_limited_per_address(trusted_app, stub_engine):
@@ -368,13 +435,13 @@ def test_an_older_database_gains_the_upload_hash_column(tmp_path):
     """A job table from before the dialect is upgraded in place on start."""
     import sqlite3
 
-    from app import models
+    from app.db import open_database
 
     path = tmp_path / "old.sqlite"
-    models.open_database(path).close()
+    open_database(path).close()
     with sqlite3.connect(path) as old:
         old.execute("ALTER TABLE job DROP COLUMN upload_sha256")
-    models.open_database(path).close()
+    open_database(path).close()
     with sqlite3.connect(path) as upgraded:
         assert "upload_sha256" in {row[1] for row in upgraded.execute("PRAGMA table_info(job)")}
 
@@ -398,8 +465,12 @@ def test_routes_are_in_the_openapi_document(client):
 
 def bazarr_pcm(clip: Path, *before_input: str) -> bytes:
     """Exactly Bazarr's extraction: ``ffmpeg -i clip -f s16le -ac 1 -ar 16000 -``."""
-    return subprocess.run(["ffmpeg", "-nostdin", *before_input, "-i", str(clip), "-f", "s16le", "-ac", "1",
-                           "-ar", "16000", "-"], capture_output=True, check=True, timeout=120).stdout
+    return subprocess.run(
+        ["ffmpeg", "-nostdin", *before_input, "-i", str(clip), "-f", "s16le", "-ac", "1", "-ar", "16000", "-"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
 
 
 def basic_url(live_server) -> str:
@@ -410,9 +481,12 @@ def basic_url(live_server) -> str:
 @pytest.mark.e2e
 def test_bazarr_raw_pcm_request_returns_a_readable_srt(live_server):
     """Bazarr's request, through HTTP, the queue and whisper.cpp: the SRT parses and matches the reference."""
-    response = requests.post(basic_url(live_server) + "/asr", files={"audio_file": bazarr_pcm(AUDIO / "jfk.flac")},
-                             params={"task": "transcribe", "language": "en", "output": "srt", "encode": "false"},
-                             timeout=(10, 300))
+    response = requests.post(
+        basic_url(live_server) + "/asr",
+        files={"audio_file": bazarr_pcm(AUDIO / "jfk.flac")},
+        params={"task": "transcribe", "language": "en", "output": "srt", "encode": "false"},
+        timeout=(10, 300),
+    )
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/x-subrip")
     cues = parse_srt(response.text)
@@ -427,8 +501,9 @@ def test_detect_language_with_base_and_status_and_bad_input_over_http(live_serve
     url = basic_url(live_server)
 
     def detect(audio: bytes) -> dict:
-        answer = requests.post(url + "/detect-language", params={"encode": "false"}, files={"audio_file": audio},
-                               timeout=(10, 300))
+        answer = requests.post(
+            url + "/detect-language", params={"encode": "false"}, files={"audio_file": audio}, timeout=(10, 300)
+        )
         assert answer.status_code == 200, answer.text
         assert live_server.get(f"/api/jobs/{answer.headers['X-Job-ID']}").json()["model"] == "base"
         return answer.json()
@@ -439,8 +514,12 @@ def test_detect_language_with_base_and_status_and_bad_input_over_http(live_serve
     assert detect(bazarr_pcm(AUDIO / "multilingual.mp3", "-ss", "34"))["language_code"] == "de"
     status = requests.get(live_server.url + "/status", timeout=10)
     assert status.status_code == 200 and status.json() == {"version": metadata.version("whisper-transcriber")}
-    for params, audio, code in (({"output": "srt"}, b"\x00" * 3, "INVALID_PCM"), ({}, b"", "EMPTY_FILE"),
-                                ({"output": "docx"}, b"\x00" * 32000, "UNSUPPORTED_FORMAT")):
-        answer = requests.post(url + "/asr", params={"encode": "false", **params}, files={"audio_file": audio},
-                               timeout=30)
+    for params, audio, code in (
+        ({"output": "srt"}, b"\x00" * 3, "INVALID_PCM"),
+        ({}, b"", "EMPTY_FILE"),
+        ({"output": "docx"}, b"\x00" * 32000, "UNSUPPORTED_FORMAT"),
+    ):
+        answer = requests.post(
+            url + "/asr", params={"encode": "false", **params}, files={"audio_file": audio}, timeout=30
+        )
         assert answer.status_code == 400 and answer.json()["error_code"] == code

@@ -14,8 +14,12 @@ from workers import audio
 
 def ffprobe_duration(path: Path) -> float:
     """The duration the ffprobe command reports, for comparison."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", str(path)],
-                         capture_output=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return float(json.loads(out)["format"]["duration"])
 
 
@@ -40,15 +44,29 @@ def test_cover_art_does_not_count_as_video(tmp_path):
     cover = tmp_path / "cover.png"
     ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1", str(cover))
     song = tmp_path / "song.mp3"
-    ffmpeg("-i", str(AUDIO / "jfk.flac"), "-i", str(cover), "-map", "0:a", "-map", "1:v", "-c:v", "copy",
-           "-disposition:v", "attached_pic", str(song))
+    ffmpeg(
+        "-i",
+        str(AUDIO / "jfk.flac"),
+        "-i",
+        str(cover),
+        "-map",
+        "0:a",
+        "-map",
+        "1:v",
+        "-c:v",
+        "copy",
+        "-disposition:v",
+        "attached_pic",
+        str(song),
+    )
     assert audio.probe(song).has_video is False
 
 
 def test_video_without_sound_is_refused_as_having_no_audio(tmp_path):
     silent = tmp_path / "silent.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=blue:s=160x120:r=10:d=1", "-c:v", "libx264", "-preset", "ultrafast",
-           str(silent))
+    ffmpeg(
+        "-f", "lavfi", "-i", "color=c=blue:s=160x120:r=10:d=1", "-c:v", "libx264", "-preset", "ultrafast", str(silent)
+    )
     with pytest.raises(audio.MediaError) as caught:
         audio.probe(silent)
     assert caught.value.error_code == "NO_AUDIO"

@@ -18,16 +18,16 @@ PASSWORD = "correct-horse-battery"
 
 def add_user(client, admin_headers, username: str, role: str = "user", password: str = PASSWORD) -> str:
     """Create an account through the admin API; return its id."""
-    response = client.post("/admin/users", headers=admin_headers,
-                           json={"username": username, "password": password, "role": role})
+    response = client.post(
+        "/admin/users", headers=admin_headers, json={"username": username, "password": password, "role": role}
+    )
     assert response.status_code == 201, response.get_json()
     return response.get_json()["id"]
 
 
 def login_token(app, username: str, password: str = PASSWORD) -> str:
     """A bearer token, from a client that keeps no cookies (so no session leaks into later requests)."""
-    response = app.test_client(use_cookies=False).post("/auth/login", json={"username": username,
-                                                                            "password": password})
+    response = app.test_client(use_cookies=False).post("/auth/login", json={"username": username, "password": password})
     assert response.status_code == 200, response.get_json()
     return response.get_json()["access_token"]
 
@@ -145,8 +145,14 @@ def test_production_refuses_to_start_without_a_strong_secret(tmp_path, secret):
     from app import create_app
 
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
-        create_app({"ENV": "production", "SECRET_KEY": secret, "DATA_DIR": str(tmp_path / "data"),
-                    "MODELS_DIR": str(MODELS_DIR)})
+        create_app(
+            {
+                "ENV": "production",
+                "SECRET_KEY": secret,
+                "DATA_DIR": str(tmp_path / "data"),
+                "MODELS_DIR": str(MODELS_DIR),
+            }
+        )
 
 
 # ------------------------------------------------------------------ register
@@ -154,8 +160,9 @@ def test_production_refuses_to_start_without_a_strong_secret(tmp_path, secret):
 
 def test_registration_is_403_when_disabled(app):
     """The default: no self-service accounts."""
-    response = app.test_client().post("/auth/register", json={"username": "eve", "password": PASSWORD,
-                                                              "email": "eve@example.com"})
+    response = app.test_client().post(
+        "/auth/register", json={"username": "eve", "password": PASSWORD, "email": "eve@example.com"}
+    )
     assert_error(response, 403, "REGISTRATION_DISABLED")
 
 
@@ -163,8 +170,10 @@ def test_registration_when_enabled_creates_a_plain_user_who_can_log_in(app):
     """201 with message, user_id and username; the new account has the user role."""
     app.config["ALLOW_REGISTRATION"] = True
     client = app.test_client(use_cookies=False)
-    response = client.post("/auth/register", json={"username": "user@example.com", "password": PASSWORD,
-                                                   "email": "user@example.com", "role": "admin"})
+    response = client.post(
+        "/auth/register",
+        json={"username": "user@example.com", "password": PASSWORD, "email": "user@example.com", "role": "admin"},
+    )
     assert response.status_code == 201
     body = response.get_json()
     assert body["message"] == "User registered successfully" and body["username"] == "user@example.com"
@@ -208,8 +217,11 @@ def test_change_password_revokes_other_tokens_and_keeps_the_current_one(app, cli
     add_user(client, admin_headers, "dave")
     current, other = login_token(app, "dave"), login_token(app, "dave")
     c = app.test_client(use_cookies=False)
-    response = c.post("/auth/change-password", headers=bearer(current),
-                      json={"current_password": PASSWORD, "new_password": "a-brand-new-password"})
+    response = c.post(
+        "/auth/change-password",
+        headers=bearer(current),
+        json={"current_password": PASSWORD, "new_password": "a-brand-new-password"},
+    )
     assert response.status_code == 200, response.get_json()
     assert c.get("/auth/me", headers=bearer(current)).status_code == 200
     assert_error(c.get("/auth/me", headers=bearer(other)), 401)
@@ -265,8 +277,9 @@ def _forge(app, token: str, attack: str) -> str:
     if attack == "tampered_body":
         return f"{header}.{b64({**claims, 'sub': '1', 'role': 'admin'})}.{signature}"
     if attack == "expired":
-        return jwt.encode({**claims, "iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}, secret,
-                          algorithm="HS256")
+        return jwt.encode(
+            {**claims, "iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}, secret, algorithm="HS256"
+        )
     if attack.startswith("missing_"):
         claims.pop(attack.removeprefix("missing_"))
         return jwt.encode(claims, secret, algorithm="HS256")
@@ -279,10 +292,24 @@ def _forge(app, token: str, attack: str) -> str:
     raise AssertionError(attack)
 
 
-@pytest.mark.parametrize("attack", [
-    "alg_none", "alg_none_with_signature", "wrong_key", "other_algorithm", "tampered_body", "expired",
-    "missing_exp", "missing_iat", "missing_sub", "missing_jti", "never_issued_jti", "other_users_sub", "garbage",
-])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "alg_none",
+        "alg_none_with_signature",
+        "wrong_key",
+        "other_algorithm",
+        "tampered_body",
+        "expired",
+        "missing_exp",
+        "missing_iat",
+        "missing_sub",
+        "missing_jti",
+        "never_issued_jti",
+        "other_users_sub",
+        "garbage",
+    ],
+)
 def test_forged_or_broken_tokens_are_401(app, client, admin_headers, attack):
     """The algorithm is fixed, the signature covers everything, and the claims are required."""
     add_user(client, admin_headers, "mallory")
@@ -324,17 +351,23 @@ def test_token_of_a_deleted_user_is_401(app, client, admin_headers):
 # --------------------------------------------------------------- isolation
 
 
-def test_users_see_only_their_own_jobs_and_exports_and_admins_see_all(app, admin_headers, stub_engine, drain,
-                                                                       user_headers, uploaded_job):
+def test_users_see_only_their_own_jobs_and_exports_and_admins_see_all(
+    app, admin_headers, stub_engine, drain, user_headers, uploaded_job
+):
     """Another user's job is 404 on every route (never 403); the admin sees it."""
     c = app.test_client(use_cookies=False)
     alice, bob = user_headers("alice"), user_headers("bob")
     job_id = uploaded_job(c, alice)["job_id"]
     drain()
     assert c.get(f"/api/export/download/{job_id}/txt", headers=alice).status_code == 200
-    for method, path in [("get", f"/api/jobs/{job_id}"), ("get", f"/api/progress/{job_id}"),
-                         ("get", f"/api/export/download/{job_id}/txt"), ("post", f"/api/jobs/{job_id}/restart"),
-                         ("post", f"/api/jobs/{job_id}/cancel"), ("delete", f"/api/jobs/{job_id}")]:
+    for method, path in [
+        ("get", f"/api/jobs/{job_id}"),
+        ("get", f"/api/progress/{job_id}"),
+        ("get", f"/api/export/download/{job_id}/txt"),
+        ("post", f"/api/jobs/{job_id}/restart"),
+        ("post", f"/api/jobs/{job_id}/cancel"),
+        ("delete", f"/api/jobs/{job_id}"),
+    ]:
         assert_error(getattr(c, method)(path, headers=bob), 404, "NOT_FOUND")
     listed = c.get("/api/jobs/", headers=bob).get_json()
     assert listed["total"] == 0 and listed["jobs"] == []
@@ -351,8 +384,9 @@ def test_still_valid_follows_revocation_expiry_and_disabled_users(app, client, a
     from app.services.credentials import Principal
 
     token = admin_headers["Authorization"].removeprefix("Bearer ")
-    key = client.post("/api/api-keys/", headers=admin_headers,
-                      json={"name": "socket", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    key = client.post(
+        "/api/api-keys/", headers=admin_headers, json={"name": "socket", "permissions": ["jobs:read"]}
+    ).get_json()["api_key"]
     with app.test_request_context():
         user, claims = decode_token(token)
         by_token = Principal(user, frozenset(), "jwt", claims=claims)

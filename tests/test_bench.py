@@ -16,8 +16,14 @@ pytestmark = pytest.mark.e2e
 
 def test_bench_reports_times_ratios_and_worker_rss_for_both_clips(tmp_path):
     env = {**os.environ, "WT_MODELS_DIR": str(MODELS_DIR), "WT_DATA_DIR": str(tmp_path / "data")}
-    result = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--runs", "1", "--audio-dir", str(AUDIO)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", "--runs", "1", "--audio-dir", str(AUDIO)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     number = r"\s+(\d+\.\d+)"
     for clip, seconds in (("jfk.flac", 11.0), ("OSR_us_000_0034_8k.flac", 35.5)):

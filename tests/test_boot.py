@@ -42,10 +42,16 @@ def restore_root_level():
 
 def test_a_worker_boots_without_the_web_stack(tmp_path):
     """The worker command loads no flask_limiter, flask_sock, jwt or argon2, and boots at its level and nice."""
-    env = {**os.environ, "WT_DATA_DIR": str(tmp_path / "data"), "WT_MODELS_DIR": str(MODELS_DIR),
-           "WT_LOG_LEVEL": "warning", "WT_WORKER_NICE": str(max(os.nice(0), 7))}
-    done = subprocess.run([sys.executable, "-c", _WORKER_PROBE], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {
+        **os.environ,
+        "WT_DATA_DIR": str(tmp_path / "data"),
+        "WT_MODELS_DIR": str(MODELS_DIR),
+        "WT_LOG_LEVEL": "warning",
+        "WT_WORKER_NICE": str(max(os.nice(0), 7)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     state = json.loads(done.stdout.strip().splitlines()[-1])
     assert "huey" in state["modules"] and [name for name in WEB_STACK if name in state["modules"]] == []

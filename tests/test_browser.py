@@ -25,8 +25,14 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 SHOTS = OUTPUT / "screenshots"
 JOB_TIMEOUT = 300_000  # ms: whisper.cpp on a loaded machine
 UI_TIMEOUT = 60_000
@@ -47,8 +53,9 @@ def chromium():
 @contextmanager
 def session(chromium, name: str, **context_options) -> Iterator:
     """A fresh browser context and page; JS errors fail the test and a failure leaves a screenshot."""
-    context = chromium.new_context(accept_downloads=True, **{"viewport": {"width": 1280, "height": 900},
-                                                             **context_options})
+    context = chromium.new_context(
+        accept_downloads=True, **{"viewport": {"width": 1280, "height": 900}, **context_options}
+    )
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT)
     errors: list[str] = []
@@ -163,8 +170,10 @@ def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
             const data = new Uint8Array(300001).map((_, i) => (i * 7919) % 251);
             return WT.sha256Fallback(data) === await WT.sha256(data.buffer); }""")
         assert same
-        page.evaluate("() => Object.assign(document.getElementById('upload').dataset, "
-                      "{chunkThreshold: '1', chunkSize: String(48 * 1024)})")
+        page.evaluate(
+            "() => Object.assign(document.getElementById('upload').dataset, "
+            "{chunkThreshold: '1', chunkSize: String(48 * 1024)})"
+        )
         dropped: list[str] = []
         seen: list[str] = []
 
@@ -199,15 +208,22 @@ def test_chunked_upload_resumes_after_a_dropped_chunk(chromium, live_server):
 def test_chunked_upload_resumes_after_a_reload(chromium, live_server):
     """An upload that stopped after two chunks continues from the third when the same file is chosen again."""
     url = live_server.url
-    force_chunks = ("() => Object.assign(document.getElementById('upload').dataset, "
-                    "{chunkThreshold: '1', chunkSize: String(48 * 1024)})")
+    force_chunks = (
+        "() => Object.assign(document.getElementById('upload').dataset, "
+        "{chunkThreshold: '1', chunkSize: String(48 * 1024)})"
+    )
     with session(chromium, "chunked-reload") as page:
         log_in(page, url)
         page.evaluate(force_chunks)
         refuse = re.compile(r"/api/chunked-uploads/\w+/chunks/[3-9]$")
-        page.route(refuse, lambda route: route.fulfill(
-            status=400, content_type="application/json",
-            body='{"detail": "simulated refusal", "error_code": "TEST", "timestamp": "", "request_id": ""}'))
+        page.route(
+            refuse,
+            lambda route: route.fulfill(
+                status=400,
+                content_type="application/json",
+                body='{"detail": "simulated refusal", "error_code": "TEST", "timestamp": "", "request_id": ""}',
+            ),
+        )
         page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
         expect(page.locator(".upload-item.error .state")).to_have_text("Simulated refusal.")
         page.unroute(refuse)
@@ -215,8 +231,10 @@ def test_chunked_upload_resumes_after_a_reload(chromium, live_server):
         page.reload()
         page.evaluate(force_chunks)
         sent: list[int] = []
-        page.on("request", lambda r: sent.append(int(r.url.rsplit("/", 1)[1]))
-                if re.search(r"/chunks/\d+$", r.url) else None)
+        page.on(
+            "request",
+            lambda r: sent.append(int(r.url.rsplit("/", 1)[1])) if re.search(r"/chunks/\d+$", r.url) else None,
+        )
         page.set_input_files("#file-input", str(AUDIO / "jfk.flac"))
         uploaded = page.locator(".upload-item.done")
         expect(uploaded).to_have_count(1)
@@ -230,8 +248,14 @@ def test_phone_layout_and_readable_errors(chromium, live_server):
     url = live_server.url
     job_id = live_server.submit(AUDIO / "jfk.flac")
     try:
-        with session(chromium, "phone", viewport={"width": 390, "height": 844},
-                     device_scale_factor=2, is_mobile=True, has_touch=True) as page:
+        with session(
+            chromium,
+            "phone",
+            viewport={"width": 390, "height": 844},
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+        ) as page:
             log_in(page, url)
             row = job_row(page, job_id)
             expect(row.locator(".progress-label")).to_have_text("100%", timeout=JOB_TIMEOUT)
@@ -240,8 +264,16 @@ def test_phone_layout_and_readable_errors(chromium, live_server):
             expect(page.locator(".jobs-table thead")).to_be_hidden()
             shot(page, "07-phone-dashboard")
 
-            page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                        "buffer": b"these are not the sounds you are looking for"}])
+            page.set_input_files(
+                "#file-input",
+                files=[
+                    {
+                        "name": "notes.txt",
+                        "mimeType": "text/plain",
+                        "buffer": b"these are not the sounds you are looking for",
+                    }
+                ],
+            )
             failed = page.locator(".upload-item.error .state")
             expect(failed).not_to_have_text("", timeout=UI_TIMEOUT)
             message = failed.inner_text()
@@ -298,8 +330,9 @@ def test_a_user_changes_their_password_on_the_account_page(chromium, live_server
         expect(page.locator(".who-name")).to_have_text("pat")
 
     def login(password: str) -> int:
-        return requests.post(live_server.url + "/auth/login", json={"username": "pat", "password": password},
-                             timeout=30).status_code
+        return requests.post(
+            live_server.url + "/auth/login", json={"username": "pat", "password": password}, timeout=30
+        ).status_code
 
     assert (login(old), login(new)) == (401, 200)
 
@@ -308,8 +341,10 @@ def test_registration_page_creates_an_account_and_signs_in(chromium, tmp_path):
     """With ALLOW_REGISTRATION on, the login page links to a form that ends on the dashboard."""
     from tests.conftest import launch_appliance
 
-    with launch_appliance(tmp_path / "data", "register-server.log", ALLOW_REGISTRATION="true") as server, \
-            session(chromium, "register") as page:
+    with (
+        launch_appliance(tmp_path / "data", "register-server.log", ALLOW_REGISTRATION="true") as server,
+        session(chromium, "register") as page,
+    ):
         page.goto(server.url + "/login")
         page.click("text=Create one")
         expect(page).to_have_url(server.url + "/ui/register")
@@ -368,8 +403,9 @@ def test_admin_pages_show_stats_settings_users_keys_and_the_system_log(chromium,
 
 def subtitle_streams(path: Path) -> list[dict]:
     """The subtitle streams of a media file, by ffprobe."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True
+    ).stdout
     return [s for s in json.loads(out)["streams"] if s["codec_type"] == "subtitle"]
 
 
@@ -386,8 +422,9 @@ def test_api_user_signs_in_downloads_the_subtitled_video_and_purges_and_retries(
         url = server.url
         video = make_video(AUDIO / "jfk.flac", tmp_path / "clip.mkv")
         with open(video, "rb") as f:  # as a Dubarr client would: Basic credentials, a 303 to the dashboard
-            uploaded = requests.post(url + "/upload", files={"file": ("clip.mkv", f)}, auth=basic, timeout=60,
-                                     allow_redirects=False)
+            uploaded = requests.post(
+                url + "/upload", files={"file": ("clip.mkv", f)}, auth=basic, timeout=60, allow_redirects=False
+            )
         assert uploaded.status_code == 303, uploaded.text
         task_id = uploaded.headers["X-Job-ID"]
         hooked = requests.post(url + "/webhook", json={"path": str(library / "episode.flac")}, auth=basic, timeout=60)

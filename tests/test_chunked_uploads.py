@@ -20,20 +20,20 @@ AUDIO_BYTES = (AUDIO / "jfk.flac").read_bytes()
 
 def initialize(client, headers, size: int = len(AUDIO_BYTES), chunk_size: int = CHUNK, **fields):
     """POST /initialize; returns the response."""
-    body = {"filename": "jfk.flac", "file_size": size, "chunk_size": chunk_size, "content_type": "audio/flac",
-            **fields}
+    body = {"filename": "jfk.flac", "file_size": size, "chunk_size": chunk_size, "content_type": "audio/flac", **fields}
     return client.post(f"{BASE}/initialize", headers=headers, json=body)
 
 
 def send(client, headers, session_id: str, number: int, data: bytes):
     """POST one chunk as a raw body."""
-    return client.post(f"{BASE}/{session_id}/chunks/{number}", headers=headers, data=data,
-                       content_type="application/octet-stream")
+    return client.post(
+        f"{BASE}/{session_id}/chunks/{number}", headers=headers, data=data, content_type="application/octet-stream"
+    )
 
 
 def parts(data: bytes = AUDIO_BYTES, size: int = CHUNK) -> list[bytes]:
     """``data`` cut into chunks."""
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def start_upload(client, headers, data: bytes = AUDIO_BYTES, skip: tuple[int, ...] = ()) -> tuple[str, list[str]]:
@@ -47,8 +47,11 @@ def start_upload(client, headers, data: bytes = AUDIO_BYTES, skip: tuple[int, ..
 
 def finalize(client, headers, session_id: str, checksums: list[str], **fields):
     """POST /finalize."""
-    return client.post(f"{BASE}/{session_id}/finalize", headers=headers,
-                       json={"model": "tiny.en", "language": "en", "chunk_checksums": checksums, **fields})
+    return client.post(
+        f"{BASE}/{session_id}/finalize",
+        headers=headers,
+        json={"model": "tiny.en", "language": "en", "chunk_checksums": checksums, **fields},
+    )
 
 
 def chunk_dir(app, session_id: str) -> Path:
@@ -93,8 +96,14 @@ def test_chunk_answer_has_size_sha256_and_progress(client, admin_headers):
     """Progress is the percentage of the file's bytes received; the last chunk is the short one."""
     session_id = initialize(client, admin_headers, size=250, chunk_size=100).get_json()["session_id"]
     body = send(client, admin_headers, session_id, 3, b"z" * 50).get_json()
-    assert body == {"chunk_number": 3, "received_size": 50, "checksum": hashlib.sha256(b"z" * 50).hexdigest(),
-                    "progress": 20.0, "received_chunks": 1, "total_chunks": 3}
+    assert body == {
+        "chunk_number": 3,
+        "received_size": 50,
+        "checksum": hashlib.sha256(b"z" * 50).hexdigest(),
+        "progress": 20.0,
+        "received_chunks": 1,
+        "total_chunks": 3,
+    }
 
 
 def test_chunks_are_numbered_from_one_as_in_the_full_api_document(client, admin_headers):
@@ -165,8 +174,9 @@ def test_body_longer_than_the_chunk_without_content_length_is_refused(app, admin
     from app.services import chunked
 
     with app.test_request_context():
-        session = chunked.initialize(app.config, User.by_username("admin"), filename="a.wav", file_size=200,
-                                     chunk_size=100)
+        session = chunked.initialize(
+            app.config, User.by_username("admin"), filename="a.wav", file_size=200, chunk_size=100
+        )
         with pytest.raises(AppError) as caught:
             chunked.receive_chunk(app.config, session, 1, io.BytesIO(b"a" * 10_000), None)
         assert caught.value.error_code == "CHUNK_SIZE_MISMATCH"
@@ -219,18 +229,21 @@ def test_finalize_of_a_file_that_is_not_media_is_415_and_leaves_no_file(client, 
     assert stray_uploads(app) == [] and list((Path(app.config["DATA_DIR"]) / "uploads").iterdir()) == []
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    ({"file_size": 10, "chunk_size": 5}, 422, "MISSING_FIELD"),
-    ({"filename": "a.wav", "chunk_size": 5}, 422, "MISSING_FIELD"),
-    ({"filename": "a.wav", "file_size": "10", "chunk_size": 5}, 422, "INVALID_FIELD"),
-    ({"filename": "a.wav", "file_size": True, "chunk_size": 5}, 422, "INVALID_FIELD"),
-    ({"filename": "a.wav", "file_size": 0, "chunk_size": 5}, 422, "INVALID_FIELD"),
-    ({"filename": "a.wav", "file_size": 10, "chunk_size": 0}, 422, "INVALID_CHUNK_SIZE"),
-    ({"filename": "a.wav", "file_size": 10, "chunk_size": 64 * 1024**2 + 1}, 422, "INVALID_CHUNK_SIZE"),
-    ({"filename": "a.wav", "file_size": 100_000, "chunk_size": 1}, 422, "TOO_MANY_CHUNKS"),
-    ({"filename": "a.wav", "file_size": 3 * 1024**3, "chunk_size": 64 * 1024**2}, 413, "PAYLOAD_TOO_LARGE"),
-    ({"filename": 7, "file_size": 10, "chunk_size": 5}, 422, "INVALID_FIELD"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"file_size": 10, "chunk_size": 5}, 422, "MISSING_FIELD"),
+        ({"filename": "a.wav", "chunk_size": 5}, 422, "MISSING_FIELD"),
+        ({"filename": "a.wav", "file_size": "10", "chunk_size": 5}, 422, "INVALID_FIELD"),
+        ({"filename": "a.wav", "file_size": True, "chunk_size": 5}, 422, "INVALID_FIELD"),
+        ({"filename": "a.wav", "file_size": 0, "chunk_size": 5}, 422, "INVALID_FIELD"),
+        ({"filename": "a.wav", "file_size": 10, "chunk_size": 0}, 422, "INVALID_CHUNK_SIZE"),
+        ({"filename": "a.wav", "file_size": 10, "chunk_size": 64 * 1024**2 + 1}, 422, "INVALID_CHUNK_SIZE"),
+        ({"filename": "a.wav", "file_size": 100_000, "chunk_size": 1}, 422, "TOO_MANY_CHUNKS"),
+        ({"filename": "a.wav", "file_size": 3 * 1024**3, "chunk_size": 64 * 1024**2}, 413, "PAYLOAD_TOO_LARGE"),
+        ({"filename": 7, "file_size": 10, "chunk_size": 5}, 422, "INVALID_FIELD"),
+    ],
+)
 def test_initialize_rejects_bad_fields(client, admin_headers, body, status, code):
     """Sizes are checked against the chunk and upload limits."""
     assert_error(client.post(f"{BASE}/initialize", headers=admin_headers, json=body), status, code)
@@ -245,13 +258,15 @@ def test_malformed_json_is_400(client, admin_headers, route):
         assert_error(response, 400, "INVALID_JSON")
 
 
-@pytest.mark.parametrize(("checksums", "code"), [(None, "MISSING_FIELD"), ("abc", "INVALID_FIELD"),
-                                                 ([1, 2], "INVALID_FIELD")])
+@pytest.mark.parametrize(
+    ("checksums", "code"), [(None, "MISSING_FIELD"), ("abc", "INVALID_FIELD"), ([1, 2], "INVALID_FIELD")]
+)
 def test_finalize_requires_a_list_of_checksums(client, admin_headers, checksums, code):
     """The checksums are how the server knows it has the client's file."""
     session_id, _ = start_upload(client, admin_headers)
-    response = client.post(f"{BASE}/{session_id}/finalize", headers=admin_headers,
-                           json={"model": "tiny.en", "chunk_checksums": checksums})
+    response = client.post(
+        f"{BASE}/{session_id}/finalize", headers=admin_headers, json={"model": "tiny.en", "chunk_checksums": checksums}
+    )
     assert_error(response, 422, code)
 
 
@@ -281,8 +296,9 @@ def test_routes_need_authentication_and_the_create_scope(app, admin_headers, cli
     anonymous = app.test_client()
     assert_error(anonymous.post(f"{BASE}/initialize", json={}), 401)
     assert_error(anonymous.get(f"{BASE}/0123456789abcdef0123456789abcdef"), 401)
-    key = client.post("/api/api-keys/", headers=admin_headers,
-                      json={"name": "reader", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    key = client.post(
+        "/api/api-keys/", headers=admin_headers, json={"name": "reader", "permissions": ["jobs:read"]}
+    ).get_json()["api_key"]
     assert_error(initialize(client, {"X-API-Key": key}), 403)
 
 

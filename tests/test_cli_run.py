@@ -20,11 +20,23 @@ pytestmark = pytest.mark.e2e
 def test_ctrl_c_stops_the_web_server_and_the_worker(tmp_path):
     """A terminal's Ctrl-C signals the whole process group; every process must still exit promptly."""
     port = free_port()
-    env = {**os.environ, "WT_DATA_DIR": str(tmp_path / "data"), "WT_PORT": str(port),
-           "WT_MODELS_DIR": str(MODELS_DIR), "WT_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "WT_DATA_DIR": str(tmp_path / "data"),
+        "WT_PORT": str(port),
+        "WT_MODELS_DIR": str(MODELS_DIR),
+        "WT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def up() -> bool:
             try:
                 return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["worker_alive"]

@@ -21,7 +21,13 @@ def test_every_clip_in_the_manifest_ships_with_its_reference():
 
 def test_the_suite_collects_without_a_shared_folder_beside_the_repository(tmp_path):
     env = {**os.environ, "WT_SHARED_DIR": str(tmp_path / "no-shared")}
-    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "error" not in result.stdout.lower().splitlines()[-1]

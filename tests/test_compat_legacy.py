@@ -32,11 +32,14 @@ def test_post_jobs_returns_201_with_the_job_id(client, admin_headers):
     assert job["model"] == "tiny.en" and job["original_filename"] == "jfk.flac"
 
 
-@pytest.mark.parametrize(("data", "form", "status", "code"), [
-    (None, {"model": "no-such-model"}, 400, "INVALID_MODEL"),
-    (b"", {}, 400, "EMPTY_FILE"),
-    (b"this is not audio at all" * 10, {}, 415, None),
-])
+@pytest.mark.parametrize(
+    ("data", "form", "status", "code"),
+    [
+        (None, {"model": "no-such-model"}, 400, "INVALID_MODEL"),
+        (b"", {}, 400, "EMPTY_FILE"),
+        (b"this is not audio at all" * 10, {}, 415, None),
+    ],
+)
 def test_post_jobs_rejects_bad_uploads(client, admin_headers, data, form, status, code):
     """Unknown models, empty files and non-media answer with the standard error body."""
     assert_error(post_clip(client, admin_headers, path="/jobs", data=data, **form), status, code)
@@ -76,8 +79,9 @@ def test_get_job_merges_legacy_fields_with_the_detail(client, admin_headers, stu
     assert body["transcript"]["text"].startswith("word0")
 
 
-def test_list_filters_by_search_over_name_and_text_and_by_status(client, admin_headers, stub_engine, drain,
-                                                                 uploaded_job):
+def test_list_filters_by_search_over_name_and_text_and_by_status(
+    client, admin_headers, stub_engine, drain, uploaded_job
+):
     """search matches the file name or the transcript; status filters; newest first."""
     first = uploaded_job(client, admin_headers, path="/jobs")["id"]
     drain()
@@ -110,8 +114,14 @@ def test_unknown_and_foreign_ids_are_404_everywhere(http, admin_headers, user_he
     bob = user_headers("bob", password=PASSWORD)
     foreign = uploaded_job(http, admin_headers, path="/jobs")["id"]
     for job_id in ("no-such-job", foreign):
-        for method, path in [("get", "/jobs/{}"), ("delete", "/jobs/{}"), ("post", "/jobs/{}/restart"),
-                             ("get", "/jobs/{}/download"), ("get", "/metadata/{}"), ("post", "/jobs/{}/analyze")]:
+        for method, path in [
+            ("get", "/jobs/{}"),
+            ("delete", "/jobs/{}"),
+            ("post", "/jobs/{}/restart"),
+            ("get", "/jobs/{}/download"),
+            ("get", "/metadata/{}"),
+            ("post", "/jobs/{}/analyze"),
+        ]:
             response = getattr(http, method)(path.format(job_id), headers=bob)
             assert_error(response, 404, "NOT_FOUND")
     assert http.get("/jobs", headers=bob).get_json() == []
@@ -152,16 +162,16 @@ def test_download_defaults_to_srt_and_offers_txt_and_vtt(client, admin_headers, 
     assert txt.content_type.startswith("text/plain") and txt.get_data(as_text=True).startswith("word0\nword1")
     vtt = client.get(f"/jobs/{job_id}/download?format=VTT", headers=admin_headers)
     assert vtt.get_data(as_text=True).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.000")
-    assert_error(client.get(f"/jobs/{job_id}/download?format=docx", headers=admin_headers), 400,
-                 "UNSUPPORTED_FORMAT")
+    assert_error(client.get(f"/jobs/{job_id}/download?format=docx", headers=admin_headers), 400, "UNSUPPORTED_FORMAT")
 
 
 def test_download_needs_the_export_scope(http, admin_headers, stub_engine, drain, uploaded_job):
     """An API key without export:download is 403."""
     job_id = uploaded_job(http, admin_headers, path="/jobs")["id"]
     drain()
-    key = http.post("/api/api-keys/", headers=admin_headers,
-                    json={"name": "reader", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    key = http.post(
+        "/api/api-keys/", headers=admin_headers, json={"name": "reader", "permissions": ["jobs:read"]}
+    ).get_json()["api_key"]
     assert_error(http.get(f"/jobs/{job_id}/download", headers={"X-API-Key": key}), 403, "INSUFFICIENT_SCOPE")
     assert http.get(f"/jobs/{job_id}", headers={"X-API-Key": key}).status_code == 200
 
@@ -181,14 +191,18 @@ def test_metadata_reports_figures_of_the_completed_job(client, admin_headers, st
     assert body["processing_seconds"] == job["processing_seconds"] is not None
     assert body["real_time_factor"] == pytest.approx(body["processing_seconds"] / body["duration"], abs=0.001)
     media = job["media"]
-    assert (body["codec"], body["sample_rate"], body["channels"]) == (media["codec"], media["sample_rate"],
-                                                                    media["channels"])
+    assert (body["codec"], body["sample_rate"], body["channels"]) == (
+        media["codec"],
+        media["sample_rate"],
+        media["channels"],
+    )
     assert body["codec"] == "flac" and body["sample_rate"] > 0 and body["channels"] >= 1
     assert isinstance(body["keywords"], list)
 
 
-def test_analyze_without_a_key_is_local_and_409_before_completion(client, admin_headers, stub_engine, drain, app,
-                                                                  uploaded_job):
+def test_analyze_without_a_key_is_local_and_409_before_completion(
+    client, admin_headers, stub_engine, drain, app, uploaded_job
+):
     """No OPENAI_API_KEY: the local extractive analysis, provider "local"."""
     app.config["OPENAI_API_KEY"] = None
     job_id = uploaded_job(client, admin_headers, path="/jobs")["id"]
@@ -204,8 +218,7 @@ def test_analyze_without_a_key_is_local_and_409_before_completion(client, admin_
 
 def test_register_follows_the_auth_register_rules(app, http):
     """403 while registration is off; then 201, 409 for a taken name, 422 for a short password, 400 bad JSON."""
-    assert_error(http.post("/register", json={"username": "carol", "password": PASSWORD}), 403,
-                 "REGISTRATION_DISABLED")
+    assert_error(http.post("/register", json={"username": "carol", "password": PASSWORD}), 403, "REGISTRATION_DISABLED")
     app.config["ALLOW_REGISTRATION"] = True
     created = http.post("/register", json={"username": "carol", "password": PASSWORD})
     assert created.status_code == 201
@@ -228,14 +241,17 @@ def test_token_accepts_oauth2_form_and_json(http):
     assert as_json.status_code == 200 and as_json.get_json()["access_token"]
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code"), [
-    ({"data": {"username": "admin", "password": "wrong-password"}}, 401, "INVALID_CREDENTIALS"),
-    ({"data": {"username": "nobody", "password": "wrong-password"}}, 401, "INVALID_CREDENTIALS"),
-    ({"data": {"username": "admin"}}, 422, "MISSING_CREDENTIALS"),
-    ({"json": {"username": 1, "password": ["x"]}}, 422, "MISSING_CREDENTIALS"),
-    ({"json": ["admin", ADMIN_PASSWORD]}, 400, "INVALID_JSON"),
-    ({"data": "{bad", "content_type": "application/json"}, 400, "INVALID_JSON"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": {"username": "admin", "password": "wrong-password"}}, 401, "INVALID_CREDENTIALS"),
+        ({"data": {"username": "nobody", "password": "wrong-password"}}, 401, "INVALID_CREDENTIALS"),
+        ({"data": {"username": "admin"}}, 422, "MISSING_CREDENTIALS"),
+        ({"json": {"username": 1, "password": ["x"]}}, 422, "MISSING_CREDENTIALS"),
+        ({"json": ["admin", ADMIN_PASSWORD]}, 400, "INVALID_JSON"),
+        ({"data": "{bad", "content_type": "application/json"}, 400, "INVALID_JSON"),
+    ],
+)
 def test_token_rejects_bad_credentials_and_bodies(http, kwargs, status, code):
     """Wrong credentials 401; missing fields 422; malformed JSON 400."""
     assert_error(http.post("/token", **kwargs), status, code)
@@ -244,20 +260,27 @@ def test_token_rejects_bad_credentials_and_bodies(http, kwargs, status, code):
 def test_change_password_then_only_the_new_password_works(http, user_headers):
     """Same rules as /auth/change-password: the old password stops working."""
     bob = user_headers("bob", password=PASSWORD)
-    response = http.post("/change-password", headers=bob,
-                         json={"current_password": PASSWORD, "new_password": "a-new-password-456"})
+    response = http.post(
+        "/change-password", headers=bob, json={"current_password": PASSWORD, "new_password": "a-new-password-456"}
+    )
     assert response.status_code == 200 and response.get_json()["message"] == "Password changed successfully"
     assert_error(http.post("/token", data={"username": "bob", "password": PASSWORD}), 401)
     assert http.post("/token", data={"username": "bob", "password": "a-new-password-456"}).status_code == 200
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code"), [
-    ({"json": {"current_password": "wrong-password", "new_password": "a-new-password-456"}}, 400,
-     "INVALID_PASSWORD"),
-    ({"json": {"current_password": PASSWORD, "new_password": "short"}}, 422, "WEAK_PASSWORD"),
-    ({"json": {"current_password": PASSWORD, "new_password": PASSWORD}}, 422, "SAME_PASSWORD"),
-    ({"data": "{bad", "content_type": "application/json"}, 400, "INVALID_JSON"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        (
+            {"json": {"current_password": "wrong-password", "new_password": "a-new-password-456"}},
+            400,
+            "INVALID_PASSWORD",
+        ),
+        ({"json": {"current_password": PASSWORD, "new_password": "short"}}, 422, "WEAK_PASSWORD"),
+        ({"json": {"current_password": PASSWORD, "new_password": PASSWORD}}, 422, "SAME_PASSWORD"),
+        ({"data": "{bad", "content_type": "application/json"}, 400, "INVALID_JSON"),
+    ],
+)
 def test_change_password_rejects_bad_input(http, user_headers, kwargs, status, code):
     """A wrong current password, a weak or unchanged new one, and malformed JSON."""
     bob = user_headers("bob", password=PASSWORD)
@@ -269,8 +292,9 @@ def test_change_password_needs_a_signed_in_user(http, user_headers):
     bob = user_headers("bob", password=PASSWORD)
     body = {"current_password": PASSWORD, "new_password": "a-new-password-456"}
     assert_error(http.post("/change-password", json=body), 401, "UNAUTHORIZED")
-    key = http.post("/api/api-keys/", headers=bob,
-                    json={"name": "k", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    key = http.post("/api/api-keys/", headers=bob, json={"name": "k", "permissions": ["jobs:read"]}).get_json()[
+        "api_key"
+    ]
     assert_error(http.post("/change-password", headers={"X-API-Key": key}, json=body), 403, "FORBIDDEN")
 
 
@@ -283,13 +307,16 @@ def test_every_legacy_route_is_in_the_openapi_document(client):
 
     paths = client.get("/openapi.json").get_json()["paths"]
     expected = {
-        ("/jobs", "post"): legacy_api.create_job, ("/jobs", "get"): legacy_api.list_jobs,
-        ("/jobs/{job_id}", "get"): legacy_api.get_job, ("/jobs/{job_id}", "delete"): legacy_api.delete_job,
+        ("/jobs", "post"): legacy_api.create_job,
+        ("/jobs", "get"): legacy_api.list_jobs,
+        ("/jobs/{job_id}", "get"): legacy_api.get_job,
+        ("/jobs/{job_id}", "delete"): legacy_api.delete_job,
         ("/jobs/{job_id}/restart", "post"): legacy_api.restart_job,
         ("/jobs/{job_id}/download", "get"): legacy_api.download,
         ("/metadata/{job_id}", "get"): legacy_api.metadata,
         ("/jobs/{job_id}/analyze", "post"): legacy_api.analyze,
-        ("/register", "post"): legacy_api.register, ("/token", "post"): legacy_api.token,
+        ("/register", "post"): legacy_api.register,
+        ("/token", "post"): legacy_api.token,
         ("/change-password", "post"): legacy_api.change_password,
     }
     for (path, method), view in expected.items():

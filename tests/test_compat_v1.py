@@ -39,10 +39,13 @@ def test_admin_login_returns_token_and_sets_the_session_cookie(app):
     assert client.get("/jobs/").status_code == 200  # the cookie alone authenticates reads
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    ({"username": "admin", "password": "wrong-password"}, 401, "INVALID_CREDENTIALS"),
-    ({"username": "admin"}, 422, "MISSING_CREDENTIALS"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"username": "admin", "password": "wrong-password"}, 401, "INVALID_CREDENTIALS"),
+        ({"username": "admin"}, 422, "MISSING_CREDENTIALS"),
+    ],
+)
 def test_login_rejects_bad_credentials(http, body, status, code):
     """Wrong password 401, missing password 422."""
     assert_error(http.post("/auth/login", json=body), status, code)
@@ -60,15 +63,24 @@ def test_create_job_answers_exactly_the_v1_fields(http, admin_headers):
     assert job["model"] == "tiny.en" and job["requested_language"] == "en"
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code"), [
-    ({"data": {"model": "tiny.en"}}, 400, "MISSING_FILE"),
-    ({"json": {"file": "jfk.flac"}}, 400, "MISSING_FILE"),
-    ({"data": {"file": (io.BytesIO(b""), "empty.wav")}}, 400, "EMPTY_FILE"),
-    ({"data": {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac"), "language": "english!"}},
-     400, "INVALID_LANGUAGE"),
-    ({"data": {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac"), "model": "huge-v9"}},
-     400, "INVALID_MODEL"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": {"model": "tiny.en"}}, 400, "MISSING_FILE"),
+        ({"json": {"file": "jfk.flac"}}, 400, "MISSING_FILE"),
+        ({"data": {"file": (io.BytesIO(b""), "empty.wav")}}, 400, "EMPTY_FILE"),
+        (
+            {"data": {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac"), "language": "english!"}},
+            400,
+            "INVALID_LANGUAGE",
+        ),
+        (
+            {"data": {"file": (io.BytesIO((AUDIO / "jfk.flac").read_bytes()), "jfk.flac"), "model": "huge-v9"}},
+            400,
+            "INVALID_MODEL",
+        ),
+    ],
+)
 def test_create_job_rejects_malformed_uploads(http, admin_headers, kwargs, status, code):
     """No file, an empty file, a bad language or model: the standard error body."""
     assert_error(http.post("/jobs/", headers=admin_headers, **kwargs), status, code)
@@ -77,8 +89,9 @@ def test_create_job_rejects_malformed_uploads(http, admin_headers, kwargs, statu
 def test_create_job_needs_credentials_and_the_create_scope(http, admin_headers):
     """Anonymous is 401; an API key with only jobs:read is 403."""
     assert_error(post_clip(http, {}, path="/jobs/"), 401, "UNAUTHORIZED")
-    key = http.post("/api/api-keys/", headers=admin_headers,
-                    json={"name": "reader", "permissions": ["jobs:read"]}).get_json()["api_key"]
+    key = http.post(
+        "/api/api-keys/", headers=admin_headers, json={"name": "reader", "permissions": ["jobs:read"]}
+    ).get_json()["api_key"]
     assert_error(post_clip(http, {"X-API-Key": key}, path="/jobs/"), 403, "INSUFFICIENT_SCOPE")
     assert http.get("/jobs/", headers={"X-API-Key": key}).status_code == 200
 
@@ -91,8 +104,7 @@ def test_get_job_shows_status_then_the_transcript(http, admin_headers, stub_engi
     drain()
     done = http.get(f"/jobs/{job_id}", headers=admin_headers).get_json()
     assert done["status"] == "completed" and done["transcript"]["text"].startswith("word0")
-    assert done["transcript"]["segments"][0] == {"id": 0, "start": 0.0, "end": 1.0, "text": "word0",
-                                                 "confidence": 0.9}
+    assert done["transcript"]["segments"][0] == {"id": 0, "start": 0.0, "end": 1.0, "text": "word0", "confidence": 0.9}
     assert_error(http.get("/jobs/0123456789abcdef0123456789abcdef", headers=admin_headers), 404, "NOT_FOUND")
     assert_error(http.get(f"/jobs/{job_id}"), 401, "UNAUTHORIZED")
 
@@ -119,8 +131,10 @@ def test_list_rejects_bad_paging(http, admin_headers, query):
 def test_slash_and_no_slash_never_redirect(http, admin_headers):
     """POST and GET on /jobs/ (v1 API) and /jobs (legacy API) are answered in place: no 308 either way."""
     audio = (AUDIO / "jfk.flac").read_bytes()
-    created = {path: http.post(path, headers=admin_headers, data={"file": (io.BytesIO(audio), "jfk.flac")})
-               for path in ("/jobs/", "/jobs")}
+    created = {
+        path: http.post(path, headers=admin_headers, data={"file": (io.BytesIO(audio), "jfk.flac")})
+        for path in ("/jobs/", "/jobs")
+    }
     listed = {path: http.get(path, headers=admin_headers) for path in ("/jobs/", "/jobs")}
     for response in [*created.values(), *listed.values()]:
         assert response.status_code in (200, 201) and "Location" not in response.headers

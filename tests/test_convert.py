@@ -41,10 +41,26 @@ ORDINARY_BYTES = [b"!", b"hello", b" hello", b" world", b"\n ", "ét".encode()]
 # "Ġafter" comes after the first special token, so it must not be written.
 VOCABULARY = [*ORDINARY_TOKENS, "<|endoftext|>", "<|startoftranscript|>", "Ġafter", "<|en|>", "<|transcribe|>"]
 PROJECTION_ALIAS = ("decoder/projection/weight", "decoder/embeddings/weight")
-CT2_DTYPE_IDS = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
-                 np.dtype(np.float16): 4}
-HPARAM_NAMES = ("n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_text_ctx",
-                "n_text_state", "n_text_head", "n_text_layer", "n_mels", "ftype")
+CT2_DTYPE_IDS = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.int8): 1,
+    np.dtype(np.int16): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.float16): 4,
+}
+HPARAM_NAMES = (
+    "n_vocab",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+    "n_mels",
+    "ftype",
+)
 
 
 def _stacked_bias(parts: int) -> np.ndarray:
@@ -52,8 +68,9 @@ def _stacked_bias(parts: int) -> np.ndarray:
     return np.concatenate([np.full(N_STATE, i + 1, dtype=np.float16) for i in range(parts)])
 
 
-def synthetic_variables(n_enc: int = 1, n_dec: int = 1, n_vocab: int = len(VOCABULARY), n_mels: int = N_MELS,
-                        seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_variables(
+    n_enc: int = 1, n_dec: int = 1, n_vocab: int = len(VOCABULARY), n_mels: int = N_MELS, seed: int = 0
+) -> dict[str, np.ndarray]:
     """The variables of a tiny float16 CTranslate2 WhisperSpec, scalars included."""
     rng = np.random.default_rng(seed)
 
@@ -119,8 +136,13 @@ def _ct2_string(text: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
-def ct2_model_bin(variables: dict[str, np.ndarray], aliases: tuple[tuple[str, str], ...] = (PROJECTION_ALIAS,),
-                  version: int = 6, spec: str = "WhisperSpec", revision: int = 5) -> bytes:
+def ct2_model_bin(
+    variables: dict[str, np.ndarray],
+    aliases: tuple[tuple[str, str], ...] = (PROJECTION_ALIAS,),
+    version: int = 6,
+    spec: str = "WhisperSpec",
+    revision: int = 5,
+) -> bytes:
     """Serialise variables and aliases as a CTranslate2 ``model.bin``."""
     out = bytearray(struct.pack("<I", version) + _ct2_string(spec) + struct.pack("<II", revision, len(variables)))
     for name, array in variables.items():
@@ -134,8 +156,12 @@ def ct2_model_bin(variables: dict[str, np.ndarray], aliases: tuple[tuple[str, st
     return bytes(out)
 
 
-def write_ct2_dir(directory: Path, variables: dict[str, np.ndarray] | None = None,
-                  vocabulary: list[str] | None = None, **model_bin: object) -> Path:
+def write_ct2_dir(
+    directory: Path,
+    variables: dict[str, np.ndarray] | None = None,
+    vocabulary: list[str] | None = None,
+    **model_bin: object,
+) -> Path:
     """Write ``model.bin`` and ``vocabulary.txt`` of a synthetic CTranslate2 Whisper model into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     variables = synthetic_variables() if variables is None else variables
@@ -218,7 +244,7 @@ def read_ggml(path: Path) -> GgmlFile:
         nonlocal pos
         assert pos + n <= len(buf), "file ends inside a record"
         pos += n
-        return bytes(buf[pos - n:pos])
+        return bytes(buf[pos - n : pos])
 
     (magic,) = take("<i")
     hparams = dict(zip(HPARAM_NAMES, take("<11i"), strict=True))
@@ -238,11 +264,30 @@ def read_ggml(path: Path) -> GgmlFile:
 
 def expected_tensor_names(n_enc: int = 1, n_dec: int = 1) -> set[str]:
     """Every tensor name whisper.cpp loads for a model with these layer counts."""
-    names = {"encoder.conv1.weight", "encoder.conv1.bias", "encoder.conv2.weight", "encoder.conv2.bias",
-             "encoder.positional_embedding", "encoder.ln_post.weight", "encoder.ln_post.bias",
-             "decoder.token_embedding.weight", "decoder.positional_embedding", "decoder.ln.weight", "decoder.ln.bias"}
-    attn = ["attn_ln.weight", "attn_ln.bias", "attn.query.weight", "attn.query.bias", "attn.key.weight",
-            "attn.value.weight", "attn.value.bias", "attn.out.weight", "attn.out.bias"]
+    names = {
+        "encoder.conv1.weight",
+        "encoder.conv1.bias",
+        "encoder.conv2.weight",
+        "encoder.conv2.bias",
+        "encoder.positional_embedding",
+        "encoder.ln_post.weight",
+        "encoder.ln_post.bias",
+        "decoder.token_embedding.weight",
+        "decoder.positional_embedding",
+        "decoder.ln.weight",
+        "decoder.ln.bias",
+    }
+    attn = [
+        "attn_ln.weight",
+        "attn_ln.bias",
+        "attn.query.weight",
+        "attn.query.bias",
+        "attn.key.weight",
+        "attn.value.weight",
+        "attn.value.bias",
+        "attn.out.weight",
+        "attn.out.bias",
+    ]
     mlp = ["mlp_ln.weight", "mlp_ln.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
     cross = [f"cross_{n}" for n in attn]
     for i in range(n_enc):
@@ -297,9 +342,17 @@ def source() -> dict[str, np.ndarray]:
 def test_converter_writes_magic_and_eleven_hparams(f16: GgmlFile) -> None:
     assert f16.magic == GGML_MAGIC == 0x67676D6C
     assert f16.hparams == {
-        "n_vocab": len(VOCABULARY), "n_audio_ctx": N_AUDIO_CTX, "n_audio_state": N_STATE,
-        "n_audio_head": N_AUDIO_HEAD, "n_audio_layer": 1, "n_text_ctx": N_TEXT_CTX, "n_text_state": N_STATE,
-        "n_text_head": N_TEXT_HEAD, "n_text_layer": 1, "n_mels": N_MELS, "ftype": FTYPE_F16,
+        "n_vocab": len(VOCABULARY),
+        "n_audio_ctx": N_AUDIO_CTX,
+        "n_audio_state": N_STATE,
+        "n_audio_head": N_AUDIO_HEAD,
+        "n_audio_layer": 1,
+        "n_text_ctx": N_TEXT_CTX,
+        "n_text_state": N_STATE,
+        "n_text_head": N_TEXT_HEAD,
+        "n_text_layer": 1,
+        "n_mels": N_MELS,
+        "ftype": FTYPE_F16,
     }
     assert FTYPE_F16 == 1
 
@@ -307,7 +360,8 @@ def test_converter_writes_magic_and_eleven_hparams(f16: GgmlFile) -> None:
 def test_quantized_conversion_sets_ftype_2007(q8: GgmlFile, f16: GgmlFile) -> None:
     assert q8.hparams["ftype"] == FTYPE_Q8_0 == 2007
     assert {k: v for k, v in q8.hparams.items() if k != "ftype"} == {
-        k: v for k, v in f16.hparams.items() if k != "ftype"}
+        k: v for k, v in f16.hparams.items() if k != "ftype"
+    }
 
 
 def test_converter_counts_layer_blocks_not_layer_norm(tmp_path: Path) -> None:
@@ -385,22 +439,25 @@ def test_converter_names_tensors_like_whisper_cpp(f16: GgmlFile) -> None:
     assert not any("projection" in name or "key.bias" in name for name in f16.tensors)
 
 
-@pytest.mark.parametrize(("name", "ttype", "dims"), [
-    ("encoder.conv1.weight", GGML_F16, (3, N_MELS, N_STATE)),
-    ("encoder.conv2.weight", GGML_F16, (3, N_STATE, N_STATE)),
-    ("encoder.conv1.bias", GGML_F32, (1, N_STATE)),
-    ("encoder.conv2.bias", GGML_F32, (1, N_STATE)),
-    ("encoder.positional_embedding", GGML_F32, (N_STATE, N_AUDIO_CTX)),
-    ("decoder.positional_embedding", GGML_F32, (N_STATE, N_TEXT_CTX)),
-    ("decoder.token_embedding.weight", GGML_F16, (N_STATE, len(VOCABULARY))),
-    ("encoder.blocks.0.mlp.0.weight", GGML_F16, (N_STATE, 4 * N_STATE)),
-    ("encoder.blocks.0.mlp.2.weight", GGML_F16, (4 * N_STATE, N_STATE)),
-    ("encoder.blocks.0.mlp.0.bias", GGML_F32, (4 * N_STATE,)),
-    ("encoder.blocks.0.attn_ln.weight", GGML_F32, (N_STATE,)),
-    ("encoder.ln_post.bias", GGML_F32, (N_STATE,)),
-    ("decoder.blocks.0.cross_attn.query.weight", GGML_F16, (N_STATE, N_STATE)),
-    ("decoder.ln.weight", GGML_F32, (N_STATE,)),
-])
+@pytest.mark.parametrize(
+    ("name", "ttype", "dims"),
+    [
+        ("encoder.conv1.weight", GGML_F16, (3, N_MELS, N_STATE)),
+        ("encoder.conv2.weight", GGML_F16, (3, N_STATE, N_STATE)),
+        ("encoder.conv1.bias", GGML_F32, (1, N_STATE)),
+        ("encoder.conv2.bias", GGML_F32, (1, N_STATE)),
+        ("encoder.positional_embedding", GGML_F32, (N_STATE, N_AUDIO_CTX)),
+        ("decoder.positional_embedding", GGML_F32, (N_STATE, N_TEXT_CTX)),
+        ("decoder.token_embedding.weight", GGML_F16, (N_STATE, len(VOCABULARY))),
+        ("encoder.blocks.0.mlp.0.weight", GGML_F16, (N_STATE, 4 * N_STATE)),
+        ("encoder.blocks.0.mlp.2.weight", GGML_F16, (4 * N_STATE, N_STATE)),
+        ("encoder.blocks.0.mlp.0.bias", GGML_F32, (4 * N_STATE,)),
+        ("encoder.blocks.0.attn_ln.weight", GGML_F32, (N_STATE,)),
+        ("encoder.ln_post.bias", GGML_F32, (N_STATE,)),
+        ("decoder.blocks.0.cross_attn.query.weight", GGML_F16, (N_STATE, N_STATE)),
+        ("decoder.ln.weight", GGML_F32, (N_STATE,)),
+    ],
+)
 def test_converter_reverses_dims_and_picks_types(f16: GgmlFile, name: str, ttype: int, dims: tuple[int, ...]) -> None:
     tensor = f16.tensors[name]
     assert (tensor.ttype, tensor.dims) == (ttype, dims)
@@ -439,8 +496,9 @@ def test_converter_copies_values_exactly_in_f16(f16: GgmlFile, source: dict[str,
         "decoder.ln.bias": "decoder/layer_norm/beta",
     }
     for ggml_name, ct2_name in pairs.items():
-        np.testing.assert_array_equal(f16.tensors[ggml_name].array(), source[ct2_name].astype(np.float32),
-                                      err_msg=ggml_name)
+        np.testing.assert_array_equal(
+            f16.tensors[ggml_name].array(), source[ct2_name].astype(np.float32), err_msg=ggml_name
+        )
 
 
 def test_converter_splits_stacked_qkv_without_key_bias(f16: GgmlFile, source: dict[str, np.ndarray]) -> None:
@@ -450,7 +508,7 @@ def test_converter_splits_stacked_qkv_without_key_bias(f16: GgmlFile, source: di
         for i, head in enumerate(("query", "key", "value")):
             part = f16.tensors[f"{prefix}.{head}.weight"]
             assert part.dims == (N_STATE, N_STATE)
-            np.testing.assert_array_equal(part.array(), weight[i * N_STATE:(i + 1) * N_STATE])
+            np.testing.assert_array_equal(part.array(), weight[i * N_STATE : (i + 1) * N_STATE])
         assert f"{prefix}.key.bias" not in f16.tensors
         # The stacked bias holds 1s for q, 2s for k and 3s for v.
         assert (f16.tensors[f"{prefix}.query.bias"].array() == 1).all()
@@ -459,15 +517,18 @@ def test_converter_splits_stacked_qkv_without_key_bias(f16: GgmlFile, source: di
 
 
 def test_converter_splits_cross_attention_key_value_without_key_bias(
-        f16: GgmlFile, source: dict[str, np.ndarray]) -> None:
+    f16: GgmlFile, source: dict[str, np.ndarray]
+) -> None:
     weight = source["decoder/layer_0/attention/linear_1/weight"].astype(np.float32)
     prefix = "decoder.blocks.0.cross_attn"
     np.testing.assert_array_equal(f16.tensors[f"{prefix}.key.weight"].array(), weight[:N_STATE])
     np.testing.assert_array_equal(f16.tensors[f"{prefix}.value.weight"].array(), weight[N_STATE:])
     assert f"{prefix}.key.bias" not in f16.tensors
     assert (f16.tensors[f"{prefix}.value.bias"].array() == 2).all()
-    np.testing.assert_array_equal(f16.tensors[f"{prefix}.query.bias"].array(),
-                                  source["decoder/layer_0/attention/linear_0/bias"].astype(np.float32))
+    np.testing.assert_array_equal(
+        f16.tensors[f"{prefix}.query.bias"].array(),
+        source["decoder/layer_0/attention/linear_0/bias"].astype(np.float32),
+    )
 
 
 def test_reader_resolves_the_projection_alias_to_the_embeddings(ct2_dir: Path) -> None:
@@ -529,7 +590,7 @@ def test_converter_rejects_byte_count_that_does_not_match_shape(tmp_path: Path) 
     data = bytearray((ct2 / "model.bin").read_bytes())
     name = _ct2_string("encoder/conv1/bias")
     at = data.index(name) + len(name) + 1 + 4 + 1  # ndim, one dim, dtype -> the byte count
-    data[at:at + 4] = struct.pack("<I", N_STATE * 2 + 2)
+    data[at : at + 4] = struct.pack("<I", N_STATE * 2 + 2)
     (ct2 / "model.bin").write_bytes(bytes(data))
     with pytest.raises(ConversionError, match="encoder/conv1/bias"):
         convert_ct2_dir(ct2, tmp_path / "ggml-x.bin")
@@ -649,8 +710,17 @@ def test_installed_tiny_en_has_tiny_en_size_and_hparams() -> None:
     model = read_ggml(REAL_TINY_EN)
     assert model.magic == GGML_MAGIC
     assert model.hparams == {
-        "n_vocab": 51864, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6, "n_audio_layer": 4,
-        "n_text_ctx": 448, "n_text_state": 384, "n_text_head": 6, "n_text_layer": 4, "n_mels": 80, "ftype": 1,
+        "n_vocab": 51864,
+        "n_audio_ctx": 1500,
+        "n_audio_state": 384,
+        "n_audio_head": 6,
+        "n_audio_layer": 4,
+        "n_text_ctx": 448,
+        "n_text_state": 384,
+        "n_text_head": 6,
+        "n_text_layer": 4,
+        "n_mels": 80,
+        "ftype": 1,
     }
     assert model.mel.shape == (80, 201)
     assert len(model.tokens) == 50256 and model.tokens[:3] == [b"!", b'"', b"#"]

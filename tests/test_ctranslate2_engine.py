@@ -192,10 +192,17 @@ def test_words_are_left_out_unless_asked_for(tiny_en, jfk):
 
 
 def test_a_batched_piece_that_loops_is_decoded_again_sequentially(tiny_en, osr, monkeypatch):
-    looping = SimpleNamespace(start=0.85, end=15.6, text=" a gold ring" * 40, compression_ratio=9.5,
-                              avg_logprob=-0.2, words=None)
-    fine = SimpleNamespace(start=15.6, end=35.2, text=" Small children came to see him.", compression_ratio=1.2,
-                           avg_logprob=-0.2, words=None)
+    looping = SimpleNamespace(
+        start=0.85, end=15.6, text=" a gold ring" * 40, compression_ratio=9.5, avg_logprob=-0.2, words=None
+    )
+    fine = SimpleNamespace(
+        start=15.6,
+        end=35.2,
+        text=" Small children came to see him.",
+        compression_ratio=1.2,
+        avg_logprob=-0.2,
+        words=None,
+    )
 
     def batched(samples, **options):
         return (s for s in [looping, fine]), SimpleNamespace(language="en")  # a generator, like faster-whisper
@@ -205,8 +212,10 @@ def test_a_batched_piece_that_loops_is_decoded_again_sequentially(tiny_en, osr, 
     assert result.loops_suppressed == 1
     redone = result.segments[:-1]
     assert redone and all(0.85 <= s.start < s.end <= 15.7 for s in redone), "re-decoded in file time"
-    expected = "A gold ring will please most any girl. The long journey home took a year. " \
-               "She saw a cat in the neighbor's house. A pink shell was found on the sandy beach."
+    expected = (
+        "A gold ring will please most any girl. The long journey home took a year. "
+        "She saw a cat in the neighbor's house. A pink shell was found on the sandy beach."
+    )
     assert wer(expected, " ".join(s.text for s in redone)) <= 0.2
     assert result.segments[-1].text == fine.text
 

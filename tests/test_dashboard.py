@@ -40,8 +40,11 @@ def admin(app):
 @pytest.fixture
 def user(app, admin):
     """A client signed in as an ordinary user."""
-    response = admin.post("/admin/users", json={"username": "alice", "password": PASSWORD, "role": "user"},
-                          headers={"X-CSRF-Token": admin.get_cookie("wt_csrf").value})
+    response = admin.post(
+        "/admin/users",
+        json={"username": "alice", "password": PASSWORD, "role": "user"},
+        headers={"X-CSRF-Token": admin.get_cookie("wt_csrf").value},
+    )
     assert response.status_code == 201, response.get_json()
     return signed_in(app, "alice", PASSWORD)
 
@@ -148,8 +151,15 @@ def test_dashboard_offers_installed_models_and_highlights_a_job(admin, app):
 def test_server_control_buttons_only_when_enabled(admin, tmp_path):
     """The buttons follow ENABLE_SERVER_CONTROL."""
     assert "data-control" not in admin.get("/ui/admin").get_data(as_text=True)
-    enabled = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "other"), "MODELS_DIR": str(MODELS_DIR),
-                          "ADMIN_PASSWORD": ADMIN_PASSWORD, "ENABLE_SERVER_CONTROL": True})
+    enabled = create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(tmp_path / "other"),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "ENABLE_SERVER_CONTROL": True,
+        }
+    )
     html = signed_in(enabled).get("/ui/admin").get_data(as_text=True)
     assert 'data-control="restart"' in html and 'data-control="shutdown"' in html
 

@@ -56,8 +56,9 @@ def test_full_api_python_client_runs_unmodified(live_server):
     """create_job then wait_for_completion with an API key; the transcript matches the reference."""
     namespace: dict[str, Any] = {"__name__": "full_api_client"}
     exec(compile(python_client_source(), "full-api-python-client", "exec"), namespace)  # noqa: S102
-    created = live_server.post("/api/api-keys/", json={"name": "full API client",
-                                                       "permissions": ["jobs:read", "jobs:create"]})
+    created = live_server.post(
+        "/api/api-keys/", json={"name": "full API client", "permissions": ["jobs:read", "jobs:create"]}
+    )
     assert created.status_code == 201, created.text
     client = namespace["WhisperTranscriberClient"](live_server.url, created.json()["api_key"])
 
@@ -71,15 +72,17 @@ def test_full_api_python_client_runs_unmodified(live_server):
 def test_legacy_api_curl_example_works_as_written(live_server, tmp_path: Path):
     """The documented ``curl -F 'file=@audio.wav' .../jobs`` call, with a token from /token and a real wav."""
     ffmpeg("-i", str(AUDIO / "jfk.flac"), str(tmp_path / "audio.wav"))
-    token = requests.post(live_server.url + "/token", data={"username": "admin", "password": ADMIN_PASSWORD},
-                          timeout=30)
+    token = requests.post(
+        live_server.url + "/token", data={"username": "admin", "password": ADMIN_PASSWORD}, timeout=30
+    )
     assert token.status_code == 200, token.text
     bearer = token.json()["access_token"]
 
     line = (CLIENTS / "legacy_api_curl.txt").read_text().strip()
     command = line.replace("http://localhost:8000", live_server.url).replace("<token>", bearer)
-    result = subprocess.run(shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        shlex.split(command), cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     job_id = body["id"]

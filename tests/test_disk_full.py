@@ -35,8 +35,9 @@ def small_disk(tmp_path) -> Iterator[Path]:
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
@@ -63,8 +64,16 @@ def make_app(data_dir: Path, **config):
     """An app as the ``app`` fixture builds it, on a data dir of the test's choosing."""
     from app import create_app
 
-    return create_app({"TESTING": True, "DATA_DIR": str(data_dir), "MODELS_DIR": str(MODELS_DIR),
-                       "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_STORAGE_URI": "memory://", **config})
+    return create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(data_dir),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            **config,
+        }
+    )
 
 
 def temp_files(app) -> list[Path]:
@@ -76,11 +85,14 @@ def temp_files(app) -> list[Path]:
 # ------------------------------------------------------------ the error handler (no mount needed)
 
 
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOSPC, "No space left on device"),
-    OSError(errno.EDQUOT, "Disk quota exceeded"),
-    peewee.OperationalError("database or disk is full"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        peewee.OperationalError("database or disk is full"),
+    ],
+)
 def test_a_disk_full_error_anywhere_is_a_507_in_the_standard_body(client, admin_headers, monkeypatch, error):
     """Not a 500: the client learns the server is out of space."""
     from app.services import jobs
@@ -109,13 +121,19 @@ def test_other_os_errors_stay_500(client, admin_headers, monkeypatch):
 
 # ------------------------------------------------------------ the floor (no mount needed)
 
-UPLOAD_ROUTES = ["/api/jobs/", "/jobs/", "/jobs", "/upload", "/api/upload", "/v1/audio/transcriptions",
-                 "/v1/audio/translations"]
+UPLOAD_ROUTES = [
+    "/api/jobs/",
+    "/jobs/",
+    "/jobs",
+    "/upload",
+    "/api/upload",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+]
 
 
 @pytest.mark.parametrize("path", UPLOAD_ROUTES)
-def test_uploads_are_refused_before_their_body_is_read_below_the_floor(app, client, admin_headers, monkeypatch,
-                                                                        path):
+def test_uploads_are_refused_before_their_body_is_read_below_the_floor(app, client, admin_headers, monkeypatch, path):
     """Every dialect's upload: 507 while under WT_MIN_FREE_MB, and nothing of the body reaches the disk."""
     monkeypatch.setattr(disk, "free_bytes", lambda _: 100 * MB)
     body = assert_error(post_clip(client, admin_headers, path=path), 507, "INSUFFICIENT_STORAGE")
@@ -126,19 +144,31 @@ def test_uploads_are_refused_before_their_body_is_read_below_the_floor(app, clie
 def test_chunked_uploads_are_refused_below_the_floor(client, admin_headers, monkeypatch):
     """Starting one, sending a chunk and assembling the file all store data."""
     base = "/api/chunked-uploads"
-    session = client.post(f"{base}/initialize", headers=admin_headers, json={
-        "filename": "jfk.flac", "file_size": len(JFK), "chunk_size": len(JFK), "content_type": "audio/flac"})
+    session = client.post(
+        f"{base}/initialize",
+        headers=admin_headers,
+        json={"filename": "jfk.flac", "file_size": len(JFK), "chunk_size": len(JFK), "content_type": "audio/flac"},
+    )
     session_id = session.get_json()["session_id"]
     monkeypatch.setattr(disk, "free_bytes", lambda _: 100 * MB)
-    assert_error(client.post(f"{base}/{session_id}/chunks/1", headers=admin_headers, data=JFK,
-                             content_type="application/octet-stream"), 507, "INSUFFICIENT_STORAGE")
-    assert_error(client.post(f"{base}/{session_id}/finalize", headers=admin_headers, json={"chunk_checksums": []}),
-                 507, "INSUFFICIENT_STORAGE")
+    assert_error(
+        client.post(
+            f"{base}/{session_id}/chunks/1", headers=admin_headers, data=JFK, content_type="application/octet-stream"
+        ),
+        507,
+        "INSUFFICIENT_STORAGE",
+    )
+    assert_error(
+        client.post(f"{base}/{session_id}/finalize", headers=admin_headers, json={"chunk_checksums": []}),
+        507,
+        "INSUFFICIENT_STORAGE",
+    )
     assert_error(client.post(f"{base}/initialize", headers=admin_headers, json={}), 507, "INSUFFICIENT_STORAGE")
 
 
-def test_an_upload_bigger_than_the_room_above_the_floor_is_refused_by_its_content_length(app, client,
-                                                                                       admin_headers, monkeypatch):
+def test_an_upload_bigger_than_the_room_above_the_floor_is_refused_by_its_content_length(
+    app, client, admin_headers, monkeypatch
+):
     """Free space minus the declared body must stay above the floor; a smaller body still gets through."""
     floor = 500 * MB
     monkeypatch.setattr(disk, "free_bytes", lambda _: floor + len(JFK) // 2)
@@ -191,8 +221,11 @@ def test_a_database_that_cannot_even_open_on_a_full_disk_is_507_and_health_still
     assert health.status_code == 200
     assert health.get_json()["status"] == "degraded" and health.get_json()["disk"] == "low"
     assert health.get_json()["database"].startswith("error")
-    assert_error(client.get("/api/jobs/", headers={"Authorization": f"Bearer {token['access_token']}"}), 507,
-                 "INSUFFICIENT_STORAGE")
+    assert_error(
+        client.get("/api/jobs/", headers={"Authorization": f"Bearer {token['access_token']}"}),
+        507,
+        "INSUFFICIENT_STORAGE",
+    )
 
 
 def test_log_lines_on_a_really_full_disk_are_whole_or_missing(small_disk):
@@ -230,8 +263,9 @@ def test_a_full_disk_refuses_uploads_keeps_logins_reports_low_disk_and_recovers(
         refused = upload_file(server)
         assert refused.status_code == 507 and refused.json()["error_code"] == "INSUFFICIENT_STORAGE", refused.text
         for _ in range(3):  # each records a token and an audit entry in a database on a full disk
-            login = requests.post(server.url + "/auth/login", timeout=10,
-                                  json={"username": "admin", "password": ADMIN_PASSWORD})
+            login = requests.post(
+                server.url + "/auth/login", timeout=10, json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
             assert login.status_code == 200, login.text
         token = {"Authorization": f"Bearer {login.json()['access_token']}"}
         assert requests.get(server.url + "/api/jobs/", headers=token, timeout=10).status_code == 200

@@ -40,13 +40,21 @@ def test_every_variable_in_the_readme_settings_table_is_read_by_the_settings_mod
 
 def test_only_the_settings_module_reads_wt_variables_from_the_environment():
     """Everything else takes its settings from load_settings, so WT_CONFIG and the defaults apply everywhere."""
-    reads = [f"{path.relative_to(ROOT)}: {name}" for path in _code_files() if path != ROOT / "app" / "settings.py"
-             for name in _ENV_READ.findall(path.read_text())]
+    reads = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _code_files()
+        if path != ROOT / "app" / "settings.py"
+        for name in _ENV_READ.findall(path.read_text())
+    ]
     assert reads == []
 
 
 def test_every_wt_name_in_the_code_is_a_setting():
     """A WT_ name the code spells (say, to pass to a child process) is one the settings module knows."""
-    unknown = {f"{path.relative_to(ROOT)}: {name}" for path in _code_files()
-               for name in _WT_LITERAL.findall(path.read_text()) if name not in ENV_NAMES and name not in NOT_SETTINGS}
+    unknown = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _code_files()
+        for name in _WT_LITERAL.findall(path.read_text())
+        if name not in ENV_NAMES and name not in NOT_SETTINGS
+    }
     assert sorted(unknown) == []

@@ -18,8 +18,10 @@ from workers.stages import StageContext
 RATE = 48000
 LEAD = 2.0  # seconds of noise only before the speech
 NOISE_STRETCH = (0.2, 1.7)  # seconds measured as "noise only"
-SENTENCE = ("Speech enhancement removes steady background noise while the voice stays clear. "
-            "The quick brown fox jumps over the lazy dog.")
+SENTENCE = (
+    "Speech enhancement removes steady background noise while the voice stays clear. "
+    "The quick brown fox jumps over the lazy dog."
+)
 
 
 def make_noisy_speech(folder: Path, rate: int = RATE, seconds_of_noise: float = LEAD) -> tuple[Path, Path]:
@@ -29,11 +31,29 @@ def make_noisy_speech(folder: Path, rate: int = RATE, seconds_of_noise: float = 
     subprocess.run(["espeak-ng", "-w", str(voice), SENTENCE], check=True, timeout=60)
     clean, noisy = folder / "clean.wav", folder / "noisy.wav"
     delay = int(seconds_of_noise * 1000)
-    ffmpeg("-i", str(voice), "-af", f"aresample={rate},adelay={delay}:all=1,apad=pad_dur=0.5",
-           "-c:a", "pcm_s16le", str(clean))
+    ffmpeg(
+        "-i",
+        str(voice),
+        "-af",
+        f"aresample={rate},adelay={delay}:all=1,apad=pad_dur=0.5",
+        "-c:a",
+        "pcm_s16le",
+        str(clean),
+    )
     # Uniform white noise of amplitude a has an RMS of a/sqrt(3): 0.0548 is -30 dBFS.
-    ffmpeg("-i", str(clean), "-f", "lavfi", "-i", f"anoisesrc=color=white:amplitude=0.0548:sample_rate={rate}:seed=42",
-           "-filter_complex", "[0:a][1:a]amix=inputs=2:duration=first:normalize=0", "-c:a", "pcm_s16le", str(noisy))
+    ffmpeg(
+        "-i",
+        str(clean),
+        "-f",
+        "lavfi",
+        "-i",
+        f"anoisesrc=color=white:amplitude=0.0548:sample_rate={rate}:seed=42",
+        "-filter_complex",
+        "[0:a][1:a]amix=inputs=2:duration=first:normalize=0",
+        "-c:a",
+        "pcm_s16le",
+        str(noisy),
+    )
     return clean, noisy
 
 
@@ -43,8 +63,12 @@ def load(path: Path, rate: int = RATE) -> np.ndarray:
     Averaged in numpy because ffmpeg's own stereo → mono mix is not a plain mean (it would raise the level).
     """
     channels = int(probe(path)["channels"])
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-ar", str(rate), "-f", "f32le", "-"],
-                         capture_output=True, check=True, timeout=60).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-ar", str(rate), "-f", "f32le", "-"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return np.frombuffer(raw, dtype="<f4").reshape(-1, channels).astype(np.float64).mean(axis=1)
 
 
@@ -56,8 +80,8 @@ def level_db(samples: np.ndarray) -> float:
 def levels(path: Path) -> tuple[float, float]:
     """(noise-only stretch, speech stretch) levels of a file built by :func:`make_noisy_speech`."""
     x = load(path)
-    noise = x[int(NOISE_STRETCH[0] * RATE):int(NOISE_STRETCH[1] * RATE)]
-    speech = x[int(LEAD * RATE):len(x) - int(0.5 * RATE)]
+    noise = x[int(NOISE_STRETCH[0] * RATE) : int(NOISE_STRETCH[1] * RATE)]
+    speech = x[int(LEAD * RATE) : len(x) - int(0.5 * RATE)]
     return level_db(noise), level_db(speech)
 
 
@@ -69,8 +93,12 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def probe(path: Path) -> dict:
     """ffprobe's first stream and format."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format",
-                          str(path)], capture_output=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
     data = json.loads(out)
     return {**data["streams"][0], "format": data["format"]}
 
@@ -84,9 +112,15 @@ def fixture_audio(tmp_path_factory) -> tuple[Path, Path]:
 def run_cleanup(tmp_path: Path, source: Path, *, abort: bool = False, **options) -> Path:
     """Run ingest, denoise and resample on ``source`` with these options; return cleaned.wav."""
     info = probe(source)
-    job = Job(id=f"dsp-{len(list(tmp_path.iterdir()))}", kind="cleanup", options=options, source_path=str(source),
-              original_filename=source.name, duration=float(info["format"]["duration"]),
-              media_info={"sample_rate": int(info["sample_rate"]), "channels": info["channels"]})
+    job = Job(
+        id=f"dsp-{len(list(tmp_path.iterdir()))}",
+        kind="cleanup",
+        options=options,
+        source_path=str(source),
+        original_filename=source.name,
+        duration=float(info["format"]["duration"]),
+        media_info={"sample_rate": int(info["sample_rate"]), "channels": info["channels"]},
+    )
     cfg = {"DATA_DIR": str(tmp_path), "FFMPEG_TIMEOUT_SECONDS": 120, "MAX_MEDIA_SECONDS": 3600}
     ctx = StageContext(job, cfg, lambda level, message: print(level, message), lambda p, s: None, lambda: abort)
     for stage in (dsp.ingest, dsp.denoise, dsp.resample):
@@ -102,10 +136,12 @@ def test_strength_80_lowers_noise_by_6_db_and_speech_by_at_most_3(tmp_path, fixt
     noise_before, speech_before = levels(noisy)
     noise_after, speech_after = levels(out)
     before, after = snr_db(load(clean), load(noisy)), snr_db(load(clean), load(out))
-    print(f"\nnoise-only stretch {noise_before:.1f} -> {noise_after:.1f} dBFS "
-          f"(drop {noise_before - noise_after:.1f} dB); speech stretch {speech_before:.1f} -> {speech_after:.1f} "
-          f"dBFS (drop {speech_before - speech_after:.1f} dB); "
-          f"SNR against the clean speech {before:.1f} -> {after:.1f} dB")
+    print(
+        f"\nnoise-only stretch {noise_before:.1f} -> {noise_after:.1f} dBFS "
+        f"(drop {noise_before - noise_after:.1f} dB); speech stretch {speech_before:.1f} -> {speech_after:.1f} "
+        f"dBFS (drop {speech_before - speech_after:.1f} dB); "
+        f"SNR against the clean speech {before:.1f} -> {after:.1f} dB"
+    )
     assert noise_before - noise_after >= 6
     assert speech_before - speech_after <= 3
     # Sample-aligned (afftdn's latency is compensated) and much closer to the clean speech.
@@ -144,15 +180,20 @@ def test_strength_zero_passes_the_audio_through(tmp_path, fixture_audio):
     assert np.max(np.abs(before - after)) < 1e-4
 
 
-@pytest.mark.parametrize(("rate", "channels", "precise", "codec"), [
-    (44100, 2, True, "pcm_s24le"), (48000, 1, False, "pcm_s16le"), (96000, 2, False, "pcm_s24le"),
-])
-def test_cleaned_audio_has_the_target_rate_channels_and_length(tmp_path, fixture_audio, rate, channels, precise,
-                                                               codec):
+@pytest.mark.parametrize(
+    ("rate", "channels", "precise", "codec"),
+    [
+        (44100, 2, True, "pcm_s24le"),
+        (48000, 1, False, "pcm_s16le"),
+        (96000, 2, False, "pcm_s24le"),
+    ],
+)
+def test_cleaned_audio_has_the_target_rate_channels_and_length(tmp_path, fixture_audio, rate, channels, precise, codec):
     """ffprobe sees the target format; the duration is unchanged by resampling."""
     _, noisy = fixture_audio
-    out = run_cleanup(tmp_path, noisy, denoise_strength=50, target_sample_rate=rate, target_channels=channels,
-                      high_precision=precise)
+    out = run_cleanup(
+        tmp_path, noisy, denoise_strength=50, target_sample_rate=rate, target_channels=channels, high_precision=precise
+    )
     info = probe(out)
     assert (int(info["sample_rate"]), info["channels"], info["codec_name"]) == (rate, channels, codec)
     assert float(info["format"]["duration"]) == pytest.approx(float(probe(noisy)["format"]["duration"]), abs=0.01)
@@ -162,8 +203,9 @@ def test_stereo_output_of_mono_input_has_two_equal_channels(tmp_path, fixture_au
     """Mono is copied to both sides, not panned to one."""
     _, noisy = fixture_audio
     out = run_cleanup(tmp_path, noisy, denoise_strength=50, target_channels=2)
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "f32le", "-"], capture_output=True,
-                         check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(out), "-f", "f32le", "-"], capture_output=True, check=True
+    ).stdout
     pair = np.frombuffer(raw, dtype="<f4").reshape(-1, 2)
     assert np.array_equal(pair[:, 0], pair[:, 1]) and level_db(pair[:, 0].astype(np.float64)) > -40
 
@@ -196,8 +238,13 @@ def test_a_cancelled_job_starts_no_stage_and_leaves_no_output(tmp_path, fixture_
 def endless_context(tmp_path: Path, should_abort, timeout: float = 120) -> StageContext:
     """A context for running ffmpeg on an endless generated source."""
     job = Job(id="endless", kind="cleanup", options={}, duration=10.0, media_info={})
-    return StageContext(job, {"DATA_DIR": str(tmp_path), "FFMPEG_TIMEOUT_SECONDS": timeout}, lambda *a: None,
-                        lambda p, s: None, should_abort)
+    return StageContext(
+        job,
+        {"DATA_DIR": str(tmp_path), "FFMPEG_TIMEOUT_SECONDS": timeout},
+        lambda *a: None,
+        lambda p, s: None,
+        should_abort,
+    )
 
 
 ENDLESS = ["-f", "lavfi", "-i", "anoisesrc=color=white", "-af", "afftdn", "-f", "null", "-"]
@@ -235,9 +282,13 @@ def test_filter_parameters_follow_strength_and_profile():
     assert dsp.denoise_params(100, "aggressive", -10) == (54.0, -20.0)
     assert dsp.denoise_filter(0, "auto", -30, 1200) == "anull"
     assert dsp.denoise_filter(80, "auto", -30, 1200).startswith("apad=pad_len=1200,afftdn=nr=28.8:nf=-25.0,atrim")
-    precise = dsp.resample_filter(rate=96000, channels_in=2, channels=1, high_precision=True, upscale=4,
-                                  source_rate=16000)
-    assert precise == ("aresample=96000:resampler=soxr:precision=28,aexciter=amount=2.0:freq=4000:ceil=20000,"
-                       "pan=mono|c0=0.5*c0+0.5*c1")
-    assert dsp.resample_filter(rate=44100, channels_in=1, channels=1, high_precision=False, upscale=1,
-                               source_rate=44100) == "aresample=44100"
+    precise = dsp.resample_filter(
+        rate=96000, channels_in=2, channels=1, high_precision=True, upscale=4, source_rate=16000
+    )
+    assert precise == (
+        "aresample=96000:resampler=soxr:precision=28,aexciter=amount=2.0:freq=4000:ceil=20000,pan=mono|c0=0.5*c0+0.5*c1"
+    )
+    assert (
+        dsp.resample_filter(rate=44100, channels_in=1, channels=1, high_precision=False, upscale=1, source_rate=44100)
+        == "aresample=44100"
+    )

@@ -33,15 +33,19 @@ def webhook(client, headers, payload) -> object:
 
 def ffprobe_streams(path: Path) -> list[dict]:
     """The streams of a media file."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True
+    ).stdout
     return json.loads(out)["streams"]
 
 
 def stream_md5(path: Path, selector: str) -> str:
     """MD5 of a stream's packets, copied without decoding (equal only if the stream was not re-encoded)."""
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", selector, "-c", "copy", "-f", "md5", "-"],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", selector, "-c", "copy", "-f", "md5", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return out.decode().strip()
 
 
@@ -55,14 +59,14 @@ def test_webhook_writes_a_sidecar_that_matches_the_speech(client, admin_headers,
     drain()
     sidecar = episode.with_name("episode.en.srt")
     assert sidecar.exists() and not list(episode.parent.glob(".*.part"))
-    text = " ".join(line for line in sidecar.read_text().splitlines()
-                    if line and not line.isdigit() and "-->" not in line)
+    text = " ".join(
+        line for line in sidecar.read_text().splitlines() if line and not line.isdigit() and "-->" not in line
+    )
     assert wer(reference("jfk.flac"), text) <= 0.10
     assert episode.read_bytes() == before
 
 
-def test_existing_sidecar_is_kept_unless_overwrite_is_allowed(app, client, admin_headers, library, stub_engine,
-                                                             drain):
+def test_existing_sidecar_is_kept_unless_overwrite_is_allowed(app, client, admin_headers, library, stub_engine, drain):
     """A subtitle the user already has is never clobbered by default."""
     episode = library / "Show" / "Season 1" / "episode.flac"
     sidecar = episode.with_name("episode.en.srt")
@@ -76,11 +80,14 @@ def test_existing_sidecar_is_kept_unless_overwrite_is_allowed(app, client, admin
     assert sidecar.read_text().startswith("1\n00:00:00,000")
 
 
-@pytest.mark.parametrize("make_path", [
-    lambda root, tmp: "/etc/passwd",
-    lambda root, tmp: str(root / ".." / "outside.flac"),
-    lambda root, tmp: str(root / "Show" / "link.flac"),
-])
+@pytest.mark.parametrize(
+    "make_path",
+    [
+        lambda root, tmp: "/etc/passwd",
+        lambda root, tmp: str(root / ".." / "outside.flac"),
+        lambda root, tmp: str(root / "Show" / "link.flac"),
+    ],
+)
 def test_webhook_outside_the_roots_is_refused(client, admin_headers, library, tmp_path, make_path):
     """Absolute paths elsewhere, ``..`` and symlinks out of the root are 403."""
     shutil.copy(AUDIO / "jfk.flac", tmp_path / "outside.flac")
@@ -89,12 +96,15 @@ def test_webhook_outside_the_roots_is_refused(client, admin_headers, library, tm
     assert response.status_code == 403 and response.get_json()["error_code"] == "OUTSIDE_MEDIA_ROOTS"
 
 
-@pytest.mark.parametrize(("payload", "code"), [
-    ({"path": "relative/episode.flac"}, "INVALID_PATH"),
-    ({"path": "/x\x00.flac"}, "INVALID_PATH"),
-    ({"path": 42}, "INVALID_PATH"),
-    ({"eventType": "Download"}, "MISSING_PATH"),
-])
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"path": "relative/episode.flac"}, "INVALID_PATH"),
+        ({"path": "/x\x00.flac"}, "INVALID_PATH"),
+        ({"path": 42}, "INVALID_PATH"),
+        ({"eventType": "Download"}, "MISSING_PATH"),
+    ],
+)
 def test_webhook_bad_paths_are_400(client, admin_headers, library, payload, code):
     """Malformed paths get a 400 naming the problem."""
     response = webhook(client, admin_headers, payload)
@@ -123,12 +133,21 @@ def test_webhook_malformed_json_is_400(client, admin_headers, library):
 def test_sonarr_radarr_and_jellyfin_payloads_are_understood(library):
     """The path comes from each tool's own JSON shape."""
     episode = str(library / "Show" / "Season 1" / "episode.flac")
-    sonarr = {"eventType": "Download", "series": {"path": str(library / "Show")},
-              "episodeFile": {"relativePath": "Season 1/episode.flac", "path": episode}}
-    sonarr_relative = {"eventType": "Download", "series": {"path": str(library / "Show")},
-                       "episodeFile": {"relativePath": "Season 1/episode.flac"}}
-    radarr = {"eventType": "Download", "movie": {"folderPath": str(library)},
-              "movieFile": {"relativePath": "Show/Season 1/episode.flac"}}
+    sonarr = {
+        "eventType": "Download",
+        "series": {"path": str(library / "Show")},
+        "episodeFile": {"relativePath": "Season 1/episode.flac", "path": episode},
+    }
+    sonarr_relative = {
+        "eventType": "Download",
+        "series": {"path": str(library / "Show")},
+        "episodeFile": {"relativePath": "Season 1/episode.flac"},
+    }
+    radarr = {
+        "eventType": "Download",
+        "movie": {"folderPath": str(library)},
+        "movieFile": {"relativePath": "Show/Season 1/episode.flac"},
+    }
     jellyfin = {"NotificationType": "ItemAdded", "ItemType": "Episode", "ItemPath": episode}
     for payload in (sonarr, sonarr_relative, radarr, jellyfin):
         path, event = media.webhook_path(payload)
@@ -152,8 +171,9 @@ def test_video_upload_redirects_and_its_download_has_video_and_subtitles(client,
     """The video stream is copied bit for bit and a subtitle track is added."""
     video = make_video(AUDIO / "jfk.flac", tmp_path / "clip.mp4")
     with open(video, "rb") as f:
-        response = client.post("/upload", headers={**admin_headers, "Accept": "text/html"},
-                               data={"file": (f, "clip.mp4")})
+        response = client.post(
+            "/upload", headers={**admin_headers, "Accept": "text/html"}, data={"file": (f, "clip.mp4")}
+        )
     assert response.status_code == 303 and response.headers["Location"].startswith("/?job=")
     task_id = response.headers["X-Job-ID"]
     drain()
@@ -181,8 +201,9 @@ def test_audio_download_is_the_transcript_and_unfinished_is_404(client, admin_he
     assert client.get("/download/unknown", headers=admin_headers).status_code == 404
 
 
-def test_retry_purge_delete_answer_303_for_browsers_and_json_for_api(client, admin_headers, stub_engine, drain,
-                                                                   library, app):
+def test_retry_purge_delete_answer_303_for_browsers_and_json_for_api(
+    client, admin_headers, stub_engine, drain, library, app
+):
     """Task actions follow the caller's Accept header; delete never removes the library file."""
     episode = library / "Show" / "Season 1" / "episode.flac"
     task_id = webhook(client, admin_headers, {"path": str(episode)}).get_json()["task_id"]
@@ -250,8 +271,9 @@ def upload_video(client, headers, tmp_path) -> tuple[str, Path]:
     return response.headers["X-Job-ID"], video
 
 
-def test_purged_video_task_can_be_retried_and_downloads_with_subtitles_again(app, client, admin_headers,
-                                                                             stub_engine, drain, tmp_path):
+def test_purged_video_task_can_be_retried_and_downloads_with_subtitles_again(
+    app, client, admin_headers, stub_engine, drain, tmp_path
+):
     """Purge deletes the subtitled video; retry (409 before) runs every stage again and the download is back."""
     task_id, _ = upload_video(client, admin_headers, tmp_path)
     drain()

@@ -91,8 +91,9 @@ def test_worker_killed_mid_job_loses_nothing(live_server, tmp_path):
     """SIGKILL the worker while it transcribes: `run` restarts it and the job completes."""
     long = make_long_audio(AUDIO / "OSR_us_000_0034_8k.flac", tmp_path / "long.wav", 4)
     job_id = live_server.submit(long)
-    progress = wait_for(lambda: (p := live_server.get(f"/api/progress/{job_id}").json())["stage"] == "transcribing"
-                        and p, timeout=60)
+    progress = wait_for(
+        lambda: (p := live_server.get(f"/api/progress/{job_id}").json())["stage"] == "transcribing" and p, timeout=60
+    )
     assert progress["status"] == "processing"
     victim = _worker_process(live_server)
     victim.send_signal(signal.SIGKILL)
@@ -125,8 +126,15 @@ def test_progress_is_visible_while_a_job_runs(live_server, tmp_path):
 def test_oversized_upload_is_refused_by_the_real_server(live_server):
     """Gunicorn + Flask answer 413 with the JSON body (limit lowered for this test is not possible
     across processes, so send a declared length over the 2 GiB default without a body)."""
-    response = requests.post(live_server.url + "/api/jobs/", headers={
-        **live_server.headers(), "Content-Type": "multipart/form-data; boundary=x",
-        "Content-Length": str(3 * 1024**3)}, data=b"", timeout=10)
+    response = requests.post(
+        live_server.url + "/api/jobs/",
+        headers={
+            **live_server.headers(),
+            "Content-Type": "multipart/form-data; boundary=x",
+            "Content-Length": str(3 * 1024**3),
+        },
+        data=b"",
+        timeout=10,
+    )
     assert response.status_code == 413
     assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"

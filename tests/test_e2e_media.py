@@ -19,15 +19,19 @@ def test_webhook_through_the_running_appliance_writes_a_sidecar(live_server):
     folder.mkdir(exist_ok=True)
     episode = folder / "pilot.flac"
     shutil.copy(AUDIO / "jfk.flac", episode)
-    payload = {"eventType": "Download", "series": {"path": str(folder)},
-               "episodeFile": {"relativePath": "pilot.flac", "path": str(episode)}}
+    payload = {
+        "eventType": "Download",
+        "series": {"path": str(folder)},
+        "episodeFile": {"relativePath": "pilot.flac", "path": str(episode)},
+    }
     response = live_server.post("/webhook", json=payload)
     assert response.status_code == 200 and response.json()["status"] == "queued", response.text
     job = live_server.wait(response.json()["task_id"])
     assert job["status"] == "completed", job
     sidecar = wait_for(lambda: (p := folder / "pilot.en.srt").exists() and p, timeout=10)
-    text = " ".join(line for line in sidecar.read_text().splitlines()
-                    if line and not line.isdigit() and "-->" not in line)
+    text = " ".join(
+        line for line in sidecar.read_text().splitlines() if line and not line.isdigit() and "-->" not in line
+    )
     assert wer(reference("jfk.flac"), text) <= 0.10
 
 
@@ -42,8 +46,13 @@ def downloaded_streams(live_server, task_id: str, out) -> list[dict]:
     download = live_server.get(f"/download/{task_id}")
     assert download.status_code == 200, download.text
     out.write_bytes(download.content)
-    return json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams",
-                                      str(out)], capture_output=True, check=True).stdout)["streams"]
+    return json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(out)],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )["streams"]
 
 
 def test_video_upload_through_the_running_appliance_gains_a_subtitle_track(live_server, tmp_path):
@@ -66,7 +75,8 @@ def test_video_upload_through_the_running_appliance_gains_a_subtitle_track(live_
     again = tmp_path / "again.mkv"
     streams = downloaded_streams(live_server, job["job_id"], again)
     assert {s["codec_type"] for s in streams} == {"video", "audio", "subtitle"}
-    srt = subprocess.run(["ffmpeg", "-v", "error", "-i", str(again), "-map", "0:s:0", "-f", "srt", "-"],
-                         capture_output=True, check=True).stdout.decode()
+    srt = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(again), "-map", "0:s:0", "-f", "srt", "-"], capture_output=True, check=True
+    ).stdout.decode()
     text = " ".join(line for line in srt.splitlines() if line and not line.isdigit() and "-->" not in line)
     assert wer(reference("jfk.flac"), text) <= 0.10

@@ -85,7 +85,7 @@ def test_a_short_clip_in_a_sized_context_reads_like_the_full_window(whisper):
     from pywhispercpp.model import Model
 
     full = Model(str(MODEL), redirect_whispercpp_logs_to=None, print_progress=False, n_threads=2)
-    jfk, osr_start = audio.decode(AUDIO / "jfk.flac"), audio.decode(AUDIO / "OSR_us_000_0034_8k.flac")[:16000 * 20]
+    jfk, osr_start = audio.decode(AUDIO / "jfk.flac"), audio.decode(AUDIO / "OSR_us_000_0034_8k.flac")[: 16000 * 20]
     for samples in (jfk, osr_start):
         sized = whisper.transcribe(samples).text
         padded = " ".join(s.text for s in full.transcribe(samples, language="en", audio_ctx=0))
@@ -111,8 +111,10 @@ def test_a_piece_that_repeats_itself_is_decoded_again(whisper, monkeypatch):
     def looping_first(self, piece, offset, **options):
         temperatures.append(options.get("temperature", 0.0))
         if len(temperatures) == 1:
-            return [engine.EngineSegment(offset + i, offset + i + 1, "The blind man was found on the beach.")
-                    for i in range(5)], None
+            return [
+                engine.EngineSegment(offset + i, offset + i + 1, "The blind man was found on the beach.")
+                for i in range(5)
+            ], None
         return real(self, piece, offset, **options)
 
     monkeypatch.setattr(whispercpp.WhisperCppEngine, "_piece", looping_first)

@@ -69,9 +69,16 @@ def test_json_and_txt_keep_the_text():
     assert exports.to_txt(TRANSCRIPT).splitlines()[0] == "Hello there."
 
 
-@pytest.mark.parametrize(("fmt", "mime"), [("txt", "text/plain"), ("srt", "application/x-subrip"),
-                                           ("vtt", "text/vtt"), ("json", "application/json"),
-                                           ("tsv", "text/tab-separated-values")])
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [
+        ("txt", "text/plain"),
+        ("srt", "application/x-subrip"),
+        ("vtt", "text/vtt"),
+        ("json", "application/json"),
+        ("tsv", "text/tab-separated-values"),
+    ],
+)
 def test_render_returns_the_right_content_type(fmt, mime):
     """Each format has its own media type."""
     _, content_type = exports.render(TRANSCRIPT, fmt.upper())

@@ -43,8 +43,16 @@ def hostile_app(app):
 def test_the_route_list_covers_the_json_routes(hostile_app):
     """The list is generated, so new routes are covered; these must be in it."""
     endpoints = {endpoint for _, _, endpoint in body_routes(hostile_app)}
-    assert {"auth.login", "auth.register", "compat_legacy.token", "search.search", "voxis.process",
-            "chunked_uploads.initialize", "admin.delete_file", "dubarr.webhook"} <= endpoints
+    assert {
+        "auth.login",
+        "auth.register",
+        "compat_legacy.token",
+        "search.search",
+        "voxis.process",
+        "chunked_uploads.initialize",
+        "admin.delete_file",
+        "dubarr.webhook",
+    } <= endpoints
 
 
 @pytest.mark.parametrize("auth", ["anonymous", "admin"])
@@ -68,8 +76,13 @@ def test_json_nested_10000_deep_is_never_a_5xx_on_any_route(hostile_app, auth):
     assert failures == []
     assert "auth.login" in reads_json  # the route of the report, reachable without credentials
     if auth == "admin":
-        assert {"search.search", "voxis.process", "admin.delete_file", "admin_users.update_user",
-                "dubarr.webhook"} <= set(reads_json)
+        assert {
+            "search.search",
+            "voxis.process",
+            "admin.delete_file",
+            "admin_users.update_user",
+            "dubarr.webhook",
+        } <= set(reads_json)
 
 
 def test_the_refusal_names_the_limit(client):
@@ -80,11 +93,17 @@ def test_the_refusal_names_the_limit(client):
 
 def test_depth_up_to_the_limit_is_accepted_and_one_more_is_refused(client, admin_headers):
     """The limit is exact, and a deep body within it reaches the route's own checks (422 here)."""
-    ok = client.post("/api/search/", headers=admin_headers, data=nested(MAX_JSON_DEPTH),
-                     content_type="application/json")
+    ok = client.post(
+        "/api/search/", headers=admin_headers, data=nested(MAX_JSON_DEPTH), content_type="application/json"
+    )
     assert ok.status_code == 422 and ok.get_json()["error_code"] != "INVALID_JSON"
-    assert_error(client.post("/api/search/", headers=admin_headers, data=nested(MAX_JSON_DEPTH + 1),
-                             content_type="application/json"), 400, "INVALID_JSON")
+    assert_error(
+        client.post(
+            "/api/search/", headers=admin_headers, data=nested(MAX_JSON_DEPTH + 1), content_type="application/json"
+        ),
+        400,
+        "INVALID_JSON",
+    )
 
 
 def test_brackets_inside_strings_do_not_count():
@@ -108,8 +127,9 @@ def test_the_depth_scan_stays_linear_on_pathological_text():
 @pytest.mark.e2e
 def test_live_server_refuses_deep_json_and_unknown_languages_and_takes_language_names(live_server):
     """Through Gunicorn: deep JSON on the open login route is a 400, language=zz a 400, "English" a job."""
-    deep = requests.post(live_server.url + "/auth/login", data=DEEP, timeout=10,
-                         headers={"Content-Type": "application/json"})
+    deep = requests.post(
+        live_server.url + "/auth/login", data=DEEP, timeout=10, headers={"Content-Type": "application/json"}
+    )
     assert deep.status_code == 400 and deep.json()["error_code"] == "INVALID_JSON"
     with open(AUDIO / "jfk.flac", "rb") as f:
         unknown = live_server.post("/api/jobs/", files={"file": ("jfk.flac", f)}, data={"language": "zz"})

@@ -95,8 +95,13 @@ def test_the_sidecar_stage_syncs_the_subtitles_before_renaming_them(tmp_path, di
     media.parent.mkdir()
     media.write_bytes(b"video")
     job = Job(id="job1", source_path=str(media), original_filename=media.name, model="tiny.en")
-    ctx = stages.StageContext(job=job, cfg={"DATA_DIR": str(tmp_path / "data")}, log=lambda *a: None,
-                              report=lambda *a: None, should_abort=lambda: False)
+    ctx = stages.StageContext(
+        job=job,
+        cfg={"DATA_DIR": str(tmp_path / "data")},
+        log=lambda *a: None,
+        report=lambda *a: None,
+        should_abort=lambda: False,
+    )
     segments = [{"start": 0.0, "end": 1.0, "text": "Hello."}]
     (ctx.cache / stages.TRANSCRIPT_CACHE).write_text(json.dumps({"segments": segments, "language": "en"}))
     disk_log.clear()

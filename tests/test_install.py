@@ -17,8 +17,12 @@ from tests.helpers import ROOT
 
 INSTALL = ROOT / "scripts" / "install"
 UNINSTALL = ROOT / "scripts" / "uninstall"
-UNITS = ("whisper-transcriber-web.service", "whisper-transcriber-worker@.service",
-         "whisper-transcriber-wyoming.service", "whisper-transcriber.target")
+UNITS = (
+    "whisper-transcriber-web.service",
+    "whisper-transcriber-worker@.service",
+    "whisper-transcriber-wyoming.service",
+    "whisper-transcriber.target",
+)
 PREFIX = "opt/whisper-transcriber"
 DATA_DIR = "var/lib/whisper-transcriber"
 CONF_DIR = "etc/whisper-transcriber"
@@ -96,7 +100,9 @@ def test_install_enables_web_worker_one_and_target(installed: Staged) -> None:
     """
     wants = installed.path(f"{UNIT_DIR}/whisper-transcriber.target.wants")
     assert sorted(p.name for p in wants.iterdir()) == [
-        "whisper-transcriber-web.service", "whisper-transcriber-worker@1.service"]
+        "whisper-transcriber-web.service",
+        "whisper-transcriber-worker@1.service",
+    ]
     assert installed.path(f"{UNIT_DIR}/multi-user.target.wants/whisper-transcriber.target").is_symlink()
 
 
@@ -133,8 +139,14 @@ def test_installed_env_file_starts_the_app_in_production(installed: Staged, tmp_
         "assert r.status_code == 200, r.get_json()\n"
     )
     python = installed.path(f"{PREFIX}/venv/bin/python")
-    result = subprocess.run([str(python), "-c", script, env["WT_ADMIN_PASSWORD"]], env=env, cwd="/",
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(python), "-c", script, env["WT_ADMIN_PASSWORD"]],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     cli = installed.path(f"{PREFIX}/venv/bin/whisper-transcriber")
     listing = subprocess.run([str(cli), "models", "list"], env=env, capture_output=True, text=True, timeout=60)
@@ -180,8 +192,9 @@ def test_wyoming_unit_runs_the_server_sandboxed_at_normal_priority() -> None:
     assert "Nice" not in unit  # commands are interactive: they get the CPU before the workers (Nice=10)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze is missing (Debian package: systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing (Debian package: systemd)"
+)
 def test_installed_units_pass_systemd_analyze_verify(installed: Staged, tmp_path: Path) -> None:
     """systemd-analyze verify accepts the units, with their paths pointed into the staged root."""
     # verify checks that ExecStart exists, and --root= wants a whole OS tree; so rewrite the paths.
@@ -191,8 +204,13 @@ def test_installed_units_pass_systemd_analyze_verify(installed: Staged, tmp_path
             text = text.replace(absolute, str(installed.root) + absolute)
         (tmp_path / unit).write_text(text)
     names = [*UNITS, "whisper-transcriber-worker@2.service"]
-    result = subprocess.run(["systemd-analyze", "verify", *(f"./{n}" for n in names)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *(f"./{n}" for n in names)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     ours = [line for line in (result.stdout + result.stderr).splitlines() if "whisper-transcriber" in line]
     assert result.returncode == 0 and not ours, result.stdout + result.stderr
 
@@ -215,7 +233,11 @@ def test_uninstall_keeps_data_until_purge(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (scripts/test installs it)")
 def test_every_shell_script_passes_shellcheck() -> None:
     """install, uninstall, run, test, their shared setup and the CI entry point are shellcheck-clean."""
-    scripts = [INSTALL, UNINSTALL, *(ROOT / "scripts" / name for name in ("run", "test", "_setup.sh")),
-               ROOT / ".ci" / "run"]
+    scripts = [
+        INSTALL,
+        UNINSTALL,
+        *(ROOT / "scripts" / name for name in ("run", "test", "_setup.sh")),
+        ROOT / ".ci" / "run",
+    ]
     result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stdout

@@ -17,9 +17,31 @@ def test_the_load_script_reports_latencies_statuses_and_every_job(tmp_path):
     """A few clients, log sockets and slow clients: percentiles per kind, no 5xx, every created job finished."""
     out = tmp_path / "load.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "load"), "--clients", "4", "--log-sockets", "2", "--slow", "3",
-         "--duration", "4", "--jobs", "2", "--idle", "2", "--drain-timeout", "120", "--json-out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "load"),
+            "--clients",
+            "4",
+            "--log-sockets",
+            "2",
+            "--slow",
+            "3",
+            "--duration",
+            "4",
+            "--jobs",
+            "2",
+            "--idle",
+            "2",
+            "--drain-timeout",
+            "120",
+            "--json-out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
     assert "p50 ms" in text and "p99 ms" in text and "every created job accounted for: yes" in text
@@ -38,6 +60,11 @@ def test_the_load_script_reports_latencies_statuses_and_every_job(tmp_path):
 
 def test_the_load_script_refuses_other_machines():
     """--url must be loopback: this is a tool for one's own appliance, not for someone else's server."""
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "load"), "--url", "http://192.0.2.1:8000",
-                             "--password", "x"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "load"), "--url", "http://192.0.2.1:8000", "--password", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and "this machine" in result.stderr

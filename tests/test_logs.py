@@ -16,8 +16,12 @@ from app.services.logfiles import LogFollower, confined_log_file, tail_offset
 from tests.conftest import ADMIN_PASSWORD, login
 from tests.helpers import assert_error
 
-UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-           "Sec-WebSocket-Version": "13"}
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
 
 
 def logs_dir(app) -> Path:
@@ -33,8 +37,9 @@ def json_lines(path: Path) -> list[dict]:
 # ------------------------------------------------------------------ job logs
 
 
-def test_job_log_is_readable_by_its_owner_and_admins_and_404_for_others(app, client, admin_headers, stub_engine,
-                                                                        user_headers, uploaded_job, drain):
+def test_job_log_is_readable_by_its_owner_and_admins_and_404_for_others(
+    app, client, admin_headers, stub_engine, user_headers, uploaded_job, drain
+):
     """The owner and an admin read the worker's lines; another user gets the standard 404."""
     alice, bob = user_headers("alice"), user_headers("bob")
     job_id = uploaded_job(client, alice)["job_id"]
@@ -59,8 +64,9 @@ def test_job_log_tail_returns_only_the_last_lines(app, client, admin_headers, st
     assert_error(client.get(f"/log/{job_id}?tail=x", headers=admin_headers), 400, "INVALID_PARAMETER")
 
 
-def test_job_lines_go_to_processing_log_as_json_with_the_job_id(app, client, admin_headers, stub_engine, uploaded_job,
-                                                                drain):
+def test_job_lines_go_to_processing_log_as_json_with_the_job_id(
+    app, client, admin_headers, stub_engine, uploaded_job, drain
+):
     """Every job line is also a JSON line in processing.log, and not in system.log."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
@@ -84,8 +90,19 @@ def test_shared_log_files_are_admin_only(app, client, admin_headers, user_header
         assert_error(app.test_client().get(path), 401, "UNAUTHORIZED")
 
 
-PROBES = ("..", "...", "..%2Fsecret_key", "%2E%2E%2Fsecret_key", "..%5Csecret_key", "system.log%00.txt",
-          ".rotate.lock", "jobs", "missing.log", "%2Fetc%2Fpasswd", "outside.log")
+PROBES = (
+    "..",
+    "...",
+    "..%2Fsecret_key",
+    "%2E%2E%2Fsecret_key",
+    "..%5Csecret_key",
+    "system.log%00.txt",
+    ".rotate.lock",
+    "jobs",
+    "missing.log",
+    "%2Fetc%2Fpasswd",
+    "outside.log",
+)
 
 
 def test_log_file_probes_outside_the_logs_folder_are_refused(app, client, admin_headers):
@@ -135,8 +152,15 @@ def test_access_log_switched_off_writes_nothing_and_answers_404(tmp_path):
     from app import create_app
     from tests.helpers import MODELS_DIR
 
-    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "MODELS_DIR": str(MODELS_DIR),
-                      "ADMIN_PASSWORD": ADMIN_PASSWORD, "ACCESS_LOG": False})
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "ACCESS_LOG": False,
+        }
+    )
     client = app.test_client()
     headers = login(client)
     assert_error(client.get("/logs/access", headers=headers), 404, "ACCESS_LOG_DISABLED")
@@ -161,13 +185,19 @@ def test_system_log_lines_carry_the_request_id(app, client, admin_headers):
 def test_websocket_without_valid_credentials_is_refused_before_the_handshake(app, client, admin_headers):
     """No credentials, a bad JWT or a bad API key: the standard 401 instead of 101."""
     anonymous = app.test_client()
-    for path in ("/ws/logs/system", "/ws/logs", "/ws/logs/" + "0" * 32,
-                 "/ws/logs/system?token=not-a-jwt", "/ws/logs?token=wt_not_a_key"):
+    for path in (
+        "/ws/logs/system",
+        "/ws/logs",
+        "/ws/logs/" + "0" * 32,
+        "/ws/logs/system?token=not-a-jwt",
+        "/ws/logs?token=wt_not_a_key",
+    ):
         assert_error(anonymous.get(path, headers=UPGRADE), 401, "UNAUTHORIZED")
 
 
-def test_websocket_shared_logs_are_admin_only_and_foreign_jobs_404(app, client, admin_headers, stub_engine,
-                                                                   user_headers, uploaded_job, drain):
+def test_websocket_shared_logs_are_admin_only_and_foreign_jobs_404(
+    app, client, admin_headers, stub_engine, user_headers, uploaded_job, drain
+):
     """A user may not follow the system or processing log, nor another user's job."""
     alice, bob = user_headers("alice"), user_headers("bob")
     job_id = uploaded_job(client, alice)["job_id"]
@@ -310,8 +340,10 @@ def test_configure_logging_twice_replaces_the_handlers(tmp_path):
     configure_logging({"DATA_DIR": str(tmp_path / "a")}, "worker")
     configure_logging({"DATA_DIR": str(tmp_path / "b")}, "worker")
     logging.getLogger("app.test").warning("only in b")
-    assert not (tmp_path / "a" / "logs" / "system.log").exists() or \
-        "only in b" not in (tmp_path / "a" / "logs" / "system.log").read_text()
+    assert (
+        not (tmp_path / "a" / "logs" / "system.log").exists()
+        or "only in b" not in (tmp_path / "a" / "logs" / "system.log").read_text()
+    )
     assert "only in b" in (tmp_path / "b" / "logs" / "system.log").read_text()
 
 
@@ -369,8 +401,11 @@ def test_the_live_workers_system_log_has_no_idle_housekeeping_lines(live_server)
     """A real consumer queues and runs the periodic tasks as it starts (and every minute after)."""
     lines = json_lines(live_server.data_dir / "logs" / "system.log")
     assert any(r["message"].startswith("Huey consumer started") for r in lines)  # the worker does log here
-    assert not [r for r in lines if r["logger"] in ("huey", "huey.consumer.Scheduler")
-                and "workers.tasks.reconcile" in r["message"]]
+    assert not [
+        r
+        for r in lines
+        if r["logger"] in ("huey", "huey.consumer.Scheduler") and "workers.tasks.reconcile" in r["message"]
+    ]
 
 
 def test_tail_offset_finds_the_last_lines(tmp_path):

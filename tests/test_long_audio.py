@@ -32,8 +32,13 @@ def faster_whisper_wer(model: str, samples, text: str) -> float:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from faster_whisper import WhisperModel
 
-    anchor = WhisperModel(str(modelstore.ct2_dir(MODELS_DIR, model)), device="cpu", compute_type="int8",
-                          cpu_threads=2, local_files_only=True)
+    anchor = WhisperModel(
+        str(modelstore.ct2_dir(MODELS_DIR, model)),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=2,
+        local_files_only=True,
+    )
     segments, _ = anchor.transcribe(samples, beam_size=1, language="en")
     return wer(text, " ".join(s.text for s in segments))
 

@@ -31,8 +31,19 @@ def lying_flac(out: Path, seconds: float = 600, claims: float = 1.0) -> Path:
     STREAMINFO is the 34-byte block after ``fLaC`` and its 4-byte block header; bytes 10-17 of it hold
     the sample rate (20 bits), channels (3), bits per sample (5) and total samples (36, the low ones).
     """
-    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", str(seconds), "-c:a", "flac",
-           "-sample_fmt", "s16", str(out))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=16000:cl=mono",
+        "-t",
+        str(seconds),
+        "-c:a",
+        "flac",
+        "-sample_fmt",
+        "s16",
+        str(out),
+    )
     data = bytearray(out.read_bytes())
     assert data[:4] == b"fLaC" and data[4] & 0x7F == 0, "STREAMINFO comes first"
     packed = int.from_bytes(data[18:26], "big")
@@ -48,11 +59,13 @@ def fake_ffmpeg(folder: Path, *, then: str = "exec sleep 30") -> Path:
     """An ``ffmpeg`` on PATH that writes 10 s of output to its last argument, notes its pid, then ``then``."""
     folder.mkdir(exist_ok=True)
     script = folder / "ffmpeg"
-    script.write_text("#!/bin/sh\n"
-                      'for out; do :; done\n'  # the last argument: the output file
-                      'head -c 320000 /dev/zero > "$out"\n'
-                      f'echo $$ > "{folder}/pid"\n'
-                      f"{then}\n")
+    script.write_text(
+        "#!/bin/sh\n"
+        "for out; do :; done\n"  # the last argument: the output file
+        'head -c 320000 /dev/zero > "$out"\n'
+        f'echo $$ > "{folder}/pid"\n'
+        f"{then}\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return folder
 
@@ -103,11 +116,13 @@ def test_audio_as_long_as_the_limit_still_decodes(tmp_path):
     assert seconds == pytest.approx(LIMIT, abs=0.05)
 
 
-def test_a_lying_upload_is_accepted_then_fails_its_job_without_filling_cache_or_memory(app, client, admin_headers,
-                                                                                      stub_engine, drain, uploaded_job):
+def test_a_lying_upload_is_accepted_then_fails_its_job_without_filling_cache_or_memory(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     app.config["MAX_MEDIA_SECONDS"] = LIMIT
-    created = uploaded_job(client, admin_headers, lying_flac(Path(app.config["DATA_DIR"]).parent / "lying.flac"),
-                           model="tiny.en")
+    created = uploaded_job(
+        client, admin_headers, lying_flac(Path(app.config["DATA_DIR"]).parent / "lying.flac"), model="tiny.en"
+    )
     tracemalloc.start()
     try:
         drain()
@@ -145,7 +160,7 @@ def test_load_pcm_reads_slices_as_float32_without_reading_the_file_whole(tmp_pat
     assert piece.dtype == np.float32 and piece.flags.c_contiguous
     np.testing.assert_array_equal(piece, raw[16000:48000].astype(np.float32) / 32768.0)
     np.testing.assert_array_equal(np.asarray(pcm), raw.astype(np.float32) / 32768.0)  # whole, when asked for
-    assert pcm[len(pcm):].size == 0
+    assert pcm[len(pcm) :].size == 0
 
 
 def test_whisper_cpp_reads_hours_of_audio_a_piece_at_a_time(tmp_path, monkeypatch):
@@ -194,8 +209,9 @@ def test_ctranslate2_gets_long_audio_in_blocks_cut_at_pauses(tmp_path, monkeypat
         assert samples.dtype == np.float32 and np.abs(samples).max() <= 1.0
         blocks.append(len(samples))
         seconds = len(samples) / audio.SAMPLE_RATE
-        segment = SimpleNamespace(start=1.0, end=seconds - 1.0, text=" block", compression_ratio=1.0,
-                                  avg_logprob=-0.1, words=None)
+        segment = SimpleNamespace(
+            start=1.0, end=seconds - 1.0, text=" block", compression_ratio=1.0, avg_logprob=-0.1, words=None
+        )
         return (s for s in [segment]), SimpleNamespace(language="en")
 
     monkeypatch.setattr(loaded._batched, "transcribe", batched)
@@ -222,8 +238,13 @@ def test_a_cancel_stops_ffmpeg_at_once_and_removes_its_partial_output(tmp_path, 
     started = time.monotonic()
     seen: list[float] = []
     with pytest.raises(engine.Aborted):
-        audio.decode_to_file(AUDIO / "jfk.flac", out, max_seconds=LIMIT, on_progress=seen.append,
-                             should_abort=lambda: time.monotonic() - started > 0.5)
+        audio.decode_to_file(
+            AUDIO / "jfk.flac",
+            out,
+            max_seconds=LIMIT,
+            on_progress=seen.append,
+            should_abort=lambda: time.monotonic() - started > 0.5,
+        )
     assert time.monotonic() - started < 2.0
     assert gone(fake / "pid")
     assert seen and seen[-1] == pytest.approx(10.0)  # progress came from the output written so far
@@ -238,8 +259,9 @@ def test_ffmpeg_that_fails_leaves_no_partial_output(tmp_path, monkeypatch):
     assert not out.with_name("audio.s16.part").exists() and not out.exists()
 
 
-def test_ffmpeg_timeout_fails_the_job_and_removes_the_partial_output(app, client, admin_headers, stub_engine,
-                                                                    drain, tmp_path, monkeypatch, uploaded_job):
+def test_ffmpeg_timeout_fails_the_job_and_removes_the_partial_output(
+    app, client, admin_headers, stub_engine, drain, tmp_path, monkeypatch, uploaded_job
+):
     created = uploaded_job(client, admin_headers, "jfk.flac", model="tiny.en")
     app.config["FFMPEG_TIMEOUT_SECONDS"] = 1  # after the upload: its probe has a timeout of its own
     fake = fake_ffmpeg(tmp_path / "bin")
@@ -254,8 +276,9 @@ def test_ffmpeg_timeout_fails_the_job_and_removes_the_partial_output(app, client
     assert not any(name.endswith(".part") for name, _ in leftovers(cache)), leftovers(cache)
 
 
-def test_cancelling_a_job_while_it_decodes_stops_ffmpeg_within_a_second(app, client, admin_headers, stub_engine,
-                                                                      drain, tmp_path, monkeypatch, uploaded_job):
+def test_cancelling_a_job_while_it_decodes_stops_ffmpeg_within_a_second(
+    app, client, admin_headers, stub_engine, drain, tmp_path, monkeypatch, uploaded_job
+):
     created = uploaded_job(client, admin_headers, "jfk.flac", model="tiny.en")
     fake = fake_ffmpeg(tmp_path / "bin")
     use_fake_ffmpeg(monkeypatch, fake)
@@ -297,10 +320,12 @@ def test_an_audio_cleanup_job_on_a_lying_file_stops_at_the_limit(app, client, ad
     app.config["MAX_MEDIA_SECONDS"] = LIMIT
     path = lying_flac(Path(app.config["DATA_DIR"]).parent / "lying.flac")
     with open(path, "rb") as f:
-        file_id = client.post("/api/upload", headers=admin_headers,
-                              data={"file": (f, "lying.flac")}).get_json()["file_id"]
-    job_id = client.post("/api/process", headers=admin_headers,
-                         json={"file_id": file_id, "noise_reduction": True}).get_json()["job_id"]
+        file_id = client.post("/api/upload", headers=admin_headers, data={"file": (f, "lying.flac")}).get_json()[
+            "file_id"
+        ]
+    job_id = client.post(
+        "/api/process", headers=admin_headers, json={"file_id": file_id, "noise_reduction": True}
+    ).get_json()["job_id"]
     drain()
     job = client.get(f"/api/jobs/{job_id}", headers=admin_headers).get_json()
     assert job["status"] == "failed" and "MEDIA_TOO_LONG" in job["error"], job

@@ -10,9 +10,11 @@ def scrape(client, path: str = "/metrics/") -> dict[tuple[str, frozenset], float
     response = client.get(path)
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain") and "version=" in response.content_type
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.get_data(as_text=True))
-            for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for sample in family.samples
+    }
 
 
 def value(samples, name: str, **labels: str) -> float:
@@ -26,8 +28,16 @@ def test_metrics_are_served_in_the_prometheus_text_format(client):
     text = client.get("/metrics/").get_data(as_text=True)
     assert "# HELP whisper_http_requests_total Total number of HTTP requests processed" in text
     assert "# TYPE whisper_http_requests_total counter" in text
-    assert value(scrape(client, "/metrics"), "whisper_http_requests_total", method="GET", endpoint="/health",
-                 status_code="200") >= 1
+    assert (
+        value(
+            scrape(client, "/metrics"),
+            "whisper_http_requests_total",
+            method="GET",
+            endpoint="/health",
+            status_code="200",
+        )
+        >= 1
+    )
 
 
 def test_requests_are_counted_by_route_template_not_raw_path(client, admin_headers):
@@ -38,11 +48,14 @@ def test_requests_are_counted_by_route_template_not_raw_path(client, admin_heade
     client.get("/no/such/path/4711")
     after = scrape(client)
     labels = {"method": "GET", "endpoint": "/api/jobs/<job_id>", "status_code": "404"}
-    assert value(after, "whisper_http_requests_total", **labels) - value(before, "whisper_http_requests_total",
-                                                                          **labels) == 2
+    assert (
+        value(after, "whisper_http_requests_total", **labels) - value(before, "whisper_http_requests_total", **labels)
+        == 2
+    )
     unmatched = {"method": "GET", "endpoint": "unmatched", "status_code": "404"}
-    assert value(after, "whisper_http_requests_total", **unmatched) > value(before, "whisper_http_requests_total",
-                                                                            **unmatched)
+    assert value(after, "whisper_http_requests_total", **unmatched) > value(
+        before, "whisper_http_requests_total", **unmatched
+    )
     assert not any("made-up-id" in v or "4711" in v for _, labels in after for _, v in labels)
 
 
@@ -52,10 +65,13 @@ def test_request_durations_are_observed_in_a_histogram(client):
     client.get("/health")
     after = scrape(client)
     name = "whisper_http_request_duration_seconds_count"
-    assert value(after, name, method="GET", endpoint="/health") == value(before, name, method="GET",
-                                                                          endpoint="/health") + 1
-    assert value(after, "whisper_http_request_duration_seconds_bucket", method="GET", endpoint="/health",
-                 le="+Inf") >= 1
+    assert (
+        value(after, name, method="GET", endpoint="/health")
+        == value(before, name, method="GET", endpoint="/health") + 1
+    )
+    assert (
+        value(after, "whisper_http_request_duration_seconds_bucket", method="GET", endpoint="/health", le="+Inf") >= 1
+    )
 
 
 def test_made_up_methods_share_one_label(client):
@@ -66,8 +82,9 @@ def test_made_up_methods_share_one_label(client):
     assert not any(dict(labels).get("method") == "BREW" for _, labels in samples)
 
 
-def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(client, admin_headers, stub_engine, drain,
-                                                                      uploaded_job):
+def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(
+    client, admin_headers, stub_engine, drain, uploaded_job
+):
     """Read from the database at scrape time, so they describe this app's jobs."""
     for _ in range(2):
         uploaded_job(client, admin_headers)
@@ -79,13 +96,17 @@ def test_jobs_by_status_queue_depth_audio_seconds_and_realtime_factor(client, ad
     assert value(samples, "whisper_jobs", status="completed") == 2 and value(samples, "whisper_queue_depth") == 0
     assert 21 < value(samples, "whisper_audio_seconds_transcribed_total") < 23  # jfk.flac is 11 s
     assert value(samples, "whisper_realtime_factor_count") == 2 and value(samples, "whisper_realtime_factor_sum") > 0
-    buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
-                     if name == "whisper_realtime_factor_bucket")
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (name, labels), v in samples.items()
+        if name == "whisper_realtime_factor_bucket"
+    )
     assert buckets[-1] == (float("inf"), 2) and [v for _, v in buckets] == sorted(v for _, v in buckets)
 
 
-def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(client, admin_headers, stub_engine, drain,
-                                                                   uploaded_job):
+def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(
+    client, admin_headers, stub_engine, drain, uploaded_job
+):
     """Retention cleanup deletes jobs; Prometheus must not see the totals go down."""
     ids = [uploaded_job(client, admin_headers)["job_id"] for _ in range(2)]
     drain()
@@ -93,14 +114,19 @@ def test_completed_work_counters_do_not_drop_when_jobs_are_deleted(client, admin
     for job_id in ids:
         assert client.delete(f"/api/jobs/{job_id}", headers=admin_headers).status_code == 200
     after = scrape(client)
-    for name in ("whisper_jobs_completed_total", "whisper_audio_seconds_transcribed_total",
-                 "whisper_realtime_factor_count", "whisper_realtime_factor_sum"):
+    for name in (
+        "whisper_jobs_completed_total",
+        "whisper_audio_seconds_transcribed_total",
+        "whisper_realtime_factor_count",
+        "whisper_realtime_factor_sum",
+    ):
         assert value(after, name) == value(before, name) > 0, name
     assert value(after, "whisper_jobs_completed_total") == 2
 
 
-def test_totals_start_from_the_jobs_on_record_and_count_each_completion_once(app, client, admin_headers,
-                                                                              stub_engine, drain, uploaded_job):
+def test_totals_start_from_the_jobs_on_record_and_count_each_completion_once(
+    app, client, admin_headers, stub_engine, drain, uploaded_job
+):
     """A database from before the totals existed: the first read counts its completed jobs."""
     from app.models import Setting
     from app.services import totals

@@ -32,13 +32,17 @@ def test_environment_map_is_parsed_once_into_a_dict(monkeypatch, tmp_path):
 
     monkeypatch.setenv("WT_MODEL_ALIASES", " medium=base, small = base,,large-v3=base ")
     assert load_settings({"DATA_DIR": str(tmp_path)})["MODEL_ALIASES"] == {
-        "medium": "base", "small": "base", "large-v3": "base"}
+        "medium": "base",
+        "small": "base",
+        "large-v3": "base",
+    }
     monkeypatch.delenv("WT_MODEL_ALIASES")
     assert load_settings({"DATA_DIR": str(tmp_path)})["MODEL_ALIASES"] == {}
 
 
-@pytest.mark.parametrize("value", ["medium", "medium=base=tiny", "=base", "medium=", "../x=base",
-                                   "medium=base,medium=tiny.en"])
+@pytest.mark.parametrize(
+    "value", ["medium", "medium=base=tiny", "=base", "medium=", "../x=base", "medium=base,medium=tiny.en"]
+)
 def test_malformed_environment_map_stops_the_start(monkeypatch, tmp_path, value):
     """A typo in WT_MODEL_ALIASES is a clear error at start, never a silently missing alias."""
     from app.settings import load_settings
@@ -98,8 +102,9 @@ def test_library_jobs_record_the_requested_model_too(app):
     assert (job.model, job.requested_model) == ("tiny.en", "medium")
 
 
-def test_openai_whisper_1_still_means_the_default_model_and_aliases_apply(app, client, admin_headers, stub_engine,
-                                                                          background_worker):
+def test_openai_whisper_1_still_means_the_default_model_and_aliases_apply(
+    app, client, admin_headers, stub_engine, background_worker
+):
     """whisper-1 keeps its meaning; an aliased name sent through /v1 resolves like anywhere else."""
     app.config["MODEL_ALIASES"] = {"medium": "base"}
     openai = "/v1/audio/transcriptions"
@@ -112,6 +117,7 @@ def test_openai_whisper_1_still_means_the_default_model_and_aliases_apply(app, c
 def test_requested_model_column_is_added_to_an_older_database(app):
     """A database from before the column gets it on open; existing jobs read null."""
     from app import models
+    from app.db import open_database
 
     path = Path(app.config["DATA_DIR"]) / "whisper.db"
     with app.app_context():
@@ -120,7 +126,7 @@ def test_requested_model_column_is_added_to_an_older_database(app):
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE job DROP COLUMN requested_model")
         assert "requested_model" not in {row[1] for row in conn.execute("PRAGMA table_info(job)")}
-    models.open_database(path)
+    open_database(path)
     with sqlite3.connect(path) as conn:
         assert "requested_model" in {row[1] for row in conn.execute("PRAGMA table_info(job)")}
     assert Job.get_by_id("old").requested_model is None
@@ -171,8 +177,19 @@ def test_alias_to_a_model_that_is_not_installed_is_400_on_save(app, client, admi
     assert Setting.read("model_aliases") is None
 
 
-@pytest.mark.parametrize("value", [["medium=base"], 3, {"medium": 1}, "medium", "medium=base=x", {"m/x": "base"},
-                                   {"base": "base"}, {"medium": "small", "small": "base"}])
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["medium=base"],
+        3,
+        {"medium": 1},
+        "medium",
+        "medium=base=x",
+        {"m/x": "base"},
+        {"base": "base"},
+        {"medium": "small", "small": "base"},
+    ],
+)
 def test_malformed_admin_maps_are_422(app, client, admin_headers, value):
     """Wrong types, bad syntax, self-aliases and chains: 422, nothing saved."""
     assert_error(set_aliases(client, admin_headers, value), 422, "INVALID_FIELD")
@@ -195,8 +212,14 @@ def test_an_unchanged_entry_whose_model_was_removed_can_be_posted_back(app, clie
     assert set_aliases(client, admin_headers, {"medium": "base"}).status_code == 200
     (models / "ggml-base.bin").unlink()
     body = client.get("/admin/settings", headers=admin_headers).get_json()
-    assert client.post("/admin/settings", headers=admin_headers,
-                       json={**body, "model_aliases": {**body["model_aliases"], "small": "tiny.en"}}).status_code == 200
+    assert (
+        client.post(
+            "/admin/settings",
+            headers=admin_headers,
+            json={**body, "model_aliases": {**body["model_aliases"], "small": "tiny.en"}},
+        ).status_code
+        == 200
+    )
     assert_error(set_aliases(client, admin_headers, {"medium": "base", "large": "base"}), 400, "MODEL_NOT_INSTALLED")
 
 

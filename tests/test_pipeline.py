@@ -88,8 +88,9 @@ def test_cancelled_job_never_completes_with_partial_text(client, admin_headers, 
     assert "transcript" not in body and body["transcript_preview"] is None
 
 
-def test_reconcile_requeues_job_of_dead_worker_and_fails_after_three_attempts(app, client, admin_headers,
-                                                                             stub_engine, uploaded_job):
+def test_reconcile_requeues_job_of_dead_worker_and_fails_after_three_attempts(
+    app, client, admin_headers, stub_engine, uploaded_job
+):
     """A job left in processing by a dead worker goes back to the queue; the third death fails it."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     pipeline.configure(dict(app.config))

@@ -29,8 +29,12 @@ class Clock:
 def never_grows_while_rising(samples: list[tuple[float, float | None]]) -> bool:
     """True when every later sample with a higher percent shows no more time left than an earlier one."""
     known = [(p, eta) for p, eta in samples if eta is not None]
-    return all(later[1] <= earlier[1] + 1e-9 for i, earlier in enumerate(known) for later in known[i + 1:]
-               if later[0] > earlier[0])
+    return all(
+        later[1] <= earlier[1] + 1e-9
+        for i, earlier in enumerate(known)
+        for later in known[i + 1 :]
+        if later[0] > earlier[0]
+    )
 
 
 # ------------------------------------------------------------------ the transcription's percent
@@ -161,10 +165,23 @@ def test_time_left_never_grows_between_any_two_readings_with_rising_percent():
         assert never_grows_while_rising(samples)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (None, None), (0, "0s"), (0.4, "0s"), (45, "45s"), (59.4, "59s"), (59.6, "1m 0s"), (90, "1m 30s"),
-    (3599.4, "59m 59s"), (3600, "1h 0m"), (3720, "1h 2m"), (3719, "1h 2m"), (36000, "10h 0m"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, None),
+        (0, "0s"),
+        (0.4, "0s"),
+        (45, "45s"),
+        (59.4, "59s"),
+        (59.6, "1m 0s"),
+        (90, "1m 30s"),
+        (3599.4, "59m 59s"),
+        (3600, "1h 0m"),
+        (3720, "1h 2m"),
+        (3719, "1h 2m"),
+        (36000, "10h 0m"),
+    ],
+)
 def test_time_left_reads_like_people_write_it(seconds, text):
     assert duration_text(seconds) == text
 
@@ -180,6 +197,7 @@ class PacedEngine(StubEngine):
 
     def transcribe(self, audio, *, on_segment=None, **kwargs):
         """The stub's segments and percents, spread over (fake) time."""
+
         def paced(segment: engine.EngineSegment) -> None:
             PacedEngine.clock.now += 0.5
             on_segment(segment)
@@ -206,8 +224,9 @@ def paced(stub_engine, monkeypatch):
     return writes
 
 
-def test_percent_rises_through_transcription_and_time_left_never_grows(client, admin_headers, drain, paced,
-                                                                       uploaded_job):
+def test_percent_rises_through_transcription_and_time_left_never_grows(
+    client, admin_headers, drain, paced, uploaded_job
+):
     uploaded_job(client, admin_headers)
     drain()
     transcribing = [percent for stage, percent, _ in paced if stage == "transcribing"]
@@ -217,12 +236,16 @@ def test_percent_rises_through_transcription_and_time_left_never_grows(client, a
     assert never_grows_while_rising([(percent, eta) for _, percent, eta in paced])
 
 
-def test_progress_route_shows_time_left_and_segment_counts_while_running_and_after(client, admin_headers, drain,
-                                                                                  paced, uploaded_job):
+def test_progress_route_shows_time_left_and_segment_counts_while_running_and_after(
+    client, admin_headers, drain, paced, uploaded_job
+):
     job_id = uploaded_job(client, admin_headers)["job_id"]
     queued = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
-    assert (queued["estimated_time_remaining"], queued["estimated_time_remaining_text"],
-            queued["total_segments"]) == (None, None, None)
+    assert (queued["estimated_time_remaining"], queued["estimated_time_remaining_text"], queued["total_segments"]) == (
+        None,
+        None,
+        None,
+    )
     running: list[dict] = []
 
     def probe(segment: engine.EngineSegment) -> None:
@@ -238,8 +261,11 @@ def test_progress_route_shows_time_left_and_segment_counts_while_running_and_aft
     assert 0 < body["current_segment"] <= body["total_segments"]
     assert body["total_segments"] == 11  # the stub makes one segment per second: the estimate is right
     done = client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()
-    assert (done["status"], done["estimated_time_remaining"], done["estimated_time_remaining_text"]) == \
-        ("completed", 0, "0s")
+    assert (done["status"], done["estimated_time_remaining"], done["estimated_time_remaining_text"]) == (
+        "completed",
+        0,
+        "0s",
+    )
     assert done["current_segment"] == done["total_segments"] == 11
 
 
@@ -251,15 +277,19 @@ def test_a_retry_starts_with_fresh_counts(app, client, admin_headers, drain, pac
     with app.app_context():
         Job.update(segments_done=7, total_segments=9, eta_seconds=42.0).where(Job.id == job_id).execute()
     seen = []
-    PacedEngine.probe = lambda segment: seen.append(
-        client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json()) if segment.end == 1.0 else None
+    PacedEngine.probe = lambda segment: (
+        seen.append(client.get(f"/api/progress/{job_id}", headers=admin_headers).get_json())
+        if segment.end == 1.0
+        else None
+    )
     drain()
     assert seen[0]["current_segment"] <= 1 and seen[0]["total_segments"] in (None, 11)
     assert seen[0]["estimated_time_remaining"] != 42.0
 
 
-def test_total_segments_of_a_job_completed_before_counts_were_kept_is_counted(app, client, admin_headers, drain,
-                                                                             stub_engine, uploaded_job):
+def test_total_segments_of_a_job_completed_before_counts_were_kept_is_counted(
+    app, client, admin_headers, drain, stub_engine, uploaded_job
+):
     from app.models import Job
 
     job_id = uploaded_job(client, admin_headers)["job_id"]
@@ -289,8 +319,10 @@ def test_live_progress_rises_smoothly_and_time_left_never_grows(live_server, tmp
     running = [s for s in samples if s["status"] == "processing"]
     assert len({s["progress"] for s in running if 0 < s["progress"] < 100}) >= 4, [s["progress"] for s in running]
     for earlier, later in zip(running, running[1:], strict=False):
-        if later["progress"] > earlier["progress"] and None not in (earlier["estimated_time_remaining"],
-                                                                     later["estimated_time_remaining"]):
+        if later["progress"] > earlier["progress"] and None not in (
+            earlier["estimated_time_remaining"],
+            later["estimated_time_remaining"],
+        ):
             assert later["estimated_time_remaining"] <= earlier["estimated_time_remaining"], (earlier, later)
     timed = [s for s in running if s["estimated_time_remaining"] is not None]
     assert timed and all(s["estimated_time_remaining_text"] for s in timed)

@@ -20,8 +20,16 @@ def make_app(tmp_path):
     from app import create_app
 
     def make(**config):
-        return create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "data"), "MODELS_DIR": str(MODELS_DIR),
-                           "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_STORAGE_URI": "memory://", **config})
+        return create_app(
+            {
+                "TESTING": True,
+                "DATA_DIR": str(tmp_path / "data"),
+                "MODELS_DIR": str(MODELS_DIR),
+                "ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "RATELIMIT_STORAGE_URI": "memory://",
+                **config,
+            }
+        )
 
     return make
 
@@ -47,8 +55,7 @@ def assert_429(response, limit: int) -> dict:
 
 def login(http, username: str, password: str, ip: str = "127.0.0.1"):
     """POST /auth/login from a given client address."""
-    return http.post("/auth/login", json={"username": username, "password": password},
-                     environ_base={"REMOTE_ADDR": ip})
+    return http.post("/auth/login", json={"username": username, "password": password}, environ_base={"REMOTE_ADDR": ip})
 
 
 def test_anonymous_limit_is_per_address_and_answers_429_with_headers(app, http):
@@ -82,8 +89,11 @@ def test_user_limit_is_per_user_across_their_tokens(app, http, user_headers):
 
 
 def _key(http, admin_headers, **rate_limit) -> dict[str, str]:
-    response = http.post("/api/api-keys/", headers=admin_headers,
-                         json={"name": "k", "permissions": ["jobs:read"], "rate_limit": rate_limit})
+    response = http.post(
+        "/api/api-keys/",
+        headers=admin_headers,
+        json={"name": "k", "permissions": ["jobs:read"], "rate_limit": rate_limit},
+    )
     assert response.status_code == 201
     return {"X-API-Key": response.get_json()["api_key"]}
 
@@ -139,8 +149,12 @@ def test_upload_chunks_count_against_their_own_limit_not_the_user_limit(app, htt
 def test_websocket_token_in_the_query_counts_against_its_user(http, user_headers):
     """Browsers put the token in ?token= on WebSocket handshakes; the handshake counts as that user."""
     token = user_headers("socket-user")["Authorization"].removeprefix("Bearer ")
-    handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     response = http.get(f"/ws/logs/system?token={token}", headers=handshake)
     assert response.status_code == 403 and response.headers["X-RateLimit-Limit"] == "300"  # the user's limit
     response = http.get(f"/auth/me?token={token}")  # not a handshake: tokens in URLs are for WebSockets only
@@ -204,7 +218,9 @@ def test_refusals_are_logged_once_per_address_and_limit_per_minute_with_a_count(
         return [entry for entry in map(json.loads, log.read_text().splitlines()) if "ratelimit" in entry["message"]]
 
     assert [(entry["remote_addr"], "exceeded at endpoint" in entry["message"]) for entry in lines()] == [
-        ("10.0.0.1", True), ("10.0.0.2", True)]
+        ("10.0.0.1", True),
+        ("10.0.0.2", True),
+    ]
     now[0] += 61  # the minute is over: the next request, refused or not, writes the counts
     assert http.get("/health").status_code == 200
     summaries = [(entry["remote_addr"], entry["suppressed"]) for entry in lines()[2:]]
@@ -245,7 +261,7 @@ def test_failed_login_limit_ignores_username_case(app, http):
 
 
 def test_failed_login_limit_may_have_several_windows(app, http):
-    """"5 per minute;2 per hour": the hourly budget ends first and says so in the headers."""
+    """ "5 per minute;2 per hour": the hourly budget ends first and says so in the headers."""
     app.config["RATELIMIT_LOGIN_FAILURES"] = "5 per minute;2 per hour"
     assert [login(http, "admin", "wrong-password").status_code for _ in range(2)] == [401, 401]
     response = login(http, "admin", ADMIN_PASSWORD)
@@ -272,8 +288,9 @@ def test_x_forwarded_for_is_the_client_behind_a_trusted_proxy(make_app):
         assert http.get("/auth/me", headers={"X-Forwarded-For": ip}).status_code == 401
     assert http.get("/auth/me", headers={"X-Forwarded-For": "203.0.113.1"}).status_code == 429
     assert http.get("/auth/me", headers={"X-Forwarded-For": "203.0.113.2"}).status_code == 401
-    http.post("/auth/login", json={"username": "admin", "password": "nope-nope"},
-              headers={"X-Forwarded-For": "198.51.100.7"})
+    http.post(
+        "/auth/login", json={"username": "admin", "password": "nope-nope"}, headers={"X-Forwarded-For": "198.51.100.7"}
+    )
     from app.models import AuditLog
 
     with app.app_context():
@@ -304,8 +321,9 @@ def test_fixture_apps_start_with_empty_counters(app, http):
     assert http.get("/auth/me").headers["X-RateLimit-Remaining"] == "59"
 
 
-@pytest.mark.parametrize("name", ["RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_CHUNKS",
-                                  "RATELIMIT_LOGIN_FAILURES"])
+@pytest.mark.parametrize(
+    "name", ["RATELIMIT_ANON", "RATELIMIT_USER", "RATELIMIT_ADMIN", "RATELIMIT_CHUNKS", "RATELIMIT_LOGIN_FAILURES"]
+)
 def test_unparseable_limit_refuses_to_start(make_app, name):
     """A typo in a limit fails at start, not on the first request."""
     with pytest.raises(RuntimeError, match=name):

@@ -34,11 +34,17 @@ def fuzz_app(tmp_path):
     """The app as served: errors rendered by the handler, not raised; no rate limits."""
     from app import create_app
 
-    return create_app({
-        "TESTING": False, "DATA_DIR": str(tmp_path / "data"), "MODELS_DIR": str(MODELS_DIR),
-        "ADMIN_PASSWORD": ADMIN_PASSWORD, "RATELIMIT_ENABLED": False, "RATELIMIT_STORAGE_URI": "memory://",
-        "ENABLE_SERVER_CONTROL": False,
-    })
+    return create_app(
+        {
+            "TESTING": False,
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(MODELS_DIR),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RATELIMIT_ENABLED": False,
+            "RATELIMIT_STORAGE_URI": "memory://",
+            "ENABLE_SERVER_CONTROL": False,
+        }
+    )
 
 
 def credentials(client) -> tuple[dict[str, str], dict[str, str]]:
@@ -55,8 +61,14 @@ def credentials(client) -> tuple[dict[str, str], dict[str, str]]:
     return headers, {"user_id": str(me["id"]), "key_id": key["key_id"]}
 
 
-def explore(operation: Any, mode: GenerationMode, headers: dict[str, str], spared: dict[str, str],
-            failures: list[str], counts: dict[int, int]) -> None:
+def explore(
+    operation: Any,
+    mode: GenerationMode,
+    headers: dict[str, str],
+    spared: dict[str, str],
+    failures: list[str],
+    counts: dict[int, int],
+) -> None:
     """Send EXAMPLES generated requests to one operation; note every 5xx."""
     try:
         strategy = operation.as_strategy(generation_mode=mode, headers=headers)
@@ -64,8 +76,13 @@ def explore(operation: Any, mode: GenerationMode, headers: dict[str, str], spare
         failures.append(f"{operation.label} [{mode.value}]: no strategy ({exc})")
         return
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def run(case: Any) -> None:
         for name, value in spared.items():  # the fuzzing admin must not delete itself or its own key
@@ -73,8 +90,10 @@ def explore(operation: Any, mode: GenerationMode, headers: dict[str, str], spare
         response = case.call()
         counts[response.status_code // 100] = counts.get(response.status_code // 100, 0) + 1
         if response.status_code >= 500:
-            failures.append(f"{operation.label} [{mode.value}] {response.status_code}: "
-                            f"{case.as_curl_command()}\n    {response.text[:300]}")
+            failures.append(
+                f"{operation.label} [{mode.value}] {response.status_code}: "
+                f"{case.as_curl_command()}\n    {response.text[:300]}"
+            )
 
     with contextlib.suppress(Unsatisfiable):  # nothing invalid can be generated for an operation without inputs
         run()

@@ -18,8 +18,12 @@ def completed_job(app, client, headers, texts: list[str], **fields) -> str:
 
     job_id = post_clip(client, headers).get_json()["job_id"]
     with app.app_context():
-        Segment.insert_many([{"job": job_id, "idx": i, "start": 2.0 * i, "end": 2.0 * i + 2, "text": text,
-                              "confidence": 0.9} for i, text in enumerate(texts)]).execute()
+        Segment.insert_many(
+            [
+                {"job": job_id, "idx": i, "start": 2.0 * i, "end": 2.0 * i + 2, "text": text, "confidence": 0.9}
+                for i, text in enumerate(texts)
+            ]
+        ).execute()
         done = {"status": "completed", "stage": "completed", "detected_language": "en", "text": " ".join(texts)}
         Job.update(**{**done, **fields}).where(Job.id == job_id).execute()
     return job_id
@@ -39,9 +43,12 @@ def found(client, headers, query, **body) -> list[str]:
 
 def test_search_returns_jobs_with_matching_segments_snippets_and_timestamps(app, client, admin_headers):
     """The full API's result shape: relevance, matches with text, timestamp and confidence, total and query_time."""
-    lecture = completed_job(app, client, admin_headers, ["Welcome to the lecture.",
-                                                         "Today we discuss machine learning algorithms.",
-                                                         "Machine learning is fun."])
+    lecture = completed_job(
+        app,
+        client,
+        admin_headers,
+        ["Welcome to the lecture.", "Today we discuss machine learning algorithms.", "Machine learning is fun."],
+    )
     completed_job(app, client, admin_headers, ["Cooking pasta at home."])
     body = search(client, admin_headers, "machine learning").get_json()
     assert body["total"] == 1 and re.fullmatch(r"\d+\.\d{3}s", body["query_time"])
@@ -54,8 +61,15 @@ def test_search_returns_jobs_with_matching_segments_snippets_and_timestamps(app,
 
 def test_better_matches_rank_first_with_scores_in_0_to_1(app, client, admin_headers):
     """bm25 decides the order; the best job scores 1.0 and every score is above 0."""
-    weak = completed_job(app, client, admin_headers, ["A long sentence that mentions a transcriber only once "
-                                                      "among many other words about unrelated things entirely."])
+    weak = completed_job(
+        app,
+        client,
+        admin_headers,
+        [
+            "A long sentence that mentions a transcriber only once "
+            "among many other words about unrelated things entirely."
+        ],
+    )
     strong = completed_job(app, client, admin_headers, ["Transcriber, transcriber, transcriber."])
     results = search(client, admin_headers, "transcriber").get_json()["results"]
     assert [r["job_id"] for r in results] == [strong, weak]
@@ -63,7 +77,7 @@ def test_better_matches_rank_first_with_scores_in_0_to_1(app, client, admin_head
 
 
 def test_words_are_stemmed_and_phrases_and_prefixes_work(app, client, admin_headers):
-    """"learn" finds "learning"; a quoted phrase needs its words together; "algo*" is a prefix."""
+    """ "learn" finds "learning"; a quoted phrase needs its words together; "algo*" is a prefix."""
     together = completed_job(app, client, admin_headers, ["We like machine learning."])
     apart = completed_job(app, client, admin_headers, ["The machine is learning slowly, with algorithms."])
     assert set(found(client, admin_headers, "learn")) == {together, apart}
@@ -85,8 +99,15 @@ def test_filters_by_date_range_models_and_languages(app, client, admin_headers):
     """Each filter narrows the results; a bare end date includes that day."""
     old = completed_job(app, client, admin_headers, ["budget meeting"], created_at=datetime(2025, 10, 1, 9))
     late = completed_job(app, client, admin_headers, ["budget meeting"], created_at=datetime(2025, 10, 23, 23, 59))
-    german = completed_job(app, client, admin_headers, ["budget meeting"], model="base", detected_language="de",
-                           created_at=datetime(2025, 11, 5))
+    german = completed_job(
+        app,
+        client,
+        admin_headers,
+        ["budget meeting"],
+        model="base",
+        detected_language="de",
+        created_at=datetime(2025, 11, 5),
+    )
     in_october = {"date_range": {"start": "2025-10-01", "end": "2025-10-23"}}
     assert set(found(client, admin_headers, "budget", filters=in_october)) == {old, late}
     after = {"date_range": {"start": "2025-10-02T00:00:00Z"}}
@@ -119,19 +140,34 @@ def test_segments_written_before_the_index_existed_are_indexed(app, client, admi
     from pathlib import Path
 
     from app import models
+    from app.db import open_database
 
     with app.app_context():
         for name in ("segment_fts_ai", "segment_fts_ad", "segment_fts_au"):
             models.db.execute_sql(f"DROP TRIGGER {name}")
         models.db.execute_sql("DROP TABLE segment_fts")
     job_id = completed_job(app, client, admin_headers, ["words from before the upgrade"])
-    models.open_database(Path(app.config["DATA_DIR"]) / "whisper.db")
+    open_database(Path(app.config["DATA_DIR"]) / "whisper.db")
     assert found(client, admin_headers, "upgrade") == [job_id]
 
 
-@pytest.mark.parametrize("query", ['NEAR(machine learning)', '"unbalanced quote', "machine OR", "AND machine",
-                                   "text:machine", "^machine", "machine -learning", "(((machine", "machine*learn",
-                                   "{machine learning}", "machine + learning", "l'apprentissage"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "NEAR(machine learning)",
+        '"unbalanced quote',
+        "machine OR",
+        "AND machine",
+        "text:machine",
+        "^machine",
+        "machine -learning",
+        "(((machine",
+        "machine*learn",
+        "{machine learning}",
+        "machine + learning",
+        "l'apprentissage",
+    ],
+)
 def test_search_syntax_in_the_query_is_taken_as_words(app, client, admin_headers, query):
     """FTS5 operators from users are never interpreted, so they can never cause a 500."""
     completed_job(app, client, admin_headers, ["machine learning"])
@@ -144,21 +180,24 @@ def test_query_without_words_is_400(client, admin_headers, query):
     assert_error(search(client, admin_headers, query), 400, "INVALID_QUERY")
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({}, "MISSING_FIELD"),
-    ({"query": 5}, "INVALID_FIELD"),
-    ({"query": "x" * 501}, "INVALID_FIELD"),
-    ({"query": "a", "limit": 0}, "INVALID_FIELD"),
-    ({"query": "a", "limit": 101}, "INVALID_FIELD"),
-    ({"query": "a", "limit": "10"}, "INVALID_FIELD"),
-    ({"query": "a", "offset": -1}, "INVALID_FIELD"),
-    ({"query": "a", "filters": []}, "INVALID_FIELD"),
-    ({"query": "a", "filters": {"models": "base"}}, "INVALID_FIELD"),
-    ({"query": "a", "filters": {"languages": [1]}}, "INVALID_FIELD"),
-    ({"query": "a", "filters": {"date_range": "2025"}}, "INVALID_FIELD"),
-    ({"query": "a", "filters": {"date_range": {"start": "yesterday"}}}, "INVALID_FIELD"),
-    ({"query": "a", "filters": {"date_range": {"start": "2025-10-02", "end": "2025-10-01"}}}, "INVALID_FIELD"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({}, "MISSING_FIELD"),
+        ({"query": 5}, "INVALID_FIELD"),
+        ({"query": "x" * 501}, "INVALID_FIELD"),
+        ({"query": "a", "limit": 0}, "INVALID_FIELD"),
+        ({"query": "a", "limit": 101}, "INVALID_FIELD"),
+        ({"query": "a", "limit": "10"}, "INVALID_FIELD"),
+        ({"query": "a", "offset": -1}, "INVALID_FIELD"),
+        ({"query": "a", "filters": []}, "INVALID_FIELD"),
+        ({"query": "a", "filters": {"models": "base"}}, "INVALID_FIELD"),
+        ({"query": "a", "filters": {"languages": [1]}}, "INVALID_FIELD"),
+        ({"query": "a", "filters": {"date_range": "2025"}}, "INVALID_FIELD"),
+        ({"query": "a", "filters": {"date_range": {"start": "yesterday"}}}, "INVALID_FIELD"),
+        ({"query": "a", "filters": {"date_range": {"start": "2025-10-02", "end": "2025-10-01"}}}, "INVALID_FIELD"),
+    ],
+)
 def test_invalid_fields_are_422(client, admin_headers, body, code):
     """Each field is checked, with the standard error body."""
     assert_error(client.post(URL, headers=admin_headers, json=body), 422, code)

@@ -48,11 +48,12 @@ def test_audio_without_pauses_is_still_cut_within_the_window():
 def test_the_osr_clip_is_cut_between_two_of_its_sentences():
     samples = audio.decode(AUDIO / "OSR_us_000_0034_8k.flac")
     (first, second) = split_at_silences(samples)
-    cut = samples[first[1] - 1600:first[1] + 1600]  # 100 ms either side of the cut
+    cut = samples[first[1] - 1600 : first[1] + 1600]  # 100 ms either side of the cut
     assert float(np.sqrt(np.mean(cut**2))) < 0.1 * float(np.sqrt(np.mean(samples**2)))
 
 
-@pytest.mark.parametrize(("seconds", "ctx"), [(1.0, 256), (4.0, 256), (11.0, 640), (20.0, 1088), (29.0, 1500),
-                                              (29.6, 0), (35.0, 0)])
+@pytest.mark.parametrize(
+    ("seconds", "ctx"), [(1.0, 256), (4.0, 256), (11.0, 640), (20.0, 1088), (29.0, 1500), (29.6, 0), (35.0, 0)]
+)
 def test_audio_ctx_covers_the_piece_with_a_margin(seconds, ctx):
     assert audio_ctx_for(int(seconds * SAMPLE_RATE)) == ctx

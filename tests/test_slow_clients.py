@@ -112,9 +112,14 @@ def test_a_closing_connection_the_app_closes_under_the_loop_leaves_no_entry_for_
 def server(tmp_path_factory) -> Iterator[LiveServer]:
     """An appliance that closes idle clients after 3 s."""
     data_dir = tmp_path_factory.mktemp("slow") / "data"
-    with launch_appliance(data_dir, "slow-clients.log", WT_CLIENT_IDLE_SECONDS=str(IDLE),
-                          WT_RATELIMIT_ANON="100000 per minute", WT_RATELIMIT_USER="100000 per minute",
-                          WT_ENGINE_THREADS="1") as live:
+    with launch_appliance(
+        data_dir,
+        "slow-clients.log",
+        WT_CLIENT_IDLE_SECONDS=str(IDLE),
+        WT_RATELIMIT_ANON="100000 per minute",
+        WT_RATELIMIT_USER="100000 per minute",
+        WT_ENGINE_THREADS="1",
+    ) as live:
         yield live
 
 
@@ -132,8 +137,10 @@ def open_socket(server: LiveServer, data: bytes) -> socket.socket:
 
 def upload_head(server: LiveServer, length: int = 10_000_000) -> bytes:
     """Headers of a multipart job upload that promises ``length`` bytes of body."""
-    return (f"POST /api/jobs/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.token}\r\n"
-            f"Content-Type: multipart/form-data; boundary=zz\r\nContent-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /api/jobs/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.token}\r\n"
+        f"Content-Type: multipart/form-data; boundary=zz\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 FILE_PART = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
@@ -168,8 +175,7 @@ def timed_get(server: LiveServer, path: str, **kw) -> float:
 def test_200_slow_or_stalled_clients_neither_slow_others_down_nor_stay_open(server):
     """/health and a logged-in GET /api/jobs/ answer in under 1 s; every such socket is closed by the bound."""
     body = FILE_PART + b"\0" * 1000
-    sockets = [open_socket(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-               for _ in range(SLOW_HEADERS)]
+    sockets = [open_socket(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ") for _ in range(SLOW_HEADERS)]
     sockets += [open_socket(server, upload_head(server) + body) for _ in range(STALLED_BODIES)]
     # Past the loop's buffer: these reach upload threads, which the per-read bound frees.
     big = FILE_PART + b"\0" * (BUFFER_BYTES + 10_000)
@@ -215,7 +221,7 @@ def test_clients_that_pause_less_than_the_bound_still_upload(server):
     sock = open_socket(server, upload_head(server, len(body)))
     for start in range(0, len(body), 50_000):
         time.sleep(IDLE / 3)
-        sock.sendall(body[start:start + 50_000])
+        sock.sendall(body[start : start + 50_000])
     sock.settimeout(10)
     answer = sock.recv(65536)
     sock.close()
@@ -224,10 +230,14 @@ def test_clients_that_pause_less_than_the_bound_still_upload(server):
     def pieces() -> Iterator[bytes]:
         for start in range(0, len(body), 50_000):
             time.sleep(IDLE / 3)
-            yield body[start:start + 50_000]
+            yield body[start : start + 50_000]
 
-    response = requests.post(server.url + "/api/jobs", data=pieces(), timeout=30,  # chunked, and no 308
-                             headers={**server.headers(), "Content-Type": "multipart/form-data; boundary=zz"})
+    response = requests.post(
+        server.url + "/api/jobs",
+        data=pieces(),
+        timeout=30,  # chunked, and no 308
+        headers={**server.headers(), "Content-Type": "multipart/form-data; boundary=zz"},
+    )
     assert response.status_code == 201, response.text
 
 
@@ -239,22 +249,38 @@ def test_websockets_and_long_polls_outlive_the_idle_bound(server, tmp_path):
         time.sleep(IDLE + 1.5)
         assert ws.connected
         noise = Path(tmp_path) / "noise.wav"  # long enough to keep the worker busy past the bound
-        subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i",
-                        "anoisesrc=sample_rate=16000:amplitude=0.3", "-t", "120", str(noise)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-y",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "anoisesrc=sample_rate=16000:amplitude=0.3",
+                "-t",
+                "120",
+                str(noise),
+            ],
+            check=True,
+        )
         job_id = server.submit(noise)
         results: dict[str, float] = {}
 
         def poll() -> None:
             start = time.monotonic()
-            answer = requests.get(f"{server.url}/api/jobs/{job_id}?wait={int(IDLE) + 2}", headers=server.headers(),
-                                  timeout=30)
+            answer = requests.get(
+                f"{server.url}/api/jobs/{job_id}?wait={int(IDLE) + 2}", headers=server.headers(), timeout=30
+            )
             results[answer.json()["status"]] = time.monotonic() - start
 
         poller = threading.Thread(target=poll)
         poller.start()
         poller.join(timeout=30)
         server.post(f"/api/jobs/{job_id}/cancel")
-        (status, seconds), = results.items()
+        ((status, seconds),) = results.items()
         assert status in ("queued", "processing") and seconds > IDLE, results
         assert ws.connected  # still open after ~10 s of silence from this side
     finally:
@@ -303,8 +329,9 @@ def test_websockets_ending_as_new_clients_connect_neither_reset_them_nor_restart
 @pytest.mark.e2e
 def test_clients_that_never_close_after_connection_close_do_not_block_the_server(server):
     """Stock gthread lingers up to 2 s per such connection in its event loop; here the loop never waits."""
-    sockets = [open_socket(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-               for _ in range(40)]
+    sockets = [
+        open_socket(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n") for _ in range(40)
+    ]
     time.sleep(0.5)
     try:
         assert max(timed_get(server, "/health") for _ in range(3)) < 1.0
@@ -319,8 +346,11 @@ def test_kept_alive_and_pipelined_requests_are_still_served(server):
     with requests.Session() as session:
         for _ in range(5):
             assert session.get(server.url + "/health", timeout=5).status_code == 200
-    sock = open_socket(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                               b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    sock = open_socket(
+        server,
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
     sock.settimeout(10)
     answer = b""
     while chunk := sock.recv(65536):

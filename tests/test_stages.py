@@ -21,8 +21,11 @@ def test_job_details_show_every_stage_with_timestamps(client, admin_headers, stu
     """Pending before the worker runs; done with start and finish times after."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     before = job(client, admin_headers, job_id)["stages"]
-    assert [(s["name"], s["status"]) for s in before] == [("decode", "pending"), ("transcribe", "pending"),
-                                                          ("finalize", "pending")]
+    assert [(s["name"], s["status"]) for s in before] == [
+        ("decode", "pending"),
+        ("transcribe", "pending"),
+        ("finalize", "pending"),
+    ]
     drain()
     after = job(client, admin_headers, job_id)["stages"]
     assert all(s["status"] == "done" and s["progress"] == 100.0 for s in after)
@@ -30,8 +33,9 @@ def test_job_details_show_every_stage_with_timestamps(client, admin_headers, stu
     assert after[0]["output"].endswith("audio.s16")
 
 
-def test_retry_after_a_forced_failure_skips_the_finished_stages(client, admin_headers, stub_engine, drain,
-                                                               monkeypatch, uploaded_job):
+def test_retry_after_a_forced_failure_skips_the_finished_stages(
+    client, admin_headers, stub_engine, drain, monkeypatch, uploaded_job
+):
     """The decode and transcribe outputs are reused: their timestamps do not move, the engine runs once."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     real = stages.STAGES["finalize"]
@@ -76,8 +80,9 @@ def test_a_missing_cache_file_reruns_its_stage(client, admin_headers, stub_engin
     assert len(stub_engine.calls) == 2 and (cache / "transcript.json").exists()
 
 
-def test_engine_failures_open_the_breaker_and_a_good_trial_closes_it(app, client, admin_headers, stub_engine,
-                                                                    drain, monkeypatch, uploaded_job):
+def test_engine_failures_open_the_breaker_and_a_good_trial_closes_it(
+    app, client, admin_headers, stub_engine, drain, monkeypatch, uploaded_job
+):
     """Three failures pause new work with 503 and Retry-After; after the pause a successful job closes it."""
     app.config.update(BREAKER_FAIL_MAX=3, BREAKER_RESET_SECONDS=1)
     configure_breaker(app.config)
@@ -134,8 +139,10 @@ class InterleavingEngine:
         from workers import engine
 
         seconds = samples.size / 16000
-        segments = [engine.EngineSegment(0.0, 0.5 * seconds, "first"), engine.EngineSegment(0.5 * seconds,
-                                                                                           0.6 * seconds, "second")]
+        segments = [
+            engine.EngineSegment(0.0, 0.5 * seconds, "first"),
+            engine.EngineSegment(0.5 * seconds, 0.6 * seconds, "second"),
+        ]
         on_progress(0)
         on_segment(segments[0])
         on_progress(83)
@@ -144,15 +151,15 @@ class InterleavingEngine:
         return engine.EngineResult(segments, "en")
 
 
-def test_transcribe_progress_never_goes_back_and_stays_below_100(client, admin_headers, drain, monkeypatch,
-                                                                 uploaded_job):
+def test_transcribe_progress_never_goes_back_and_stays_below_100(
+    client, admin_headers, drain, monkeypatch, uploaded_job
+):
     """Below 100 while the engine runs, whatever order its reports come in; 100 with exact counts at the end."""
     from workers import engine, pipeline
 
     reported: list[tuple] = []
     original = pipeline.Progress.report
-    monkeypatch.setattr(pipeline.Progress, "report",
-                        lambda self, *args: (reported.append(args), original(self, *args)))
+    monkeypatch.setattr(pipeline.Progress, "report", lambda self, *args: (reported.append(args), original(self, *args)))
     monkeypatch.setattr(pipeline, "monotonic", lambda: 0.0)  # no time passes: nothing is extrapolated
     monkeypatch.setattr(engine, "_build", InterleavingEngine)
     engine._cache.clear()

@@ -41,7 +41,7 @@ def _ms(match: tuple[str, ...]) -> int:
 def parse(body: str) -> list[Shown]:
     """The cues of an SRT or WebVTT document (numbering checked for SRT)."""
     vtt = body.startswith("WEBVTT")
-    blocks = body.strip().split("\n\n")[1 if vtt else 0:]
+    blocks = body.strip().split("\n\n")[1 if vtt else 0 :]
     cues = []
     for number, block in enumerate(blocks, start=1):
         lines = block.splitlines()
@@ -76,12 +76,17 @@ def assert_readable(cues: list[Shown], text: str, *, width: int = 42, count: int
 
 def timed_segment(spec: list[tuple[str, float, float]]) -> dict:
     """A segment from (word, start, end) triples, with the engine's word list."""
-    return {"start": spec[0][1], "end": spec[-1][2], "text": " ".join(w for w, _, _ in spec),
-            "words": [{"word": w, "start": s, "end": e, "probability": 0.9} for w, s, e in spec]}
+    return {
+        "start": spec[0][1],
+        "end": spec[-1][2],
+        "text": " ".join(w for w, _, _ in spec),
+        "words": [{"word": w, "start": s, "end": e, "probability": 0.9} for w, s, e in spec],
+    }
 
 
-def spoken(text: str, start: float, *, per_char: float = 0.06, gap: float = 0.05,
-           pauses: dict[str, float] | None = None) -> list[tuple[str, float, float]]:
+def spoken(
+    text: str, start: float, *, per_char: float = 0.06, gap: float = 0.05, pauses: dict[str, float] | None = None
+) -> list[tuple[str, float, float]]:
     """Words at a steady pace from ``start``; ``pauses`` adds silence after the named words."""
     out, at = [], start
     for word in text.split():
@@ -130,9 +135,12 @@ def test_a_cue_never_lasts_longer_than_max_cue_seconds():
 
 def test_short_cues_stay_up_a_second_and_long_enough_to_read_when_silence_follows():
     """A quick 'Yes.' followed by silence stays 1 s; a fast line stays until read (20 characters a second)."""
-    cues = subtitles.build_cues([timed_segment([("Yes.", 1.0, 1.2)]),
-                                 timed_segment(spoken("Absolutely everything considered, certainly not.", 5.0,
-                                                      per_char=0.01))])
+    cues = subtitles.build_cues(
+        [
+            timed_segment([("Yes.", 1.0, 1.2)]),
+            timed_segment(spoken("Absolutely everything considered, certainly not.", 5.0, per_char=0.01)),
+        ]
+    )
     assert (cues[0].start, cues[0].end) == (1.0, 2.0)
     assert cues[1].end - cues[1].start >= len(cues[1].text) / 20 - 1e-9
 
@@ -155,13 +163,20 @@ def test_segments_without_word_times_spread_their_time_by_length():
 
 def test_word_times_are_matched_to_the_text_by_characters():
     """Engine words cut differently from the text's words still time them; words that do not match are ignored."""
-    segment = {"start": 0.0, "end": 2.0, "text": "Mr. Smith's car.",
-               "words": [{"word": "Mr", "start": 0.1, "end": 0.3}, {"word": ".", "start": 0.3, "end": 0.4},
-                         {"word": "Smith", "start": 0.5, "end": 0.9}, {"word": "'s", "start": 0.9, "end": 1.0},
-                         {"word": "car.", "start": 1.2, "end": 1.6}]}
+    segment = {
+        "start": 0.0,
+        "end": 2.0,
+        "text": "Mr. Smith's car.",
+        "words": [
+            {"word": "Mr", "start": 0.1, "end": 0.3},
+            {"word": ".", "start": 0.3, "end": 0.4},
+            {"word": "Smith", "start": 0.5, "end": 0.9},
+            {"word": "'s", "start": 0.9, "end": 1.0},
+            {"word": "car.", "start": 1.2, "end": 1.6},
+        ],
+    }
     words = subtitles.segment_words(segment)
-    assert [(w.text, w.start, w.end) for w in words] == [("Mr.", 0.1, 0.4), ("Smith's", 0.5, 1.0),
-                                                        ("car.", 1.2, 1.6)]
+    assert [(w.text, w.start, w.end) for w in words] == [("Mr.", 0.1, 0.4), ("Smith's", 0.5, 1.0), ("car.", 1.2, 1.6)]
     segment["words"][2]["word"] = "Smyth"
     assert not any(w.timed for w in subtitles.segment_words(segment))
 
@@ -169,8 +184,22 @@ def test_word_times_are_matched_to_the_text_by_characters():
 def test_ten_minutes_without_punctuation_keep_every_limit_and_break_at_pauses():
     """No punctuation at all: the limits still hold, and cues end mostly where the speaker paused."""
     rng = random.Random(14)
-    vocabulary = ["the", "a", "we", "it", "and", "so", "then", "there", "people", "river", "window", "quickly",
-                  "morning", "remember"]
+    vocabulary = [
+        "the",
+        "a",
+        "we",
+        "it",
+        "and",
+        "so",
+        "then",
+        "there",
+        "people",
+        "river",
+        "window",
+        "quickly",
+        "morning",
+        "remember",
+    ]
     segments, at, pauses = [], 0.0, set()
     while at < 600:
         spec = []
@@ -193,16 +222,24 @@ def test_ten_minutes_without_punctuation_keep_every_limit_and_break_at_pauses():
 
 def test_max_line_width_zero_keeps_one_cue_per_segment_exactly_as_before():
     """The layout before this issue: one cue per segment, the engine's text with blank lines dropped."""
-    transcript = {"segments": [
-        {"start": 0.0, "end": 1.5, "text": " Hello there."},
-        {"start": 3725.25, "end": 3727.999, "text": "General\tKenobi.\n\nYou are --> bold.",
-         "words": [{"word": "General", "start": 3725.3, "end": 3725.6}]},
-        {"start": 3728.0, "end": 3740.0, "text": " ".join(["word"] * 40)},
-    ]}
+    transcript = {
+        "segments": [
+            {"start": 0.0, "end": 1.5, "text": " Hello there."},
+            {
+                "start": 3725.25,
+                "end": 3727.999,
+                "text": "General\tKenobi.\n\nYou are --> bold.",
+                "words": [{"word": "General", "start": 3725.3, "end": 3725.6}],
+            },
+            {"start": 3728.0, "end": 3740.0, "text": " ".join(["word"] * 40)},
+        ]
+    }
     srt = exports.to_srt(transcript, max_line_width=0)
-    assert srt == ("1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n"
-                   "2\n01:02:05,250 --> 01:02:07,999\nGeneral\tKenobi.\nYou are --> bold.\n\n"
-                   f"3\n01:02:08,000 --> 01:02:20,000\n{' '.join(['word'] * 40)}\n")
+    assert srt == (
+        "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n"
+        "2\n01:02:05,250 --> 01:02:07,999\nGeneral\tKenobi.\nYou are --> bold.\n\n"
+        f"3\n01:02:08,000 --> 01:02:20,000\n{' '.join(['word'] * 40)}\n"
+    )
     vtt = exports.to_vtt(transcript, max_line_width="0")
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n\n")
     assert "01:02:05.250 --> 01:02:07.999\nGeneral\tKenobi.\nYou are -> bold.\n" in vtt
@@ -211,8 +248,15 @@ def test_max_line_width_zero_keeps_one_cue_per_segment_exactly_as_before():
 
 def test_karaoke_vtt_tags_each_word_when_it_is_spoken():
     """highlight_words: every word after a cue's first carries an increasing timestamp inside the cue."""
-    segments = [timed_segment(spoken("And so, my fellow Americans: ask not what your country can do for you.", 0.3,
-                                     pauses={"Americans:": 0.8}))]
+    segments = [
+        timed_segment(
+            spoken(
+                "And so, my fellow Americans: ask not what your country can do for you.",
+                0.3,
+                pauses={"Americans:": 0.8},
+            )
+        )
+    ]
     plain = parse(exports.to_vtt({"segments": segments}))
     body = exports.to_vtt({"segments": segments}, highlight_words=True)
     karaoke = parse(body)
@@ -233,9 +277,19 @@ def test_highlighted_srt_underlines_one_word_at_a_time():
     assert [re.search("<u>(.*?)</u>", b.text).group(1) for b in blocks] == ["ask", "what", "you", "can", "do"]
 
 
-@pytest.mark.parametrize("options", [{"max_line_width": -1}, {"max_line_width": "wide"}, {"max_line_count": 101},
-                                     {"max_cue_seconds": 0.5}, {"max_cue_seconds": "nan"}, {"max_line_width": 4.5},
-                                     {"highlight_words": "maybe"}, {"colour": "red"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_line_width": -1},
+        {"max_line_width": "wide"},
+        {"max_line_count": 101},
+        {"max_cue_seconds": 0.5},
+        {"max_cue_seconds": "nan"},
+        {"max_line_width": 4.5},
+        {"highlight_words": "maybe"},
+        {"colour": "red"},
+    ],
+)
 def test_bad_options_are_a_400_naming_the_option(options):
     """A renderer refuses bad values (for every format) with the standard error."""
     transcript = {"segments": [{"start": 0.0, "end": 1.0, "text": "hi"}]}
@@ -265,8 +319,9 @@ def real() -> dict[str, dict]:
     try:
         for clip in ("jfk.flac", "OSR_us_000_0034_8k.flac"):
             result = model.transcribe(audio.decode(AUDIO / clip), words=True)
-            segments = [{"start": s.start, "end": s.end, "text": s.text.strip(), "words": s.words}
-                        for s in result.segments]
+            segments = [
+                {"start": s.start, "end": s.end, "text": s.text.strip(), "words": s.words} for s in result.segments
+            ]
             out[clip] = {"segments": segments, "text": " ".join(s["text"] for s in segments if s["text"])}
     finally:
         engine.unload()
@@ -296,11 +351,15 @@ def test_ten_minutes_of_real_word_times_without_punctuation(real):
     for lap in range(17):
         offset = lap * 35.5
         for s in osr:
-            words = [{"word": bare(w["word"]), "start": w["start"] + offset, "end": w["end"] + offset}
-                     for w in s["words"] if bare(w["word"]).strip()]
+            words = [
+                {"word": bare(w["word"]), "start": w["start"] + offset, "end": w["end"] + offset}
+                for w in s["words"]
+                if bare(w["word"]).strip()
+            ]
             if bare(s["text"]).strip():
-                segments.append({"start": s["start"] + offset, "end": s["end"] + offset, "text": bare(s["text"]),
-                                 "words": words})
+                segments.append(
+                    {"start": s["start"] + offset, "end": s["end"] + offset, "text": bare(s["text"]), "words": words}
+                )
     text = " ".join(s["text"] for s in segments)
     assert segments[-1]["end"] > 600 and not re.search(r"[.,?!]", text)
     assert_readable(parse(exports.to_srt({"segments": segments})), text)
@@ -315,8 +374,18 @@ class TalkStub(StubEngine):
     language = "en"
     TEXT = "First sentence here. And then the second one follows, a little later, as sentences do."
 
-    def transcribe(self, audio, *, language=None, translate=False, prompt=None, words=False, on_segment=None,
-                   on_progress=None, should_abort=None):
+    def transcribe(
+        self,
+        audio,
+        *,
+        language=None,
+        translate=False,
+        prompt=None,
+        words=False,
+        on_segment=None,
+        on_progress=None,
+        should_abort=None,
+    ):
         StubEngine.calls.append({"language": language, "translate": translate, "prompt": prompt, "words": words})
         spec = spoken(self.TEXT, 0.2, pauses={"here.": 0.8})
         segment = engine.EngineSegment(0.0, 9.0, self.TEXT, 0.9, timed_segment(spec)["words"] if words else None)
@@ -334,8 +403,9 @@ def talk(monkeypatch, stub_engine):
     engine._cache.clear()
 
 
-def test_exports_are_timed_by_the_stored_words_and_the_options_come_from_the_query(client, admin_headers, talk,
-                                                                                    drain, uploaded_job):
+def test_exports_are_timed_by_the_stored_words_and_the_options_come_from_the_query(
+    client, admin_headers, talk, drain, uploaded_job
+):
     """whisper.cpp jobs store word times without being asked; the transcript shows them only when asked."""
     job_id = uploaded_job(client, admin_headers)["job_id"]
     drain()
@@ -344,15 +414,19 @@ def test_exports_are_timed_by_the_stored_words_and_the_options_come_from_the_que
     assert "words" not in job["transcript"]["segments"][0]
     url = f"/api/export/download/{job_id}"
     cues = parse(client.get(f"{url}/srt", headers=admin_headers).get_data(as_text=True))
-    assert [c.text for c in cues] == ["First sentence here.",
-                                      "And then the second one follows, a little later, as sentences do."]
-    assert cues[0].start == 200 and cues[1].start == round(timed_segment(spoken(TalkStub.TEXT, 0.2, pauses={
-        "here.": 0.8}))["words"][3]["start"] * 1000)
+    assert [c.text for c in cues] == [
+        "First sentence here.",
+        "And then the second one follows, a little later, as sentences do.",
+    ]
+    assert cues[0].start == 200 and cues[1].start == round(
+        timed_segment(spoken(TalkStub.TEXT, 0.2, pauses={"here.": 0.8}))["words"][3]["start"] * 1000
+    )
     assert_readable(cues, TalkStub.TEXT)
     old = parse(client.get(f"{url}/srt?max_line_width=0", headers=admin_headers).get_data(as_text=True))
     assert [(c.start, c.end, c.text) for c in old] == [(0, 9000, TalkStub.TEXT)]
-    narrow = parse(client.get(f"{url}/vtt?max_line_width=20&max_line_count=3", headers=admin_headers)
-                   .get_data(as_text=True))
+    narrow = parse(
+        client.get(f"{url}/vtt?max_line_width=20&max_line_count=3", headers=admin_headers).get_data(as_text=True)
+    )
     assert_readable(narrow, TalkStub.TEXT, width=20, count=3)
     karaoke = client.get(f"/jobs/{job_id}/download?format=vtt&highlight_words=true", headers=admin_headers)
     assert karaoke.status_code == 200 and re.search(f"<{TIME}>then", karaoke.get_data(as_text=True))
@@ -363,8 +437,11 @@ def test_openai_srt_and_vtt_answers_follow_the_rules(client, admin_headers, talk
     """/v1/audio/transcriptions with response_format srt or vtt is laid out like an export."""
     for fmt in ("srt", "vtt"):
         with open(AUDIO / "jfk.flac", "rb") as f:
-            response = client.post("/v1/audio/transcriptions", headers=admin_headers,
-                                   data={"file": (f, "jfk.flac"), "model": "whisper-1", "response_format": fmt})
+            response = client.post(
+                "/v1/audio/transcriptions",
+                headers=admin_headers,
+                data={"file": (f, "jfk.flac"), "model": "whisper-1", "response_format": fmt},
+            )
         assert response.status_code == 200, response.get_data(as_text=True)
         cues = parse(response.get_data(as_text=True))
         assert cues[0].text == "First sentence here." and len(cues) == 2
@@ -384,8 +461,12 @@ def test_sidecar_takes_the_detected_language_and_is_laid_out(client, admin_heade
     """A webhook without a language: the sidecar is named after the language the engine heard."""
     talk.language = "fr"
     try:
-        response = client.post("/webhook", headers=admin_headers, content_type="application/json",
-                               data=json.dumps({"path": str(library / "Show S01E01.flac")}))
+        response = client.post(
+            "/webhook",
+            headers=admin_headers,
+            content_type="application/json",
+            data=json.dumps({"path": str(library / "Show S01E01.flac")}),
+        )
         assert response.status_code == 200, response.get_json()
         drain()
     finally:
@@ -406,10 +487,13 @@ def test_muxed_subtitle_track_is_laid_out(app, client, admin_headers, talk, drai
     download = client.get(f"/download/{task_id}", headers=admin_headers)
     out.write_bytes(download.data)
     download.close()  # send_file's open file
-    track = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-map", "0:s:0", "-f", "srt", "-"],
-                           capture_output=True, check=True).stdout.decode()
-    assert [c.text for c in parse(track)] == ["First sentence here.",
-                                              "And then the second one follows, a little later, as sentences do."]
+    track = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(out), "-map", "0:s:0", "-f", "srt", "-"], capture_output=True, check=True
+    ).stdout.decode()
+    assert [c.text for c in parse(track)] == [
+        "First sentence here.",
+        "And then the second one follows, a little later, as sentences do.",
+    ]
 
 
 @pytest.mark.e2e

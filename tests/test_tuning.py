@@ -44,8 +44,14 @@ def test_without_a_record_jobs_run_on_whisper_cpp_with_the_q8_0_file(tmp_path, m
 
 
 def test_auto_follows_the_record_by_the_length_of_the_audio(tmp_path, models):
-    write_record(tmp_path, {"short": "whispercpp:ggml-tiny.en-q8_0.bin", "long": "ctranslate2:ct2-tiny.en",
-                            "whispercpp_file": "ggml-tiny.en.bin"})
+    write_record(
+        tmp_path,
+        {
+            "short": "whispercpp:ggml-tiny.en-q8_0.bin",
+            "long": "ctranslate2:ct2-tiny.en",
+            "whispercpp_file": "ggml-tiny.en.bin",
+        },
+    )
     cfg = config(tmp_path, models)
     assert tuning.choose(cfg, "tiny.en", 11).label == "whispercpp:ggml-tiny.en-q8_0.bin"
     assert tuning.choose(cfg, "tiny.en", 600).label == "ctranslate2:ct2-tiny.en"
@@ -68,8 +74,11 @@ def test_forcing_ctranslate2_falls_back_to_whisper_cpp_without_its_weights(tmp_p
 
 
 def test_the_pick_is_the_fastest_within_one_point_of_the_best_wer():
-    results = {"a": {"seconds": 1.0, "wer": 0.05}, "b": {"seconds": 2.0, "wer": 0.00},
-               "c": {"seconds": 1.5, "wer": 0.009}}
+    results = {
+        "a": {"seconds": 1.0, "wer": 0.05},
+        "b": {"seconds": 2.0, "wer": 0.00},
+        "c": {"seconds": 1.5, "wer": 0.009},
+    }
     assert tuning._best(results) == "c"
 
 

@@ -15,8 +15,14 @@ from tests.conftest import login
 from tests.helpers import AUDIO, ffmpeg, make_video, reference, wer
 from tests.test_dsp import levels, make_noisy_speech, probe
 
-GOOD_BODY = {"denoise_strength": 80, "high_precision": True, "upscale_factor": 1, "target_sample_rate": 44100,
-             "target_channels": 2, "noise_profile": "auto"}
+GOOD_BODY = {
+    "denoise_strength": 80,
+    "high_precision": True,
+    "upscale_factor": 1,
+    "target_sample_rate": 44100,
+    "target_channels": 2,
+    "noise_profile": "auto",
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +92,12 @@ def test_upload_process_status_and_export_in_wav_mp3_and_flac(client, admin_head
     started = process(client, admin_headers, file_id=body["file_id"], **GOOD_BODY)
     assert started.status_code == 200
     job_id = started.get_json()["job_id"]
-    assert started.get_json() == {"success": True, "job_id": job_id, "status": "queued",
-                                  "message": "Processing started"}
+    assert started.get_json() == {
+        "success": True,
+        "job_id": job_id,
+        "status": "queued",
+        "message": "Processing started",
+    }
 
     queued = client.get(f"/api/status/{job_id}", headers=admin_headers).get_json()
     assert queued["status"] == "queued" and queued["current_stage"] == "upload" and queued["progress"] == 0
@@ -107,8 +117,10 @@ def test_upload_process_status_and_export_in_wav_mp3_and_flac(client, admin_head
         assert (int(info["sample_rate"]), info["channels"], info["codec_name"]) == (44100, 2, codec)
     noise_before, speech_before = levels(noisy)
     noise_after, speech_after = levels(flac)
-    print(f"\nexported flac: noise {noise_before:.1f} -> {noise_after:.1f} dBFS, "
-          f"speech {speech_before:.1f} -> {speech_after:.1f} dBFS")
+    print(
+        f"\nexported flac: noise {noise_before:.1f} -> {noise_after:.1f} dBFS, "
+        f"speech {speech_before:.1f} -> {speech_after:.1f} dBFS"
+    )
     assert noise_before - noise_after >= 6 and speech_before - speech_after <= 3
 
     for quality, kbps in (("low", 128), ("medium", 192), ("high", 320)):
@@ -123,13 +135,22 @@ def test_export_headers_name_the_file_and_type(client, admin_headers, drain, noi
     for fmt, mime in (("wav", "audio/wav"), ("mp3", "audio/mpeg"), ("flac", "audio/flac")):
         response = client.get(f"/api/export/{job_id}?format={fmt}", headers=admin_headers)
         assert response.status_code == 200 and response.mimetype == mime
-        assert f'filename=noisy_cleaned.{fmt}' in response.headers["Content-Disposition"]
+        assert f"filename=noisy_cleaned.{fmt}" in response.headers["Content-Disposition"]
 
 
 def test_96_khz_mono_exports_flac_at_96_khz_and_mp3_at_48(client, admin_headers, drain, noisy, tmp_path):
     """MPEG audio stops at 48 kHz, so the mp3 of a 96 kHz job is resampled; wav and flac keep 96 kHz."""
-    job_id = processed(client, admin_headers, drain, noisy, denoise_strength=50, target_sample_rate=96000,
-                       target_channels=1, upscale_factor=2, noise_profile="gentle")
+    job_id = processed(
+        client,
+        admin_headers,
+        drain,
+        noisy,
+        denoise_strength=50,
+        target_sample_rate=96000,
+        target_channels=1,
+        upscale_factor=2,
+        noise_profile="gentle",
+    )
     for fmt, rate in (("wav", 96000), ("flac", 96000), ("mp3", 48000)):
         info = probe(export(client, admin_headers, job_id, tmp_path, fmt))
         assert (int(info["sample_rate"]), info["channels"]) == (rate, 1)
@@ -165,8 +186,11 @@ def test_wrong_types_are_400_by_extension_and_by_content(client, admin_headers, 
     assert_error(upload(client, admin_headers, text), 400, "not audio")
     video = make_video(AUDIO / "jfk.flac", tmp_path / "video.mp4")
     assert_error(upload(client, admin_headers, video, "video.m4a"), 400, "video")
-    leftovers = [p for p in Path(client.application.config["DATA_DIR"]).rglob("*") if p.is_file()
-                 and p.parent.name in ("tmp", "voxis")]
+    leftovers = [
+        p
+        for p in Path(client.application.config["DATA_DIR"]).rglob("*")
+        if p.is_file() and p.parent.name in ("tmp", "voxis")
+    ]
     assert leftovers == []  # refused uploads leave neither a stored file nor a temp file
 
 
@@ -186,12 +210,25 @@ def test_missing_file_and_anonymous_upload(client, admin_headers):
 # ------------------------------------------------------------------------- process
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("denoise_strength", 101), ("denoise_strength", -1), ("denoise_strength", "80"), ("denoise_strength", True),
-    ("high_precision", "yes"), ("upscale_factor", 3), ("upscale_factor", 8), ("target_sample_rate", 22050),
-    ("target_sample_rate", "48000"), ("target_channels", 6), ("target_channels", 0), ("noise_profile", "extreme"),
-    ("noise_profile", 1), ("transcribe", "true"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("denoise_strength", 101),
+        ("denoise_strength", -1),
+        ("denoise_strength", "80"),
+        ("denoise_strength", True),
+        ("high_precision", "yes"),
+        ("upscale_factor", 3),
+        ("upscale_factor", 8),
+        ("target_sample_rate", 22050),
+        ("target_sample_rate", "48000"),
+        ("target_channels", 6),
+        ("target_channels", 0),
+        ("noise_profile", "extreme"),
+        ("noise_profile", 1),
+        ("transcribe", "true"),
+    ],
+)
 def test_each_bad_process_field_is_400_naming_it(client, admin_headers, noisy, field, value):
     """The detail starts with the field's name; nothing is queued."""
     file_id = upload_id(client, admin_headers, noisy)
@@ -205,12 +242,17 @@ def test_process_needs_a_visible_file_and_a_json_object(client, admin_headers, n
     assert_error(process(client, admin_headers, **GOOD_BODY), 400, "file_id")
     assert_error(process(client, admin_headers, file_id="0b3c0c9e-0000-4000-8000-000000000000"), 404, "File")
     file_id = upload_id(client, admin_headers, noisy)
-    assert client.post("/admin/users", headers=admin_headers,
-                       json={"username": "bob", "password": "bob-password-123"}).status_code == 201
+    assert (
+        client.post(
+            "/admin/users", headers=admin_headers, json={"username": "bob", "password": "bob-password-123"}
+        ).status_code
+        == 201
+    )
     bob = login(client, "bob", "bob-password-123")
     assert_error(process(client, bob, file_id=file_id), 404, "File")
-    broken = client.post("/api/process", headers={**admin_headers, "Content-Type": "application/json"},
-                         data=b'{"file_id": ')
+    broken = client.post(
+        "/api/process", headers={**admin_headers, "Content-Type": "application/json"}, data=b'{"file_id": '
+    )
     assert broken.status_code == 400 and broken.get_json()["error_code"] == "INVALID_JSON"
 
 
@@ -222,8 +264,9 @@ def test_status_and_export_of_unknown_or_unfinished_jobs(client, admin_headers, 
     assert_error(client.get(f"/api/export/{job_id}", headers=admin_headers), 409, "not ready")
     assert_error(client.get(f"/api/export/{job_id}?format=ogg", headers=admin_headers), 400, "format")
     assert_error(client.get(f"/api/export/{job_id}?format=mp3&quality=max", headers=admin_headers), 400, "quality")
-    canonical = client.post("/api/jobs/", headers=admin_headers,
-                            data={"file": (io.BytesIO(noisy.read_bytes()), "plain.wav")}).get_json()["job_id"]
+    canonical = client.post(
+        "/api/jobs/", headers=admin_headers, data={"file": (io.BytesIO(noisy.read_bytes()), "plain.wav")}
+    ).get_json()["job_id"]
     assert_error(client.get(f"/api/export/{canonical}", headers=admin_headers), 404, "no cleaned audio")
 
 
@@ -246,11 +289,11 @@ def test_a_failed_job_reports_error_with_the_failed_stage(client, admin_headers,
 # ---------------------------------------------------------------- transcription
 
 
-def test_transcribe_true_sends_the_cleaned_audio_on_to_transcription(client, admin_headers, drain, noisy,
-                                                                    stub_engine):
+def test_transcribe_true_sends_the_cleaned_audio_on_to_transcription(client, admin_headers, drain, noisy, stub_engine):
     """One call: cleanup stages, then decode/transcribe/finalize on cleaned.wav; the transcript is in the status."""
-    job_id = processed(client, admin_headers, drain, noisy, denoise_strength=60, target_sample_rate=96000,
-                       transcribe=True)
+    job_id = processed(
+        client, admin_headers, drain, noisy, denoise_strength=60, target_sample_rate=96000, transcribe=True
+    )
     status = client.get(f"/api/status/{job_id}", headers=admin_headers).get_json()
     assert status["status"] == "complete"
     assert list(status["stages"]) == ["ingest", "denoise", "resample", "decode", "transcribe", "finalize"]
@@ -267,8 +310,16 @@ def test_transcribe_true_sends_the_cleaned_audio_on_to_transcription(client, adm
 @pytest.mark.slow
 def test_cleaned_jfk_transcribes_within_ten_percent_wer_with_whisper_cpp(client, admin_headers, drain):
     """The real engine on the cleaned audio: the cleanup must not hurt recognition."""
-    job_id = processed(client, admin_headers, drain, AUDIO / "jfk.flac", denoise_strength=40, transcribe=True,
-                       target_sample_rate=48000, target_channels=1)
+    job_id = processed(
+        client,
+        admin_headers,
+        drain,
+        AUDIO / "jfk.flac",
+        denoise_strength=40,
+        transcribe=True,
+        target_sample_rate=48000,
+        target_channels=1,
+    )
     status = client.get(f"/api/status/{job_id}", headers=admin_headers).get_json()
     assert status["status"] == "complete", status
     print(f"\njfk after cleanup: {status['transcript']!r}")
@@ -314,8 +365,11 @@ def test_health_reports_service_jobs_and_disk(client):
 def test_voxis_routes_share_30_requests_per_minute_per_address(app):
     """The 31st request from one address is 429 in the standard body; another address is unaffected."""
     http = app.test_client(use_cookies=False)
-    token = http.post("/auth/login", json={"username": "admin", "password": "admin-password-123"},
-                      environ_base={"REMOTE_ADDR": "10.0.0.9"}).get_json()["access_token"]
+    token = http.post(
+        "/auth/login",
+        json={"username": "admin", "password": "admin-password-123"},
+        environ_base={"REMOTE_ADDR": "10.0.0.9"},
+    ).get_json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     for i in range(30):
         path = ("/api/health", "/api/jobs", "/api/status/nope")[i % 3]

@@ -82,8 +82,14 @@ def test_supervisor_replaces_a_recycled_worker_at_once_and_a_crashed_one_after_a
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run a snippet with the project importable."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
 
 
 def test_lower_priority_reaches_every_thread_and_is_not_applied_twice():
@@ -125,8 +131,9 @@ time.sleep(120)
 def test_worker_and_its_children_exit_when_the_supervisor_is_killed(tmp_path, no_prctl):
     """SIGKILL to the supervisor: its worker and the worker's own child are gone within 2 s."""
     marker = tmp_path / "child.pid"
-    sup = subprocess.Popen([sys.executable, "-c", FAKE_SUPERVISOR, FAKE_WORKER.format(no_prctl=no_prctl,
-                                                                                      marker=str(marker))], cwd=ROOT)
+    sup = subprocess.Popen(
+        [sys.executable, "-c", FAKE_SUPERVISOR, FAKE_WORKER.format(no_prctl=no_prctl, marker=str(marker))], cwd=ROOT
+    )
     try:
         wait_for(lambda: marker.exists() and marker.read_text(), timeout=30)
         worker = psutil.Process(sup.pid).children()[0]
@@ -140,11 +147,14 @@ def test_worker_and_its_children_exit_when_the_supervisor_is_killed(tmp_path, no
 
 def test_process_whose_supervisor_died_before_it_started_exits_at_once():
     """The race between fork and prctl: a parent that is not the named supervisor means it is gone."""
-    done = run_python("""
+    done = run_python(
+        """
         from workers import lifecycle
         lifecycle.follow_supervisor()
         print("still running")
-    """, WT_SUPERVISOR_PID="1")
+    """,
+        WT_SUPERVISOR_PID="1",
+    )
     assert done.returncode == lifecycle.ORPHAN_EXIT_CODE and "still running" not in done.stdout
 
 
@@ -178,8 +188,12 @@ def system_log(server: LiveServer) -> list[dict]:
 @pytest.fixture(scope="module")
 def recycling(tmp_path_factory):
     """An appliance whose workers are recycled past RSS_LIMIT_MB."""
-    with launch_appliance(tmp_path_factory.mktemp("recycle") / "data", "worker-recycle.log",
-                          WT_WORKER_MAX_RSS_MB=str(RSS_LIMIT_MB), WT_RATELIMIT_ENABLED="false") as server:
+    with launch_appliance(
+        tmp_path_factory.mktemp("recycle") / "data",
+        "worker-recycle.log",
+        WT_WORKER_MAX_RSS_MB=str(RSS_LIMIT_MB),
+        WT_RATELIMIT_ENABLED="false",
+    ) as server:
         yield server
 
 
@@ -216,8 +230,9 @@ def test_workers_run_below_the_web_servers_cpu_priority(recycling):
     worker = wait_for(lambda: next((p for p in workers_of(recycling) if p.nice() == 10), None), timeout=60)
     assert recycling.wait(recycling.submit(AUDIO / "jfk.flac"))["status"] == "completed"  # whisper.cpp threads too
     assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in worker.threads()} == {10}
-    web = [p for p in psutil.Process(recycling.process.pid).children(recursive=True) if "gunicorn" in " ".join(
-        p.cmdline())]
+    web = [
+        p for p in psutil.Process(recycling.process.pid).children(recursive=True) if "gunicorn" in " ".join(p.cmdline())
+    ]
     assert web and all(p.nice() == psutil.Process().nice() for p in web)
 
 
@@ -225,12 +240,17 @@ def test_workers_run_below_the_web_servers_cpu_priority(recycling):
 def test_worker_without_a_supervisor_recycles_itself_in_place(app, client, admin_headers, tmp_path):
     """Under systemd there is no `run` to start a new worker: past WT_WORKER_MAX_JOBS it re-executes itself
     (same pid, fresh memory) and takes the next job."""
-    env = {**os.environ, "WT_DATA_DIR": app.config["DATA_DIR"], "WT_MODELS_DIR": str(MODELS_DIR),
-           "WT_WORKER_MAX_JOBS": "1"}
+    env = {
+        **os.environ,
+        "WT_DATA_DIR": app.config["DATA_DIR"],
+        "WT_MODELS_DIR": str(MODELS_DIR),
+        "WT_WORKER_MAX_JOBS": "1",
+    }
     env.pop(lifecycle.SUPERVISOR_ENV, None)
     with open(tmp_path / "worker.log", "wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         from app.models import Job
 
@@ -263,8 +283,7 @@ def test_killed_supervisor_leaves_no_process_behind_and_the_next_run_completes_t
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
         wait_for(lambda: not any(alive(p) for p in family), timeout=2, interval=0.05)
-    assert any("supervisor" in line["message"] and "is gone" in line["message"]
-               for line in system_log(server))
+    assert any("supervisor" in line["message"] and "is gone" in line["message"] for line in system_log(server))
     with launch_appliance(data_dir, "worker-orphan-again.log") as again:
         job = again.wait(job_id)
         assert job["status"] == "completed"

@@ -33,8 +33,9 @@ def tokens(live_server) -> dict[str, str]:
     for name, role in (("logs-admin", "admin"), ("logs-alice", "user"), ("logs-bob", "user")):
         response = live_server.post("/admin/users", json={"username": name, "password": PASSWORD, "role": role})
         assert response.status_code in (201, 409), response.text
-        login = requests.post(live_server.url + "/auth/login", json={"username": name, "password": PASSWORD},
-                              timeout=30)
+        login = requests.post(
+            live_server.url + "/auth/login", json={"username": name, "password": PASSWORD}, timeout=30
+        )
         found[name] = login.json()["access_token"]
     return found
 
@@ -73,8 +74,9 @@ def connect(live_server, path: str, token: str | None = None, *, query: bool = F
     return LogClient.connect(url, headers=headers)
 
 
-def collect(ws: Client, until: Callable[[list[str]], bool] | None = None,
-            timeout: float = 60) -> tuple[list[str], ConnectionClosed | None]:
+def collect(
+    ws: Client, until: Callable[[list[str]], bool] | None = None, timeout: float = 60
+) -> tuple[list[str], ConnectionClosed | None]:
     """Messages until ``until(messages)`` holds (socket still open) or the server closes the socket."""
     messages: list[str] = []
     deadline = time.monotonic() + timeout
@@ -100,8 +102,13 @@ def saw(marker: str) -> Callable[[list[str]], bool]:
 def upload(live_server, token: str, path: Path) -> str:
     """Submit a file as the token's user; the job id."""
     with open(path, "rb") as f:
-        response = requests.post(live_server.url + "/api/jobs/", headers=bearer(token),
-                                 files={"file": (path.name, f)}, data={"model": "tiny.en"}, timeout=60)
+        response = requests.post(
+            live_server.url + "/api/jobs/",
+            headers=bearer(token),
+            files={"file": (path.name, f)},
+            data={"model": "tiny.en"},
+            timeout=60,
+        )
     assert response.status_code == 201, response.text
     return response.json()["job_id"]
 
@@ -150,9 +157,14 @@ def test_job_lines_reach_processing_log_with_the_job_id(live_server, tokens):
     job_id = upload(live_server, tokens["logs-alice"], AUDIO / "jfk.flac")
     live_server.wait(job_id)
     path = live_server.data_dir / "logs" / "processing.log"
-    records = wait_for(lambda: [r for line in path.read_text().splitlines()
-                                if (r := json.loads(line)).get("job_id") == job_id and "completed" in r["message"]],
-                       timeout=30)
+    records = wait_for(
+        lambda: [
+            r
+            for line in path.read_text().splitlines()
+            if (r := json.loads(line)).get("job_id") == job_id and "completed" in r["message"]
+        ],
+        timeout=30,
+    )
     assert records[0]["role"] == "worker" and records[0]["pid"] != live_server.process.pid
 
 
@@ -188,17 +200,25 @@ def test_bad_or_missing_credentials_are_refused_with_401(live_server):
     assert refused(live_server, "/ws/logs/system", "not.a.jwt", query=True) == 401
     assert refused(live_server, "/ws/logs", "wt_unknown_key", query=True) == 401
     assert refused(live_server, "/ws/logs/" + "0" * 32, "wt_unknown_key") == 401
-    response = requests.get(live_server.url + "/ws/logs/system?token=forged", timeout=30, headers={
-        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    response = requests.get(
+        live_server.url + "/ws/logs/system?token=forged",
+        timeout=30,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     assert response.status_code == 401
     assert response.json()["error_code"] == "UNAUTHORIZED" and response.json()["request_id"]
 
 
 def test_logging_out_ends_an_open_socket_opened_with_that_token(live_server, tokens):
     """The socket re-checks its credentials every few seconds: a revoked token closes it with 1008."""
-    fresh = requests.post(live_server.url + "/auth/login", json={"username": "logs-admin", "password": PASSWORD},
-                          timeout=30).json()["access_token"]
+    fresh = requests.post(
+        live_server.url + "/auth/login", json={"username": "logs-admin", "password": PASSWORD}, timeout=30
+    ).json()["access_token"]
     ws = connect(live_server, "/ws/logs/system?lines=0", fresh, query=True)
     assert requests.post(live_server.url + "/auth/logout", headers=bearer(fresh), timeout=30).status_code == 200
     _, closed = collect(ws, timeout=30)
@@ -233,8 +253,11 @@ def test_twenty_open_sockets_do_not_starve_http(live_server, tokens):
     try:
         paths = ["/auth/me", "/api/jobs/?limit=1", "/health", "/api/jobs/?limit=5", "/auth/me"] * 2
         with ThreadPoolExecutor(len(paths)) as pool:
-            statuses = list(pool.map(
-                lambda p: requests.get(live_server.url + p, headers=bearer(admin), timeout=15).status_code, paths))
+            statuses = list(
+                pool.map(
+                    lambda p: requests.get(live_server.url + p, headers=bearer(admin), timeout=15).status_code, paths
+                )
+            )
         assert statuses == [200] * len(paths)
         append_line(live_server.data_dir / "logs" / "system.log", "twenty-sockets-marker")
         for ws in sockets:
@@ -261,8 +284,11 @@ def test_client_disconnects_free_the_server_without_errors(live_server, tokens):
     time.sleep(1)  # let the server threads notice the last departures
     with open(system_log, "rb") as f:
         f.seek(system_before)
-        errors = [r for line in f.read().decode().splitlines()
-                  if (r := json.loads(line))["level"] in ("ERROR", "CRITICAL") or "exc" in r]
+        errors = [
+            r
+            for line in f.read().decode().splitlines()
+            if (r := json.loads(line))["level"] in ("ERROR", "CRITICAL") or "exc" in r
+        ]
     assert errors == []
 
 
@@ -290,8 +316,11 @@ def test_stopping_the_appliance_closes_open_sockets_and_long_polls_at_once(tmp_p
         (server.data_dir / "queue.wake").unlink()
         job_id = upload(server, server.token, AUDIO / "jfk.flac")
         answers: list[requests.Response] = []
-        poll = threading.Thread(target=lambda: answers.append(
-            requests.get(f"{server.url}/api/jobs/{job_id}?wait=60", headers=server.headers(), timeout=90)))
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                requests.get(f"{server.url}/api/jobs/{job_id}?wait=60", headers=server.headers(), timeout=90)
+            )
+        )
         poll.start()
         time.sleep(1)  # both requests are now inside the server
         server.process.send_signal(signal.SIGTERM)
@@ -307,7 +336,11 @@ def silent_socket(server, path: str) -> socket.socket:
     """A WebSocket handshake by hand, then silence: the client that never replies to the server's close."""
     host, port = server.url.removeprefix("http://").split(":")
     raw = socket.create_connection((host, int(port)), timeout=30)
-    raw.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    raw.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     assert raw.recv(4096).startswith(b"HTTP/1.1 101")
     return raw

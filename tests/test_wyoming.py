@@ -60,7 +60,7 @@ def test_pcm_stream_turns_48k_stereo_32_bit_into_16k_mono():
     stereo = np.repeat((tone * 2**31).astype("<i4")[:, None], 2, axis=1).tobytes()
     stream = PcmStream(PcmFormat(48000, 4, 2), max_seconds=30)
     for start in range(0, len(stereo), 4000):  # chunks that end mid-frame: the partial frame is carried over
-        stream.add(stereo[start:start + 4000])
+        stream.add(stereo[start : start + 4000])
     out = stream.finish()
     assert out.dtype == np.int16 and abs(len(out) - 16000) <= 32
     assert abs(_peak_hz(out) - 440) < 5
@@ -97,14 +97,17 @@ def test_pcm_stream_refuses_audio_past_its_bound():
     assert len(stream.finish()) == 8000
 
 
-@pytest.mark.parametrize("data", [
-    {"rate": 16000, "width": 5, "channels": 1},
-    {"rate": 16000, "width": 0, "channels": 1},
-    {"rate": 100, "width": 2, "channels": 1},
-    {"rate": 16000, "width": 2, "channels": 0},
-    {"rate": "16000", "width": 2, "channels": 1},
-    {"width": 2, "channels": 1},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"rate": 16000, "width": 5, "channels": 1},
+        {"rate": 16000, "width": 0, "channels": 1},
+        {"rate": 100, "width": 2, "channels": 1},
+        {"rate": 16000, "width": 2, "channels": 0},
+        {"rate": "16000", "width": 2, "channels": 1},
+        {"width": 2, "channels": 1},
+    ],
+)
 def test_pcm_format_refuses_what_it_cannot_convert(data: dict):
     """Widths other than 1-4 bytes, absurd rates, no channels, strings and missing fields are refused."""
     with pytest.raises(FormatError):
@@ -117,8 +120,16 @@ def test_pcm_format_refuses_what_it_cannot_convert(data: dict):
 @pytest.fixture
 def voice(tmp_path):
     """The server's shared state on the installed models (an engine loads only when a test transcribes)."""
-    state = Voice(load_settings({"MODELS_DIR": str(MODELS_DIR), "DEFAULT_MODEL": "tiny.en", "ENGINE": "whispercpp",
-                                 "DATA_DIR": str(tmp_path)}))
+    state = Voice(
+        load_settings(
+            {
+                "MODELS_DIR": str(MODELS_DIR),
+                "DEFAULT_MODEL": "tiny.en",
+                "ENGINE": "whispercpp",
+                "DATA_DIR": str(tmp_path),
+            }
+        )
+    )
     yield state
     state.close()
 
@@ -144,12 +155,15 @@ def test_resolve_picks_a_model_that_knows_the_language(voice: Voice):
     assert voice.resolve("base", "German").language == "de"
 
 
-@pytest.mark.parametrize(("name", "language", "code"), [
-    ("tiny.en", "de", "language-not-supported"),
-    ("large-v9", None, "model-not-installed"),
-    ("../../etc/passwd", None, "model-not-installed"),
-    (None, "klingon", "language-unknown"),
-])
+@pytest.mark.parametrize(
+    ("name", "language", "code"),
+    [
+        ("tiny.en", "de", "language-not-supported"),
+        ("large-v9", None, "model-not-installed"),
+        ("../../etc/passwd", None, "model-not-installed"),
+        (None, "klingon", "language-unknown"),
+    ],
+)
 def test_resolve_refuses_with_a_code_and_what_to_do(voice: Voice, name, language, code):
     """A refused request names the problem (and the install command) instead of failing later."""
     with pytest.raises(RequestError) as caught:
@@ -178,7 +192,7 @@ def test_a_short_command_is_no_worse_than_the_full_window(voice: Voice):
     expected = " ".join(reference("jfk.flac").split()[:5])  # "And so my fellow Americans,"
     request = voice.resolve(None, "en")
     padded = np.zeros(30 * 16000, dtype=np.int16)
-    padded[:len(samples)] = samples
+    padded[: len(samples)] = samples
     full = voice.engine(request.model, 3.0).transcribe(padded, language="en").text
     command = voice.transcribe(request, samples).text
     assert wer(expected, command) <= wer(expected, full), (command, full)
@@ -230,7 +244,7 @@ def test_wyoming_counters_are_served_at_metrics(app, client):
     assert 'whisper_wyoming_requests_total{outcome="error"} 1.0' in text
     assert 'whisper_wyoming_requests_total{outcome="abandoned"} 1.0' in text
     assert 'whisper_wyoming_latency_seconds_bucket{le="0.3"} 1.0' in text
-    assert 'whisper_wyoming_latency_seconds_count 2.0' in text
+    assert "whisper_wyoming_latency_seconds_count 2.0" in text
     assert "whisper_wyoming_audio_seconds_total 5.0" in text
 
 
@@ -245,8 +259,9 @@ def test_wyoming_role_loads_no_web_stack(tmp_path):
         "print(' '.join(sorted(sys.modules)))\n"
     )
     env = {**os.environ, "WT_DATA_DIR": str(tmp_path), "WT_MODELS_DIR": str(MODELS_DIR)}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     loaded = set(result.stdout.split())
     assert "workers.wyoming_server" in loaded and "wyoming.info" in loaded
@@ -286,7 +301,7 @@ class Voiced:
             await client.write_event(Transcribe(**transcribe).event())
             await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
             for start in range(0, len(audio), step):
-                chunk = AudioChunk(rate=rate, width=width, channels=channels, audio=audio[start:start + step])
+                chunk = AudioChunk(rate=rate, width=width, channels=channels, audio=audio[start : start + step])
                 await client.write_event(chunk.event())
             await client.write_event(AudioStop().event())
             stopped = time.perf_counter()
@@ -299,6 +314,7 @@ class Voiced:
 
     def exchange(self, events: list[Event], *, read: int = 1) -> list[Event | None]:
         """Send raw events on a new connection, then read up to ``read`` answers (None: closed)."""
+
         async def go() -> list[Event | None]:
             answers: list[Event | None] = []
             async with AsyncTcpClient("127.0.0.1", self.port) as client:
@@ -318,8 +334,13 @@ def voiced(tmp_path_factory):
     """`whisper-transcriber run` with WT_WYOMING_ENABLED: the supervisor starts the Wyoming server."""
     port = free_port()
     data_dir = tmp_path_factory.mktemp("wyoming") / "data"
-    with launch_appliance(data_dir, "wyoming-appliance.log", WT_WYOMING_ENABLED="true",
-                          WT_WYOMING_PORT=str(port), WT_DEFAULT_MODEL="tiny.en") as server:
+    with launch_appliance(
+        data_dir,
+        "wyoming-appliance.log",
+        WT_WYOMING_ENABLED="true",
+        WT_WYOMING_PORT=str(port),
+        WT_DEFAULT_MODEL="tiny.en",
+    ) as server:
         voiced = Voiced(server, port)
 
         def serving() -> bool:
@@ -427,10 +448,17 @@ def test_audio_chunk_before_audio_start_gets_an_error_and_a_close(voiced: Voiced
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("raw", [b"not json at all\n", b'{"type": "transcribe", "data": {"language": 5}}\n',
-                                 b'{"type": "audio-chunk", "payload_length": 1000000000000}\n'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json at all\n",
+        b'{"type": "transcribe", "data": {"language": 5}}\n',
+        b'{"type": "audio-chunk", "payload_length": 1000000000000}\n',
+    ],
+)
 def test_malformed_events_get_an_error_and_a_close(voiced: Voiced, raw: bytes):
     """Garbage, a transcribe with a number for its language, a terabyte payload: an error event, then a close."""
+
     async def go() -> list[Event | None]:
         reader, writer = await asyncio.open_connection("127.0.0.1", voiced.port)
         writer.write(raw)
@@ -447,15 +475,21 @@ def test_malformed_events_get_an_error_and_a_close(voiced: Voiced, raw: bytes):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("start_width", "chunk_width", "code"), [
-    (5, 5, "unsupported-audio-format"),
-    (2, 4, "audio-format-changed"),
-])
+@pytest.mark.parametrize(
+    ("start_width", "chunk_width", "code"),
+    [
+        (5, 5, "unsupported-audio-format"),
+        (2, 4, "audio-format-changed"),
+    ],
+)
 def test_wrong_sample_width_gets_an_error_and_a_close(voiced: Voiced, start_width, chunk_width, code):
     """A width no PCM has, or a chunk whose width differs from audio-start, is refused and the server serves on."""
-    events = [Transcribe().event(), AudioStart(rate=16000, width=start_width, channels=1).event(),
-              AudioChunk(rate=16000, width=chunk_width, channels=1, audio=bytes(3200 * chunk_width)).event(),
-              AudioStop().event()]
+    events = [
+        Transcribe().event(),
+        AudioStart(rate=16000, width=start_width, channels=1).event(),
+        AudioChunk(rate=16000, width=chunk_width, channels=1, audio=bytes(3200 * chunk_width)).event(),
+        AudioStop().event(),
+    ]
     _assert_error_then_closed(voiced.exchange(events, read=2), code)
     assert voiced.describe().asr
 
@@ -473,6 +507,7 @@ def test_a_ten_minute_stream_is_cut_off_at_the_bound(voiced: Voiced):
     async def go() -> tuple[list[Event | None], int]:
         sent = 0
         async with AsyncTcpClient("127.0.0.1", voiced.port) as client:
+
             async def read_all() -> list[Event | None]:
                 answers: list[Event | None] = []
                 while not answers or answers[-1] is not None:
@@ -523,9 +558,13 @@ def test_a_client_that_leaves_mid_stream_is_counted_and_the_server_serves_on(voi
 @pytest.mark.e2e
 def test_a_refused_request_gets_an_error_and_the_connection_stays_usable(voiced: Voiced):
     """An uninstalled model is an error event naming the install command; the same connection then describes."""
-    events = [Transcribe(name="large-v9").event(), AudioStart(rate=16000, width=2, channels=1).event(),
-              AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3200)).event(), AudioStop().event(),
-              Describe().event()]
+    events = [
+        Transcribe(name="large-v9").event(),
+        AudioStart(rate=16000, width=2, channels=1).event(),
+        AudioChunk(rate=16000, width=2, channels=1, audio=bytes(3200)).event(),
+        AudioStop().event(),
+        Describe().event(),
+    ]
     answers = voiced.exchange(events, read=2)
     assert answers[0] is not None and Error.is_type(answers[0].type), answers
     assert Error.from_event(answers[0]).code == "model-not-installed"
@@ -540,8 +579,11 @@ def test_a_command_does_not_wait_behind_a_long_file_job(voiced: Voiced, command_
     long_audio = make_long_audio(AUDIO / "OSR_us_000_0034_8k.flac", tmp_path / "long.wav", repeats=17)
     job_id = voiced.server.submit(long_audio)
     try:
-        wait_for(lambda: voiced.server.get(f"/api/progress/{job_id}").json()["stage"] == "transcribing",
-                 timeout=120, interval=0.3)
+        wait_for(
+            lambda: voiced.server.get(f"/api/progress/{job_id}").json()["stage"] == "transcribing",
+            timeout=120,
+            interval=0.3,
+        )
         audio, rate = command_audio
         event, latency = voiced.command(audio, (rate, 2, 1))
         job = voiced.server.get(f"/api/jobs/{job_id}").json()
@@ -556,6 +598,7 @@ def test_a_command_does_not_wait_behind_a_long_file_job(voiced: Voiced, command_
 @pytest.mark.e2e
 def test_the_supervisor_restarts_a_wyoming_server_that_died(voiced: Voiced):
     """Killed outright, the Wyoming server is started again by `run` and serves again."""
+
     def wyoming_child() -> psutil.Process | None:
         for child in psutil.Process(voiced.server.process.pid).children():
             try:

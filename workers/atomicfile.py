@@ -38,8 +38,9 @@ class AtomicFile:
         os.close(os.open(self.temp, flags, self.mode))
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if exc_type is None and not self.committed:
                 self.commit()

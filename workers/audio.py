@@ -76,14 +76,16 @@ def probe(path: Path | str, timeout: float = 60) -> MediaInfo:
         with av.open(str(path), timeout=timeout) as container:
             return _media_info(container)
     except av.ExitError as exc:
-        raise MediaError(f"Reading the media took longer than {timeout:.0f} s and was stopped",
-                         "MEDIA_TIMEOUT") from exc
+        raise MediaError(
+            f"Reading the media took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT"
+        ) from exc
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise MediaError("The file is not audio or video that ffmpeg can read", "UNSUPPORTED_MEDIA") from exc
 
 
 def _media_info(container: av.container.InputContainer) -> MediaInfo:
     import av
+
     streams = list(container.streams)
     audio = [s for s in streams if s.type == "audio"]
     if not audio:
@@ -103,8 +105,12 @@ def _media_info(container: av.container.InputContainer) -> MediaInfo:
         channels=first.codec_context.channels or None,
         has_video=video,
         audio_streams=[
-            {"index": s.index, "codec": s.codec_context.name, "channels": s.codec_context.channels,
-             "language": s.metadata.get("language")}
+            {
+                "index": s.index,
+                "codec": s.codec_context.name,
+                "channels": s.codec_context.channels,
+                "language": s.metadata.get("language"),
+            }
             for s in audio
         ],
     )
@@ -131,15 +137,33 @@ def _check_decoded(stderr: str, decoded: float, expected_seconds: float | None) 
     if decoded <= 0:
         raise MediaError("The media decoded to no audio; it may be truncated or damaged")
     if stderr and expected_seconds and decoded < 0.9 * expected_seconds - 0.5:
-        raise MediaError(f"The media is truncated or damaged: only {decoded:.1f} s of "
-                         f"{expected_seconds:.1f} s could be decoded")
+        raise MediaError(
+            f"The media is truncated or damaged: only {decoded:.1f} s of {expected_seconds:.1f} s could be decoded"
+        )
 
 
 def _decode_command(path: Path | str, output: str, max_seconds: float | None = None) -> list[str]:
     # -t is an output option here: it bounds the audio written, whatever the container claims.
     limit = ["-t", f"{max_seconds:.3f}"] if max_seconds else []
-    return ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(path), "-map", "0:a:0", "-vn",
-            "-ac", "1", "-ar", str(SAMPLE_RATE), *limit, *PCM_FORMAT, output]
+    return [
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        *limit,
+        *PCM_FORMAT,
+        output,
+    ]
 
 
 PCM_FORMAT = ("-f", "s16le", "-acodec", "pcm_s16le")  # what the decode stage caches: 16 kHz mono 16-bit
@@ -160,8 +184,9 @@ def decode(path: Path | str, timeout: float = 900, expected_seconds: float | Non
     return samples
 
 
-def _run_polled(cmd: list[str], timeout: float, should_abort: Callable[[], bool] | None,
-                on_tick: Callable[[], None] | None) -> tuple[int, str]:
+def _run_polled(
+    cmd: list[str], timeout: float, should_abort: Callable[[], bool] | None, on_tick: Callable[[], None] | None
+) -> tuple[int, str]:
     """Run ffmpeg, checking every ``POLL_SECONDS`` for a cancel and the timeout; kill it on either.
 
     Returns the exit code and the tail of its error output. Raises Aborted on cancel and MediaError
@@ -195,9 +220,16 @@ def _run_polled(cmd: list[str], timeout: float, should_abort: Callable[[], bool]
         return proc.returncode, errors.read().decode("utf-8", "replace").strip()
 
 
-def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_seconds: float | None = None, *,
-                   max_seconds: float | None = None, should_abort: Callable[[], bool] | None = None,
-                   on_progress: Callable[[float], None] | None = None) -> float:
+def decode_to_file(
+    path: Path | str,
+    out: Path,
+    timeout: float = 900,
+    expected_seconds: float | None = None,
+    *,
+    max_seconds: float | None = None,
+    should_abort: Callable[[], bool] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> float:
     """Decode to a raw 16 kHz mono s16le file (streamed by ffmpeg, never in memory); returns seconds.
 
     At most ``max_seconds`` plus a margin is decoded, whatever the container claims: audio that reaches
@@ -226,8 +258,11 @@ def decode_to_file(path: Path | str, out: Path, timeout: float = 900, expected_s
         # Half the margin: a file at the limit whose decoder adds a few ms of padding still passes.
         if max_seconds and seconds > max_seconds + LIMIT_MARGIN_SECONDS / 2:
             claim = f", although the file claims {duration_text(expected_seconds)}" if expected_seconds else ""
-            raise MediaError(f"MEDIA_TOO_LONG: the audio goes on past the limit of {duration_text(max_seconds)} "
-                             f"(WT_MAX_MEDIA_SECONDS){claim}; decoding stopped there", "MEDIA_TOO_LONG")
+            raise MediaError(
+                f"MEDIA_TOO_LONG: the audio goes on past the limit of {duration_text(max_seconds)} "
+                f"(WT_MAX_MEDIA_SECONDS){claim}; decoding stopped there",
+                "MEDIA_TOO_LONG",
+            )
         _check_decoded(stderr, seconds, expected_seconds)
     return seconds
 

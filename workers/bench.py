@@ -48,16 +48,29 @@ def bare_seconds(model_file: Path, clip: Path, threads: int) -> float:
 class Appliance:
     """A ``whisper-transcriber run`` on a free port with a throwaway data dir."""
 
-    def __init__(self, models_dir: str, threads: int, *, data_dir: str | None = None,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self, models_dir: str, threads: int, *, data_dir: str | None = None, env: dict[str, str] | None = None
+    ):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="wt-bench-")
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "WT_DATA_DIR": self.data_dir, "WT_MODELS_DIR": models_dir, "WT_PORT": str(port),
-               "WT_ADMIN_PASSWORD": BENCH_PASSWORD, "WT_ENGINE_THREADS": str(threads), "WT_TUNE_ON_START": "false",
-               **(env or {})}
-        self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], cwd=ROOT, env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "WT_DATA_DIR": self.data_dir,
+            "WT_MODELS_DIR": models_dir,
+            "WT_PORT": str(port),
+            "WT_ADMIN_PASSWORD": BENCH_PASSWORD,
+            "WT_ENGINE_THREADS": str(threads),
+            "WT_TUNE_ON_START": "false",
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -69,8 +82,9 @@ class Appliance:
         else:
             self.close()
             raise RuntimeError("the appliance did not start within 60 s")
-        token = requests.post(self.url + "/auth/login", json={"username": "admin", "password": BENCH_PASSWORD},
-                              timeout=10).json()["access_token"]
+        token = requests.post(
+            self.url + "/auth/login", json={"username": "admin", "password": BENCH_PASSWORD}, timeout=10
+        ).json()["access_token"]
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -81,8 +95,9 @@ class Appliance:
     def transcribe_text(self, clip: Path) -> str:
         """Submit as a user does (no model, no language), wait (long poll) until completed; the text."""
         with open(clip, "rb") as f:
-            job_id = self.session.post(self.url + "/api/jobs/", files={"file": (clip.name, f)},
-                                       timeout=60).json()["job_id"]
+            job_id = self.session.post(self.url + "/api/jobs/", files={"file": (clip.name, f)}, timeout=60).json()[
+                "job_id"
+            ]
         while True:
             job = self.session.get(f"{self.url}/api/jobs/{job_id}?wait=60", timeout=90).json()
             if job["status"] in ("completed", "failed", "cancelled"):
@@ -95,8 +110,12 @@ class Appliance:
         """Submit over HTTP and wait (long poll) until completed; seconds."""
         started = time.perf_counter()
         with open(clip, "rb") as f:
-            job_id = self.session.post(self.url + "/api/jobs/", files={"file": (clip.name, f)},
-                                       data={"model": model, "language": "en"}, timeout=60).json()["job_id"]
+            job_id = self.session.post(
+                self.url + "/api/jobs/",
+                files={"file": (clip.name, f)},
+                data={"model": model, "language": "en"},
+                timeout=60,
+            ).json()["job_id"]
         while True:
             # A long poll answers the moment the job finishes; polling every 0.1 s instead costs the
             # engine 5-10 % here, because each request takes CPU from whisper.cpp's threads.
@@ -172,14 +191,23 @@ def run_bench(model: str, runs: int, audio_dir: Path | None, echo: Callable[[str
     bare = {name: statistics.median(values) for name, values in bare.items()}
     served = {name: statistics.median(values) for name, values in served.items()}
 
-    results = {"model": model, "threads": threads, "runs": runs, "worker_peak_rss_mb": round(peak / 1e6, 1),
-               "clips": {}}
+    results = {
+        "model": model,
+        "threads": threads,
+        "runs": runs,
+        "worker_peak_rss_mb": round(peak / 1e6, 1),
+        "clips": {},
+    }
     echo(f"{'clip':28} {'seconds':>8} {'bare s':>8} {'app s':>8} {'bare RTF':>9} {'app RTF':>8} {'app/bare':>9}")
     for clip in clips:
         length = audio.probe(clip).duration
         b, a = bare[clip.name], served[clip.name]
-        results["clips"][clip.name] = {"seconds": round(length, 1), "bare_s": round(b, 3), "appliance_s": round(a, 3),
-                                       "ratio": round(a / b, 3)}
+        results["clips"][clip.name] = {
+            "seconds": round(length, 1),
+            "bare_s": round(b, 3),
+            "appliance_s": round(a, 3),
+            "ratio": round(a / b, 3),
+        }
         echo(f"{clip.name:28} {length:8.1f} {b:8.2f} {a:8.2f} {b / length:9.3f} {a / length:8.3f} {a / b:9.3f}")
     echo(f"worker peak RSS: {peak / 1e6:.0f} MB")
     return results

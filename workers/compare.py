@@ -67,18 +67,36 @@ def build_workloads(folder: Path, names: list[str]) -> list[Workload]:
         made["osr"] = Workload("osr", [osr], tuning._reference(tuning.LONG_CLIP), 35.5)
     if "10min" in names:
         long = folder / "osr-x17.flac"
-        subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", "-stream_loop", str(LONG_REPEATS - 1),
-                        "-i", str(osr), "-ac", "1", "-ar", "16000", str(long)], check=True, timeout=300)
-        made["10min"] = Workload("10min", [long], tuning._reference(tuning.LONG_CLIP, LONG_REPEATS),
-                                 35.5 * LONG_REPEATS)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-y",
+                "-v",
+                "error",
+                "-stream_loop",
+                str(LONG_REPEATS - 1),
+                "-i",
+                str(osr),
+                "-ac",
+                "1",
+                "-ar",
+                "16000",
+                str(long),
+            ],
+            check=True,
+            timeout=300,
+        )
+        made["10min"] = Workload(
+            "10min", [long], tuning._reference(tuning.LONG_CLIP, LONG_REPEATS), 35.5 * LONG_REPEATS
+        )
     if "batch8" in names:
         copies = []
         for i in range(BATCH_JOBS):
             copy = folder / f"osr-{i}.flac"
             copy.write_bytes(osr.read_bytes())
             copies.append(copy)
-        made["batch8"] = Workload("batch8", copies, tuning._reference(tuning.LONG_CLIP, BATCH_JOBS),
-                                  35.5 * BATCH_JOBS)
+        made["batch8"] = Workload("batch8", copies, tuning._reference(tuning.LONG_CLIP, BATCH_JOBS), 35.5 * BATCH_JOBS)
     return [made[n] for n in names if n in made]
 
 
@@ -93,8 +111,7 @@ def serve(system: str, model_dir: str, threads: int) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads,
-                             local_files_only=True)
+        model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads, local_files_only=True)
         batched = BatchedInferencePipeline(model) if system == "fw-batched" else None
 
         def run(samples) -> str:
@@ -128,7 +145,11 @@ class Bare:
         self.label = label
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workers.compare", system, str(model_dir), str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def transcribe(self, workload: Workload) -> tuple[float, str, int]:
         """Seconds, text and peak RSS so far."""
@@ -150,15 +171,23 @@ class Bare:
 class Served:
     """The running appliance with one engine setting, used as a client does."""
 
-    def __init__(self, label: str, engine_setting: str, models_dir: str, threads: int,
-                 echo: Callable[[str], None], default_model: str = "tiny.en"):
+    def __init__(
+        self,
+        label: str,
+        engine_setting: str,
+        models_dir: str,
+        threads: int,
+        echo: Callable[[str], None],
+        default_model: str = "tiny.en",
+    ):
         self.label = label
         data = tempfile.mkdtemp(prefix="wt-compare-")
         if engine_setting == "auto":  # what a first start does in the background, done before timing
             cfg = {"DATA_DIR": data, "MODELS_DIR": models_dir, "ENGINE_THREADS": threads}
             tuning.calibrate(cfg, [default_model], echo=lambda line: echo(f"  tune {line}"))
-        self.app = Appliance(models_dir, threads, data_dir=data,
-                             env={"WT_ENGINE": engine_setting, "WT_TUNE_ON_START": "false"})
+        self.app = Appliance(
+            models_dir, threads, data_dir=data, env={"WT_ENGINE": engine_setting, "WT_TUNE_ON_START": "false"}
+        )
         self.rss = PeakRss(self.app.worker())
 
     def transcribe(self, workload: Workload) -> tuple[float, str, int]:
@@ -186,17 +215,22 @@ def run_compare(model: str, runs: int, names: list[str], echo: Callable[[str], N
     threads = int(settings["ENGINE_THREADS"]) or os.cpu_count() or 1
     ct2 = modelstore.ct2_dir(models_dir, model)
     if not modelstore.is_ct2_dir(ct2) or not tuning.ctranslate2_available():
-        raise SystemExit(f"the comparison needs faster-whisper and {model}'s CTranslate2 weights: "
-                         f"pip install -e '.[ctranslate2]' and whisper-transcriber models install {model}")
-    systems: list[Any] = [Bare(ANCHOR, "fw", ct2, threads),
-                          Bare(f"faster-whisper int8 batched ({FW_BATCH_SIZE})", "fw-batched", ct2, threads)]
+        raise SystemExit(
+            f"the comparison needs faster-whisper and {model}'s CTranslate2 weights: "
+            f"pip install -e '.[ctranslate2]' and whisper-transcriber models install {model}"
+        )
+    systems: list[Any] = [
+        Bare(ANCHOR, "fw", ct2, threads),
+        Bare(f"faster-whisper int8 batched ({FW_BATCH_SIZE})", "fw-batched", ct2, threads),
+    ]
     for choice in tuning.candidates(models_dir, model):
         if choice.backend == "whispercpp":
             systems.append(Bare(f"whisper.cpp bare {choice.path.name}", "cpp", choice.path, threads))
     for setting in ("whispercpp", "ctranslate2", "auto"):
         echo(f"starting the appliance with WT_ENGINE={setting}")
-        systems.append(Served(f"appliance WT_ENGINE={setting}", setting, models_dir, threads, echo,
-                              settings["DEFAULT_MODEL"]))
+        systems.append(
+            Served(f"appliance WT_ENGINE={setting}", setting, models_dir, threads, echo, settings["DEFAULT_MODEL"])
+        )
     figures: dict[tuple[str, str], Figures] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="wt-compare-audio-") as folder:
@@ -216,8 +250,13 @@ def run_compare(model: str, runs: int, names: list[str], echo: Callable[[str], N
             system.close()
 
 
-def _report(workloads: list[Workload], systems: list[Any], figures: dict[tuple[str, str], Figures],
-            threads: int, echo: Callable[[str], None]) -> dict[str, Any]:
+def _report(
+    workloads: list[Workload],
+    systems: list[Any],
+    figures: dict[tuple[str, str], Figures],
+    threads: int,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
     cpu = tuning.cpu_features()
     echo(f"CPU: {cpu['machine']} {' '.join(cpu['flags'])}; {threads} threads")
     echo(f"whisper.cpp: {cpu['whisper_cpp']}")
@@ -228,12 +267,19 @@ def _report(workloads: list[Workload], systems: list[Any], figures: dict[tuple[s
         for system in systems:
             cell = figures[(workload.name, system.label)]
             median = statistics.median(cell.times)
-            row = {"workload": workload.name, "system": system.label, "seconds": round(median, 3),
-                   "ratio": round(median / anchor, 2), "wer": round(cell.wer or 0.0, 3),
-                   "rss_mb": round(cell.rss / 2**20)}
+            row = {
+                "workload": workload.name,
+                "system": system.label,
+                "seconds": round(median, 3),
+                "ratio": round(median / anchor, 2),
+                "wer": round(cell.wer or 0.0, 3),
+                "rss_mb": round(cell.rss / 2**20),
+            }
             table.append(row)
-            echo(f"{workload.name:8} {system.label:44} {median:8.2f} {row['ratio']:6.2f} {row['wer']:6.3f} "
-                 f"{row['rss_mb']:7d}")
+            echo(
+                f"{workload.name:8} {system.label:44} {median:8.2f} {row['ratio']:6.2f} {row['wer']:6.3f} "
+                f"{row['rss_mb']:7d}"
+            )
     return {"cpu": cpu, "threads": threads, "rows": table}
 
 

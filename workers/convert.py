@@ -122,9 +122,7 @@ def load_ct2_model(model_dir: Path) -> Ct2Model:
 def gpt2_byte_decoder() -> dict[str, int]:
     """Map GPT-2's printable byte symbols back to the bytes they stand for."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0
@@ -227,8 +225,9 @@ def map_tensors(variables: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndar
         if array.ndim == 0 or name == "decoder/projection/weight":
             continue
         if name.endswith("_scale") or array.dtype.kind != "f":
-            raise ConversionError(f"{name}: quantized CTranslate2 models (int8) are not supported; "
-                                  "use a float16 or float32 model")
+            raise ConversionError(
+                f"{name}: quantized CTranslate2 models (int8) are not supported; use a float16 or float32 model"
+            )
         if name in _SIMPLE:
             yield _SIMPLE[name], array
             continue
@@ -243,7 +242,7 @@ def map_tensors(variables: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndar
         if not m:
             raise ConversionError(f"unexpected variable {name}")
         side, layer = m[1], m[2]
-        rest = name[m.end():]
+        rest = name[m.end() :]
         part, kind = rest.rsplit("/", 1)
         kind = _NORMS.get(kind, kind)
         prefix = f"{side}.blocks.{layer}"
@@ -280,8 +279,17 @@ def hparams(model: Ct2Model, ftype: int) -> list[int]:
     if len(model.vocabulary) != n_vocab:
         raise ConversionError(f"vocabulary has {len(model.vocabulary)} tokens, embeddings have {n_vocab}")
     return [
-        n_vocab, n_audio_ctx, n_audio_state, n_audio_head, count_layers(v, "encoder"),
-        n_text_ctx, n_text_state, n_text_head, count_layers(v, "decoder"), n_mels, ftype,
+        n_vocab,
+        n_audio_ctx,
+        n_audio_state,
+        n_audio_head,
+        count_layers(v, "encoder"),
+        n_text_ctx,
+        n_text_state,
+        n_text_head,
+        count_layers(v, "decoder"),
+        n_mels,
+        ftype,
     ]
 
 
@@ -380,8 +388,7 @@ def _copy_header(src: BinaryIO, dst: BinaryIO, ftype: int) -> list[int]:
 def quantize_ggml(src_path: Path, dst_path: Path) -> Path:
     """Write a q8_0 copy of an f16 ggml model, tensor by tensor (atomically)."""
     dst_path = Path(dst_path)
-    with (open(src_path, "rb") as src, AtomicFile(dst_path, mode=PUBLIC) as target,
-          open(target.temp, "wb") as dst):
+    with open(src_path, "rb") as src, AtomicFile(dst_path, mode=PUBLIC) as target, open(target.temp, "wb") as dst:
         _copy_header(src, dst, FTYPE_Q8_0)
         while header := src.read(12):
             if len(header) != 12:

@@ -47,8 +47,12 @@ UPSCALE_FACTORS = (1, 2, 4)
 SAMPLE_RATES = (44100, 48000, 96000)
 CHANNELS = (1, 2)
 DEFAULTS: dict[str, Any] = {
-    "denoise_strength": 50, "high_precision": False, "upscale_factor": 1,
-    "target_sample_rate": 48000, "target_channels": 2, "noise_profile": "auto",
+    "denoise_strength": 50,
+    "high_precision": False,
+    "upscale_factor": 1,
+    "target_sample_rate": 48000,
+    "target_channels": 2,
+    "noise_profile": "auto",
 }
 
 WINDOW_SECONDS = 0.05  # level windows for the noise-floor estimate
@@ -108,8 +112,9 @@ def denoise_filter(strength: float, profile: str, floor_db: float, delay: int) -
     return chain
 
 
-def resample_filter(*, rate: int, channels_in: int, channels: int, high_precision: bool, upscale: int,
-                    source_rate: int) -> str:
+def resample_filter(
+    *, rate: int, channels_in: int, channels: int, high_precision: bool, upscale: int, source_rate: int
+) -> str:
     """The resample chain: rate conversion, optional harmonic exciter, channel layout."""
     parts = [f"aresample={rate}:resampler=soxr:precision=28" if high_precision else f"aresample={rate}"]
     if upscale > 1:
@@ -125,8 +130,14 @@ def resample_filter(*, rate: int, channels_in: int, channels: int, high_precisio
 # ------------------------------------------------------------------------ ffmpeg
 
 
-def _ffmpeg(ctx: StageContext, args: list[str], *, span: tuple[float, float] = (0.0, 100.0),
-            seconds: float | None = None, cwd: Path | None = None) -> None:
+def _ffmpeg(
+    ctx: StageContext,
+    args: list[str],
+    *,
+    span: tuple[float, float] = (0.0, 100.0),
+    seconds: float | None = None,
+    cwd: Path | None = None,
+) -> None:
     """Run ffmpeg with progress into ``span`` of the stage, stopping it on cancel or after the timeout."""
     if ctx.should_abort():  # cancelled between two runs: do not start the next
         raise engine.Aborted()
@@ -193,11 +204,17 @@ def afftdn_delay(rate: int) -> int:
     Measured once per rate by cross-correlating noise with its filtered copy, because the latency
     (25 ms in ffmpeg 5.1) depends on the ffmpeg version.
     """
-    graph = (f"anoisesrc=color=white:amplitude=0.5:seed=7:duration=0.5:sample_rate={rate},"
-             "aformat=channel_layouts=mono,asplit[a][b];"
-             "[b]afftdn=nr=1:nf=-80[c];[a][c]join=inputs=2:channel_layout=stereo")
-    result = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-filter_complex", graph, "-f", "f32le", "-"],
-                            capture_output=True, timeout=60, check=False)
+    graph = (
+        f"anoisesrc=color=white:amplitude=0.5:seed=7:duration=0.5:sample_rate={rate},"
+        "aformat=channel_layouts=mono,asplit[a][b];"
+        "[b]afftdn=nr=1:nf=-80[c];[a][c]join=inputs=2:channel_layout=stereo"
+    )
+    result = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-filter_complex", graph, "-f", "f32le", "-"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     if result.returncode != 0:
         raise audio.MediaError("ffmpeg cannot run the afftdn denoiser")
     pair = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, 2).astype(np.float64)
@@ -216,16 +233,27 @@ def ingest(ctx: StageContext) -> Path:
     channels = (ctx.job.media_info or {}).get("channels") or 2
     # -t: a header may lie about the length, so the limit bounds what ffmpeg writes, not what it was told.
     limit = float(ctx.cfg["MAX_MEDIA_SECONDS"])
-    args = ["-i", str(ctx.source()), "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le",
-            "-t", f"{limit + audio.LIMIT_MARGIN_SECONDS:.3f}"]
+    args = [
+        "-i",
+        str(ctx.source()),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-c:a",
+        "pcm_f32le",
+        "-t",
+        f"{limit + audio.LIMIT_MARGIN_SECONDS:.3f}",
+    ]
     if channels > 2:
         args += ["-ac", "2"]
     _render(ctx, args, out)
     info = _probe(ctx, out)
     if info.duration > limit + audio.LIMIT_MARGIN_SECONDS / 2:
         out.unlink(missing_ok=True)
-        raise audio.MediaError(f"MEDIA_TOO_LONG: the audio goes on past the limit of {limit:.0f} s "
-                               "(WT_MAX_MEDIA_SECONDS); cleaning stopped there")
+        raise audio.MediaError(
+            f"MEDIA_TOO_LONG: the audio goes on past the limit of {limit:.0f} s "
+            "(WT_MAX_MEDIA_SECONDS); cleaning stopped there"
+        )
     ctx.log("INFO", f"ingested {info.duration:.1f} s at {info.sample_rate} Hz, {info.channels} channel(s)")
     return out
 
@@ -234,8 +262,10 @@ def measure_noise_floor(ctx: StageContext, path: Path, rate: int, span: tuple[fl
     """The noise floor of a file in dBFS: ``astats`` levels of 50 ms windows, see :func:`noise_floor`."""
     window = max(1, round(rate * WINDOW_SECONDS))
     # The levels file is named relative to the cache folder (ffmpeg's cwd): no path escaping in the graph.
-    graph = (f"asetnsamples=n={window}:p=0,astats=metadata=1:reset=1:measure_perchannel=none:"
-             f"measure_overall=RMS_level,ametadata=mode=print:key=lavfi.astats.Overall.RMS_level:file={LEVELS_FILE}")
+    graph = (
+        f"asetnsamples=n={window}:p=0,astats=metadata=1:reset=1:measure_perchannel=none:"
+        f"measure_overall=RMS_level,ametadata=mode=print:key=lavfi.astats.Overall.RMS_level:file={LEVELS_FILE}"
+    )
     levels_path = ctx.cache / LEVELS_FILE
     try:
         _ffmpeg(ctx, ["-i", str(path), "-af", graph, "-f", "null", "-"], span=span, cwd=ctx.cache)
@@ -261,8 +291,9 @@ def denoise(ctx: StageContext) -> Path:
     floor_db = measure_noise_floor(ctx, source, info.sample_rate or 48000, (0.0, 25.0))
     chain = denoise_filter(strength, profile, floor_db, afftdn_delay(info.sample_rate or 48000))
     reduction, nf = denoise_params(strength, profile, floor_db)
-    ctx.log("INFO", f"noise floor {floor_db:.1f} dBFS; afftdn nr={reduction} nf={nf} "
-                    f"({profile}, strength {strength:g})")
+    ctx.log(
+        "INFO", f"noise floor {floor_db:.1f} dBFS; afftdn nr={reduction} nf={nf} ({profile}, strength {strength:g})"
+    )
     return _render(ctx, ["-i", str(source), "-af", chain, "-c:a", "pcm_f32le"], out, span=(25.0, 100.0))
 
 
@@ -272,9 +303,14 @@ def resample(ctx: StageContext) -> Path:
     source, out = ctx.cache / DENOISED_CACHE, ctx.cache / CLEANED_CACHE
     info = _probe(ctx, source)
     rate, channels = int(opts["target_sample_rate"]), int(opts["target_channels"])
-    chain = resample_filter(rate=rate, channels_in=info.channels or 1, channels=channels,
-                            high_precision=bool(opts["high_precision"]), upscale=int(opts["upscale_factor"]),
-                            source_rate=_source_rate(ctx.job.media_info, info.sample_rate or rate))
+    chain = resample_filter(
+        rate=rate,
+        channels_in=info.channels or 1,
+        channels=channels,
+        high_precision=bool(opts["high_precision"]),
+        upscale=int(opts["upscale_factor"]),
+        source_rate=_source_rate(ctx.job.media_info, info.sample_rate or rate),
+    )
     codec = "pcm_s24le" if opts["high_precision"] or rate > 48000 else "pcm_s16le"
     _render(ctx, ["-i", str(source), "-af", chain, "-c:a", codec], out)
     ctx.log("INFO", f"resampled to {rate} Hz, {channels} channel(s), {codec}: {chain}")

@@ -97,8 +97,7 @@ def follow_supervisor(signum: int = signal.SIGTERM) -> bool:
 
 def leave_with_supervisor(*_: Any) -> None:
     """The supervisor is gone: stop this worker and its children (ffmpeg) now; the next start re-queues the job."""
-    log.warning("the supervisor %s is gone; this worker stops now, the next start re-queues its job",
-                supervisor_pid())
+    log.warning("the supervisor %s is gone; this worker stops now, the next start re-queues its job", supervisor_pid())
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
@@ -191,8 +190,12 @@ def install_recycling(huey: Any, settings: dict[str, Any], supervised: bool) -> 
         job_id = task.args[0] if task.args else None
         if not recycler.after_job(_engine_of(job_id)):
             return
-        log.warning("recycling worker %s after its job: %s", os.getpid(), recycler.reason,
-                    extra={"job_id": job_id, "recycle_reason": recycler.reason, "jobs": recycler.jobs})
+        log.warning(
+            "recycling worker %s after its job: %s",
+            os.getpid(),
+            recycler.reason,
+            extra={"job_id": job_id, "recycle_reason": recycler.reason, "jobs": recycler.jobs},
+        )
         huey.storage.interrupt()  # take no other job meanwhile
         # Huey stops gracefully on SIGINT (the job is done) and re-executes itself in place on SIGHUP.
         os.kill(os.getpid(), signal.SIGINT if supervised else signal.SIGHUP)

@@ -67,8 +67,7 @@ def ct2_dir(models_dir: Path | str, name: str) -> Path:
 def is_ct2_dir(folder: Path | str) -> bool:
     """True when ``folder`` holds everything faster-whisper needs to load a model offline."""
     folder = Path(folder)
-    return (all((folder / f).is_file() for f in CT2_REQUIRED)
-            and any((folder / v).is_file() for v in CT2_VOCABULARIES))
+    return all((folder / f).is_file() for f in CT2_REQUIRED) and any((folder / v).is_file() for v in CT2_VOCABULARIES)
 
 
 def ct2_installed(models_dir: Path | str) -> list[str]:
@@ -76,7 +75,7 @@ def ct2_installed(models_dir: Path | str) -> list[str]:
     folder = Path(models_dir)
     if not folder.is_dir():
         return []
-    return sorted(p.name[len("ct2-"):] for p in folder.glob("ct2-*") if p.is_dir() and is_ct2_dir(p))
+    return sorted(p.name[len("ct2-") :] for p in folder.glob("ct2-*") if p.is_dir() and is_ct2_dir(p))
 
 
 def installed(models_dir: Path | str) -> list[str]:
@@ -84,7 +83,7 @@ def installed(models_dir: Path | str) -> list[str]:
     folder = Path(models_dir)
     if not folder.is_dir():
         return []
-    return sorted(p.name[len("ggml-"):-len(".bin")] for p in folder.glob("ggml-*.bin") if p.is_file())
+    return sorted(p.name[len("ggml-") : -len(".bin")] for p in folder.glob("ggml-*.bin") if p.is_file())
 
 
 def install_hint(name: str) -> str:
@@ -196,8 +195,11 @@ def download(models_dir: Path | str, name: str, url: str, sha256: str, timeout: 
     digest = hashlib.sha256()
     try:
         # identity encoding: Content-Length then counts the bytes we hash and store
-        with AtomicFile(target) as part, open(part.temp, "wb") as out, requests.get(
-                url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as response:
+        with (
+            AtomicFile(target) as part,
+            open(part.temp, "wb") as out,
+            requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as response,
+        ):
             response.raise_for_status()
             # With a Content-Encoding the length counts compressed bytes; the checksum still guards.
             encoded = response.headers.get("Content-Encoding")

@@ -88,7 +88,8 @@ class BuildPlan:
     def enabled(self) -> list[str]:
         """The instruction-set options switched on (or the ARM architecture), for messages."""
         return [k for k, v in self.options.items() if v == "ON"] + [
-            v for k, v in self.options.items() if k == "GGML_CPU_ARM_ARCH"]
+            v for k, v in self.options.items() if k == "GGML_CPU_ARM_ARCH"
+        ]
 
     def cmake_args(self) -> str:
         """The CMAKE_ARGS value pywhispercpp's setup.py passes on to CMake."""
@@ -100,8 +101,9 @@ class BuildPlan:
 
 def cpu_flags(cpuinfo: str) -> set[str]:
     """The flags (x86) or features (ARM) that every core of /proc/cpuinfo lists."""
-    per_core = [set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines()
-                if re.match(r"^(flags|Features)\s*:", line)]
+    per_core = [
+        set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if re.match(r"^(flags|Features)\s*:", line)
+    ]
     return set.intersection(*per_core) if per_core else set()
 
 
@@ -162,15 +164,18 @@ def measure_here(models: list[Path], threads: int = VERIFY_THREADS) -> dict[str,
         for name, samples in clips.items():
             started, cpu = time.perf_counter(), time.process_time()
             text = loaded.transcribe(samples).text
-            results.setdefault(model.name, {})[name] = {"seconds": round(time.perf_counter() - started, 3),
-                                                        "cpu": round(time.process_time() - cpu, 3),
-                                                        "wer": round(_wer(references[name], text), 4)}
+            results.setdefault(model.name, {})[name] = {
+                "seconds": round(time.perf_counter() - started, 3),
+                "cpu": round(time.process_time() - cpu, 3),
+                "wer": round(_wer(references[name], text), 4),
+            }
         del loaded
     return {"module": pw.__file__, "system_info": pw.whisper_print_system_info().strip(), "results": results}
 
 
-def measure(models: list[Path], site: Path | None = None, threads: int = VERIFY_THREADS,
-            python: str = sys.executable) -> dict[str, Any]:
+def measure(
+    models: list[Path], site: Path | None = None, threads: int = VERIFY_THREADS, python: str = sys.executable
+) -> dict[str, Any]:
     """Run ``measure_here`` in a fresh process, with ``site`` (a staged build) ahead of the installed one."""
     env = dict(os.environ)
     if site is not None:
@@ -200,8 +205,9 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, flo
     for model, clips in rounds[0]["results"].items():
         for clip in clips:
             runs = [r["results"][model][clip] for r in rounds]
-            out.setdefault(model, {})[clip] = {key: round(statistics.median(r[key] for r in runs), 3)
-                                               for key in ("seconds", "cpu")} | {"wer": max(r["wer"] for r in runs)}
+            out.setdefault(model, {})[clip] = {
+                key: round(statistics.median(r[key] for r in runs), 3) for key in ("seconds", "cpu")
+            } | {"wer": max(r["wer"] for r in runs)}
     return out
 
 
@@ -231,8 +237,11 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any]) -> tuple[list[s
 
 def model_speedups(baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, float]:
     """Per model file: the installed build's CPU time over the native build's, on the shipped clips."""
-    return {model: round(_total(clips) / _total(candidate[model]), 3)
-            for model, clips in baseline.items() if model in candidate and _total(candidate[model])}
+    return {
+        model: round(_total(clips) / _total(candidate[model]), 3)
+        for model, clips in baseline.items()
+        if model in candidate and _total(candidate[model])
+    }
 
 
 # ------------------------------------------------------------------ the build
@@ -266,8 +275,16 @@ def installed_is_native() -> bool:
 class NativeBuild:
     """The steps of a native build; each raises BuildError, and ``run`` turns any failure into a kept wheel."""
 
-    def __init__(self, data_dir: Path | str, models: list[Path], *, threads: int = VERIFY_THREADS, runs: int = 3,
-                 python: str = sys.executable, echo: Callable[[str], None] = print):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        models: list[Path],
+        *,
+        threads: int = VERIFY_THREADS,
+        runs: int = 3,
+        python: str = sys.executable,
+        echo: Callable[[str], None] = print,
+    ):
         self.work = Path(data_dir) / WORK_DIR
         self.models = models
         self.threads = threads
@@ -300,8 +317,7 @@ class NativeBuild:
         return same and not record.get("retry") and (not record.get("installed") or installed_is_native())
 
     # -- steps
-    def _pip(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
-             nice: bool = False) -> None:
+    def _pip(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None, nice: bool = False) -> None:
         command = [self.python, "-m", "pip", *args]
         if nice and shutil.which("nice"):
             command = ["nice", "-n", "19", *command]  # a serving appliance keeps its CPU share while this compiles
@@ -340,8 +356,17 @@ class NativeBuild:
         env = {**os.environ, "CMAKE_ARGS": plan.cmake_args(), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
         env.pop("SOURCE_DATE_EPOCH", None)
         # --no-cache-dir: pip would otherwise hand back a wheel it cached from a build with other flags.
-        self._pip("wheel", "--no-deps", "--no-cache-dir", str(sdist), "-w", str(dist), timeout=BUILD_TIMEOUT,
-                  env=env, nice=True)
+        self._pip(
+            "wheel",
+            "--no-deps",
+            "--no-cache-dir",
+            str(sdist),
+            "-w",
+            str(dist),
+            timeout=BUILD_TIMEOUT,
+            env=env,
+            nice=True,
+        )
         found = sorted(dist.glob(f"{PACKAGE}-*.whl"))
         if not found:
             raise BuildError("the build produced no wheel")
@@ -423,9 +448,15 @@ class NativeBuild:
             outcome = Outcome(False, f"wheel kept: {exc}", asdict(plan), speedup, baseline, candidate)
         else:
             per_model = ", ".join(f"{m} {x:.2f}x" for m, x in model_speedups(baseline, candidate).items())
-            outcome = Outcome(True, f"native build installed: {speedup:.2f}x the speed of the previous build "
-                                    f"on the shipped clips ({per_model}); restart the workers to use it",
-                              asdict(plan), speedup, baseline, candidate)
+            outcome = Outcome(
+                True,
+                f"native build installed: {speedup:.2f}x the speed of the previous build "
+                f"on the shipped clips ({per_model}); restart the workers to use it",
+                asdict(plan),
+                speedup,
+                baseline,
+                candidate,
+            )
         self.write_record(version, outcome)
         return outcome
 

@@ -75,8 +75,9 @@ class Progress:
     burst (whisper.cpp hands over a whole window's segments at once) are the ones the job shows.
     """
 
-    def __init__(self, write: Callable[..., None], cancelled: Callable[[], bool], *,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, write: Callable[..., None], cancelled: Callable[[], bool], *, clock: Callable[[], float] = time.monotonic
+    ):
         self._write, self._cancelled, self.clock = write, cancelled, clock
         self.percent = 0.0
         self._last_write = float("-inf")
@@ -165,7 +166,7 @@ class Eta:
             if done > 0 and spent > 0:
                 self.pace = spent / done
             if self.pace is not None:
-                raw = (sum(self.weights[self.index:]) - done) * self.pace
+                raw = (sum(self.weights[self.index :]) - done) * self.pace
         rising = overall > self.percent
         self.percent = max(self.percent, overall)
         if raw is None or (self.shown is not None and not rising):
@@ -239,32 +240,49 @@ def run(job_id: str) -> None:
         for index, name in enumerate(plan):
             stage = stages.STAGES[name]
 
-            def write(percent: float, segments: int, segments_total: int | None = None,
-                      stage: stages.Stage = stage, base: float = done_weight) -> None:
+            def write(
+                percent: float,
+                segments: int,
+                segments_total: int | None = None,
+                stage: stages.Stage = stage,
+                base: float = done_weight,
+            ) -> None:
                 overall = min(99.0, 100.0 * (base + stage.weight * percent / 100.0) / total)
-                transitions.record_progress(job_id, stage.label, overall, stage.name, round(percent, 1), segments,
-                                            eta_seconds=eta.update(percent, overall), total_segments=segments_total)
+                transitions.record_progress(
+                    job_id,
+                    stage.label,
+                    overall,
+                    stage.name,
+                    round(percent, 1),
+                    segments,
+                    eta_seconds=eta.update(percent, overall),
+                    total_segments=segments_total,
+                )
 
             progress = Progress(write, lambda: transitions.cancel_requested(job_id), clock=clock)
-            ctx = stages.StageContext(job, cfg, joblog.write, progress.report, progress.should_abort,
-                                      progress.follow, clock)
+            ctx = stages.StageContext(
+                job, cfg, joblog.write, progress.report, progress.should_abort, progress.follow, clock
+            )
             if stages.is_cached(ctx, name):
                 joblog.write("INFO", f"stage {name}: cached output reused")
             else:
                 eta.start_stage(index)
                 overall = 100.0 * done_weight / total
-                transitions.set_progress(job_id, stage.label, overall, eta_seconds=eta.update(0.0, overall),
-                                         **first_write)
+                transitions.set_progress(
+                    job_id, stage.label, overall, eta_seconds=eta.update(0.0, overall), **first_write
+                )
                 first_write = {}
-                job.stages = transitions.update_stage(job_id, name, status="running", progress=0.0,
-                                                    started_at=_stamp(), finished_at=None, error=None)
+                job.stages = transitions.update_stage(
+                    job_id, name, status="running", progress=0.0, started_at=_stamp(), finished_at=None, error=None
+                )
                 with _ticking(progress):
                     output = stage.run(ctx)
                 progress.flush()
                 if progress.should_abort():
                     raise engine.Aborted()
-                job.stages = transitions.update_stage(job_id, name, status="done", progress=100.0,
-                                                    finished_at=_stamp(), output=_relative(cfg, output))
+                job.stages = transitions.update_stage(
+                    job_id, name, status="done", progress=100.0, finished_at=_stamp(), output=_relative(cfg, output)
+                )
             done_weight += stage.weight
         elapsed = time.monotonic() - started
         transitions.complete_job(job_id, elapsed)

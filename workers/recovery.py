@@ -14,8 +14,9 @@ from app.services import queueing, transitions
 def requeue(job_id: str, delay: float = 0) -> None:
     """Put a processing job back in the queue without counting the attempt (the engine was paused)."""
     with db.atomic("IMMEDIATE"):
-        Job.update(status="queued", stage="queued", worker_id=None, attempts=Job.attempts - 1,
-                   updated_at=utcnow()).where((Job.id == job_id) & (Job.status == "processing")).execute()
+        Job.update(
+            status="queued", stage="queued", worker_id=None, attempts=Job.attempts - 1, updated_at=utcnow()
+        ).where((Job.id == job_id) & (Job.status == "processing")).execute()
     queueing.submit(job_id, delay=delay)
 
 
@@ -34,7 +35,8 @@ def requeue_orphans(cfg: Mapping[str, Any], is_alive: Callable[[str], bool], pen
             continue
         with db.atomic("IMMEDIATE"):
             Job.update(status="queued", stage="queued", progress=0.0, worker_id=None, updated_at=utcnow()).where(
-                (Job.id == job.id) & (Job.status == "processing")).execute()
+                (Job.id == job.id) & (Job.status == "processing")
+            ).execute()
         requeued.append(job.id)
     for job in Job.in_status("queued"):
         if job.id not in pending_ids:

@@ -29,8 +29,9 @@ AUDIO_CTX_STEP = 64
 AUDIO_CTX_MIN = 256
 
 
-def split_at_silences(samples: np.ndarray, *, target: float = TARGET_SECONDS,
-                      longest: float = WINDOW_SECONDS) -> list[tuple[int, int]]:
+def split_at_silences(
+    samples: np.ndarray, *, target: float = TARGET_SECONDS, longest: float = WINDOW_SECONDS
+) -> list[tuple[int, int]]:
     """``(start, end)`` sample offsets that cover ``samples`` in order, each at most ``longest`` seconds.
 
     Each cut is the quietest 200 ms between half and one and a half times ``target`` after the
@@ -67,7 +68,7 @@ def _smoothed_energy_db(samples: np.ndarray) -> np.ndarray:
     power = np.empty(frames, dtype=np.float32)
     for first in range(0, frames, ENERGY_BLOCK_FRAMES):
         last = min(frames, first + ENERGY_BLOCK_FRAMES)
-        blocks = to_float32(samples[first * FRAME: last * FRAME]).reshape(last - first, FRAME)
+        blocks = to_float32(samples[first * FRAME : last * FRAME]).reshape(last - first, FRAME)
         power[first:last] = np.mean(blocks * blocks, axis=1)
     power += 1e-10
     smooth = np.convolve(power, np.ones(SMOOTH_FRAMES) / SMOOTH_FRAMES, mode="same")

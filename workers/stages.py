@@ -87,8 +87,7 @@ class AudioProgress:
     reach. The percent never goes back and stays below 100 until the engine is done.
     """
 
-    def __init__(self, duration: float, *, speed: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, duration: float, *, speed: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.duration, self.speed, self.clock = max(duration, 0.001), speed, clock
         self.started = self.done_at = clock()
         self.done = 0.0  # seconds of audio known to be transcribed
@@ -152,8 +151,15 @@ def decode(ctx: StageContext) -> Path:
     def progress(seconds: float) -> None:
         ctx.report(min(99.0, 100.0 * seconds / scale), 0)
 
-    seconds = audio.decode_to_file(media, out, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"], expected_seconds=expected,
-                                   max_seconds=limit, should_abort=ctx.should_abort, on_progress=progress)
+    seconds = audio.decode_to_file(
+        media,
+        out,
+        timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"],
+        expected_seconds=expected,
+        max_seconds=limit,
+        should_abort=ctx.should_abort,
+        on_progress=progress,
+    )
     ctx.log("INFO", f"decoded {seconds:.1f} s of audio")
     return out
 
@@ -195,8 +201,13 @@ def transcribe(ctx: StageContext) -> Path:
     def load_and_transcribe() -> engine.EngineResult:
         model = engine.load_engine(choice.path, int(ctx.cfg["ENGINE_THREADS"]), choice.backend)
         return model.transcribe(
-            samples, language=job.language, translate=job.task == "translate", prompt=job.prompt,
-            words=wants_words(job, choice.backend), on_segment=on_segment, on_progress=on_progress,
+            samples,
+            language=job.language,
+            translate=job.task == "translate",
+            prompt=job.prompt,
+            words=wants_words(job, choice.backend),
+            on_segment=on_segment,
+            on_progress=on_progress,
             should_abort=ctx.should_abort,
         )
 
@@ -207,31 +218,66 @@ def transcribe(ctx: StageContext) -> Path:
     tracker.finish(len(result.segments))
     ctx.report(*tracker.snapshot())
     out = ctx.cache / TRANSCRIPT_CACHE
-    atomic_write(out, json.dumps({
-        "language": result.language, "engine_seconds": elapsed, "audio_seconds": duration,
-        "engine": choice.label, "loops_suppressed": result.loops_suppressed,
-        "segments": [{"start": s.start, "end": s.end, "text": s.text, "confidence": s.confidence, "words": s.words}
-                     for s in result.segments],
-    }))
-    ctx.log("INFO", f"transcribed {len(result.segments)} segments with {choice.label}, language "
-                    f"{result.language}, {elapsed:.2f} s (real-time factor {elapsed / duration:.3f})"
-                    + (f", {result.loops_suppressed} looping pieces decoded again" if result.loops_suppressed else ""))
+    atomic_write(
+        out,
+        json.dumps(
+            {
+                "language": result.language,
+                "engine_seconds": elapsed,
+                "audio_seconds": duration,
+                "engine": choice.label,
+                "loops_suppressed": result.loops_suppressed,
+                "segments": [
+                    {"start": s.start, "end": s.end, "text": s.text, "confidence": s.confidence, "words": s.words}
+                    for s in result.segments
+                ],
+            }
+        ),
+    )
+    ctx.log(
+        "INFO",
+        f"transcribed {len(result.segments)} segments with {choice.label}, language "
+        f"{result.language}, {elapsed:.2f} s (real-time factor {elapsed / duration:.3f})"
+        + (f", {result.loops_suppressed} looping pieces decoded again" if result.loops_suppressed else ""),
+    )
     return out
 
 
 def finalize(ctx: StageContext) -> None:
     """Store the cached transcript in the database and as ``transcripts/<id>.json``."""
     data = json.loads((ctx.cache / TRANSCRIPT_CACHE).read_text())
-    transitions.store_transcript(ctx.cfg, ctx.job, data["segments"], language=data["language"],
-                                 engine=data.get("engine"), loops_suppressed=data.get("loops_suppressed", 0))
+    transitions.store_transcript(
+        ctx.cfg,
+        ctx.job,
+        data["segments"],
+        language=data["language"],
+        engine=data.get("engine"),
+        loops_suppressed=data.get("loops_suppressed", 0),
+    )
 
 
 # ------------------------------------------------------------------------ media
 
 _SUBTITLE_CODECS = {".mp4": "mov_text", ".mov": "mov_text", ".m4v": "mov_text", ".mkv": "srt", ".webm": "webvtt"}
 # ISO 639-1 → 639-2, the form containers store; unknown codes are passed through.
-_LANG3 = {"en": "eng", "de": "deu", "fr": "fra", "es": "spa", "it": "ita", "nl": "nld", "pt": "por", "ru": "rus",
-          "ja": "jpn", "zh": "zho", "ko": "kor", "pl": "pol", "sv": "swe", "tr": "tur", "ar": "ara", "hi": "hin"}
+_LANG3 = {
+    "en": "eng",
+    "de": "deu",
+    "fr": "fra",
+    "es": "spa",
+    "it": "ita",
+    "nl": "nld",
+    "pt": "por",
+    "ru": "rus",
+    "ja": "jpn",
+    "zh": "zho",
+    "ko": "kor",
+    "pl": "pol",
+    "sv": "swe",
+    "tr": "tur",
+    "ar": "ara",
+    "hi": "hin",
+}
 
 
 def _transcript(ctx: StageContext) -> dict[str, Any]:
@@ -250,9 +296,30 @@ def mux(ctx: StageContext) -> Path:
     language = transcript["language"] or "und"
     # The temp name ends in the container's extension: ffmpeg picks the format from it.
     with AtomicFile(out, suffix=f".part{ext}") as output:
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-i", str(subs),
-               "-map", "0", "-map", "-0:s", "-map", "1:0", "-c", "copy", "-c:s", _SUBTITLE_CODECS[ext],
-               "-metadata:s:s:0", f"language={_LANG3.get(language, language)}", str(output.temp)]
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(source),
+            "-i",
+            str(subs),
+            "-map",
+            "0",
+            "-map",
+            "-0:s",
+            "-map",
+            "1:0",
+            "-c",
+            "copy",
+            "-c:s",
+            _SUBTITLE_CODECS[ext],
+            "-metadata:s:s:0",
+            f"language={_LANG3.get(language, language)}",
+            str(output.temp),
+        ]
         result = subprocess.run(cmd, capture_output=True, timeout=ctx.cfg["FFMPEG_TIMEOUT_SECONDS"], check=False)
         if result.returncode != 0:
             raise audio.MediaError(f"adding the subtitle track failed: {result.stderr.decode(errors='replace')[-300:]}")
@@ -294,6 +361,7 @@ STAGES: dict[str, Stage] = {
         Stage("resample", "resampling", 5, dsp.resample),
     )
 }
+
 
 def register(stage: Stage) -> None:
     """Add a stage defined elsewhere (the audio-cleanup stages live in ``workers/dsp.py``)."""

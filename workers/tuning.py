@@ -60,9 +60,11 @@ def ctranslate2_available() -> bool:
 
 def candidates(models_dir: Path | str, model: str) -> list[Choice]:
     """Every way this box can run ``model``: whisper.cpp per ggml file, CTranslate2 when installed."""
-    found = [Choice("whispercpp", path) for path in (modelstore.model_path(models_dir, model),
-                                                     modelstore.model_path(models_dir, f"{model}-q8_0"))
-             if path.is_file()]
+    found = [
+        Choice("whispercpp", path)
+        for path in (modelstore.model_path(models_dir, model), modelstore.model_path(models_dir, f"{model}-q8_0"))
+        if path.is_file()
+    ]
     folder = modelstore.ct2_dir(models_dir, model)
     if modelstore.is_ct2_dir(folder) and ctranslate2_available():
         found.append(Choice("ctranslate2", folder))
@@ -102,8 +104,10 @@ def choose(cfg: Mapping[str, Any], model: str, seconds: float) -> Choice:
     wanted = "ctranslate2" if setting == "ctranslate2" else "whispercpp"
     same = [c for c in available if c.backend == wanted] or [c for c in available if c.backend == "whispercpp"]
     if setting == "ctranslate2" and same[0].backend != "ctranslate2":
-        log.warning("WT_ENGINE=ctranslate2, but %s has no CTranslate2 weights or faster-whisper is missing; "
-                    "using whisper.cpp", model)
+        log.warning(
+            "WT_ENGINE=ctranslate2, but %s has no CTranslate2 weights or faster-whisper is missing; using whisper.cpp",
+            model,
+        )
     # For whisper.cpp, the calibration's file (q8_0 where its accuracy held), else the q8_0 file when built.
     preferred = picks.get("whispercpp_file")
     for choice in same:
@@ -127,10 +131,25 @@ def cpu_features() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "neon",
-              "asimd", "asimddp", "sve")
-    return {"machine": platform.machine(), "flags": sorted(f for f in wanted if f in flags),
-            "whisper_cpp": pw.whisper_print_system_info().strip()}
+    wanted = (
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "amx_int8",
+        "neon",
+        "asimd",
+        "asimddp",
+        "sve",
+    )
+    return {
+        "machine": platform.machine(),
+        "flags": sorted(f for f in wanted if f in flags),
+        "whisper_cpp": pw.whisper_print_system_info().strip(),
+    }
 
 
 def _clip_audio(name: str, repeats: int = 1) -> np.ndarray:
@@ -145,6 +164,7 @@ def _reference(name: str, repeats: int = 1) -> str:
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """WER after lower-casing and dropping punctuation, as the test suite measures it."""
+
     def normal(text: str) -> str:
         return " ".join(re.sub(r"[^\w\s']", " ", text.lower().replace("-", " ")).split())
 
@@ -169,20 +189,29 @@ def _best(results: dict[str, dict[str, Any]]) -> str:
     return min(fine, key=lambda label: fine[label]["seconds"])
 
 
-def calibrate(cfg: Mapping[str, Any], models: list[str], *, runs: int = 2,
-              echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+def calibrate(
+    cfg: Mapping[str, Any], models: list[str], *, runs: int = 2, echo: Callable[[str], None] = log.info
+) -> dict[str, Any]:
     """Time every candidate of ``models`` on a short and a long clip, pick per class, and save the record."""
     threads = int(cfg.get("ENGINE_THREADS") or 0)
-    clips = {"short": (_clip_audio(SHORT_CLIP), _reference(SHORT_CLIP)),
-             "long": (_clip_audio(LONG_CLIP, LONG_REPEATS), _reference(LONG_CLIP, LONG_REPEATS))}
-    record: dict[str, Any] = {"host": platform.node(), "created_at": utc_iso(),
-                              "cpu": cpu_features(), "threads": threads, "models": {}}
+    clips = {
+        "short": (_clip_audio(SHORT_CLIP), _reference(SHORT_CLIP)),
+        "long": (_clip_audio(LONG_CLIP, LONG_REPEATS), _reference(LONG_CLIP, LONG_REPEATS)),
+    }
+    record: dict[str, Any] = {
+        "host": platform.node(),
+        "created_at": utc_iso(),
+        "cpu": cpu_features(),
+        "threads": threads,
+        "models": {},
+    }
     steps = [(m, c) for m in models for c in candidates(cfg["MODELS_DIR"], m)]
     for number, (model, choice) in enumerate(steps, 1):
         echo(f"[{number}/{len(steps)}] {model}: {choice.label}")
         entry = record["models"].setdefault(model, {"results": {}})
-        entry["results"][choice.label] = {kind: _measure(choice, samples, ref, threads, runs)
-                                          for kind, (samples, ref) in clips.items()}
+        entry["results"][choice.label] = {
+            kind: _measure(choice, samples, ref, threads, runs) for kind, (samples, ref) in clips.items()
+        }
         engine.unload(choice.backend)  # one model at a time keeps the calibration's memory small
     for entry in record["models"].values():
         results = entry["results"]

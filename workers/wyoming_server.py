@@ -76,8 +76,10 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
     if not isinstance(data, dict) or not all(isinstance(n, int) and n >= 0 for n in lengths):
         raise ProtocolError("malformed-event", "data must be an object and lengths whole numbers")
     if lengths[0] > MAX_DATA_BYTES or lengths[1] > MAX_PAYLOAD_BYTES:
-        raise ProtocolError("event-too-large", f"event data is limited to {MAX_DATA_BYTES} bytes and a "
-                            f"payload to {MAX_PAYLOAD_BYTES} bytes")
+        raise ProtocolError(
+            "event-too-large",
+            f"event data is limited to {MAX_DATA_BYTES} bytes and a payload to {MAX_PAYLOAD_BYTES} bytes",
+        )
     try:
         if lengths[0]:
             extra = json.loads(await reader.readexactly(lengths[0]))
@@ -132,8 +134,10 @@ class CommandHandler(AsyncEventHandler):
         finally:
             self.voice.connections -= 1
             if self.streaming and not self.refused:
-                log.info("wyoming: the client left in the middle of a command (%.1f s of audio)",
-                         self.stream.seconds if self.stream else 0.0)
+                log.info(
+                    "wyoming: the client left in the middle of a command (%.1f s of audio)",
+                    self.stream.seconds if self.stream else 0.0,
+                )
                 self.voice.count("abandoned")
             self.writer.close()
 
@@ -201,13 +205,16 @@ class CommandHandler(AsyncEventHandler):
         except FormatError as exc:
             raise ProtocolError("unsupported-audio-format", str(exc)) from exc
         if fmt != self.stream.format:
-            raise ProtocolError("audio-format-changed", f"audio-chunk is {fmt}, audio-start announced "
-                                f"{self.stream.format}")
+            raise ProtocolError(
+                "audio-format-changed", f"audio-chunk is {fmt}, audio-start announced {self.stream.format}"
+            )
         try:
             self.stream.add(event.payload or b"")
         except TooLong as exc:
-            raise ProtocolError("audio-too-long", f"a command is limited to {self.voice.max_seconds:g} s of "
-                                f"audio (WT_WYOMING_MAX_SECONDS): {exc}") from exc
+            raise ProtocolError(
+                "audio-too-long",
+                f"a command is limited to {self.voice.max_seconds:g} s of audio (WT_WYOMING_MAX_SECONDS): {exc}",
+            ) from exc
 
     async def _stop(self) -> None:
         if not self.streaming:
@@ -224,8 +231,9 @@ class CommandHandler(AsyncEventHandler):
         except Exception:
             log.exception("wyoming: transcribing a command of %.1f s on %s failed", stream.seconds, request.model)
             self.voice.count("error")
-            await self.write_event(Error(text="transcription failed; see the system log",
-                                            code="transcription-failed").event())
+            await self.write_event(
+                Error(text="transcription failed; see the system log", code="transcription-failed").event()
+            )
             return
         await self.write_event(Transcript(text=result.text, language=result.language).event())
         latency = time.perf_counter() - stopped

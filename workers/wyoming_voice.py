@@ -109,13 +109,25 @@ class Voice:
     def info(self) -> Info:
         """The ``info`` answer: one ASR program with every installed model."""
         whisper = Attribution(name="OpenAI Whisper", url="https://github.com/openai/whisper")
-        models = [AsrModel(name=name, attribution=whisper, installed=True, version=None, languages=langs,
-                           description=f"Whisper {name}" + (" (English only)" if langs == ["en"] else ""))
-                  for name, langs in self.models().items()]
+        models = [
+            AsrModel(
+                name=name,
+                attribution=whisper,
+                installed=True,
+                version=None,
+                languages=langs,
+                description=f"Whisper {name}" + (" (English only)" if langs == ["en"] else ""),
+            )
+            for name, langs in self.models().items()
+        ]
         program = AsrProgram(
-            name=PROGRAM, installed=True, version=appliance_version(), models=models,
+            name=PROGRAM,
+            installed=True,
+            version=appliance_version(),
+            models=models,
             attribution=Attribution(name="whisper.cpp", url="https://github.com/ggml-org/whisper.cpp"),
-            description="Whisper Transcriber: whisper.cpp on a warm context sized to each command")
+            description="Whisper Transcriber: whisper.cpp on a warm context sized to each command",
+        )
         return Info(asr=[program])
 
     def resolve(self, name: str | None, language: str | None) -> Request:
@@ -130,21 +142,26 @@ class Voice:
             model = self.settings.get("MODEL_ALIASES", {}).get(name, name)
             files = set(modelstore.installed(self.models_dir)) | set(offered)
             if model not in files:
-                raise RequestError("model-not-installed", f"model {name} is not installed here: "
-                                   f"{modelstore.install_hint(name)}")
+                raise RequestError(
+                    "model-not-installed", f"model {name} is not installed here: {modelstore.install_hint(name)}"
+                )
         else:
             model = str(self.settings["DEFAULT_MODEL"])
             if model not in offered and model.removesuffix(QUANTIZED_SUFFIX) in offered:
                 model = model.removesuffix(QUANTIZED_SUFFIX)
             if model not in offered:
-                raise RequestError("model-not-installed", f"the default model {model} is not installed: "
-                                   f"{modelstore.install_hint(model)}")
+                raise RequestError(
+                    "model-not-installed",
+                    f"the default model {model} is not installed: {modelstore.install_hint(model)}",
+                )
             if code and code not in offered[model]:  # e.g. German on tiny.en: a multilingual model if any
                 model = next((m for m in offered if code in offered[m]), model)
         if code and code != "en" and model_is_english_only(self.models_dir, model):
-            raise RequestError("language-not-supported",
-                               f"{model} knows English only; for {language!r} install a multilingual model: "
-                               f"{modelstore.install_hint('base')}")
+            raise RequestError(
+                "language-not-supported",
+                f"{model} knows English only; for {language!r} install a multilingual model: "
+                f"{modelstore.install_hint('base')}",
+            )
         return Request(model, code)
 
     # ------------------------------------------------------------------ the engine
@@ -167,7 +184,7 @@ class Voice:
         if getattr(engine, "name", "") == "whispercpp" and len(samples) < window and repeats_itself(result.text):
             log.info("wyoming: %r repeats itself; decoding the command again with the full window", result.text)
             padded = np.zeros(window, dtype=samples.dtype)
-            padded[:len(samples)] = samples
+            padded[: len(samples)] = samples
             result = engine.transcribe(padded, language=request.language)
         return result
 
@@ -182,6 +199,7 @@ class Voice:
 
     def count(self, outcome: str, latency: float | None = None, audio_seconds: float = 0.0) -> None:
         """Add a command to the counters in /metrics/, off the event loop."""
+
         def report(future: Future) -> None:
             if not future.cancelled() and future.exception() is not None:
                 log.error("wyoming: cannot count a command: %s", future.exception())

@@ -49,8 +49,14 @@ def delete_file():
     data = json_body()
     folder, filename = string_field(data, "folder", max_length=64), string_field(data, "filename")
     deleted = files.delete_file(_data_dir(), folder, filename)
-    AuditLog.record("admin_file_deleted", user=g.user, target=f"{folder}/{deleted['filename']}",
-                    ip=request.remote_addr, size=deleted["size"], job_id=deleted["job_id"])
+    AuditLog.record(
+        "admin_file_deleted",
+        user=g.user,
+        target=f"{folder}/{deleted['filename']}",
+        ip=request.remote_addr,
+        size=deleted["size"],
+        job_id=deleted["job_id"],
+    )
     return jsonify({"message": "File deleted", **deleted})
 
 
@@ -75,8 +81,11 @@ def download_all():
     """A zip of every log and transcript, streamed as it is written."""
     members = files.archive_members(_data_dir())
     name = f"whisper-transcriber-{datetime.now(UTC):%Y%m%d-%H%M%S}.zip"
-    return Response(files.stream_zip(members), mimetype="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        files.stream_zip(members),
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 # Settings pairs: each GET body can be posted back as it is (read-only fields are ignored on POST).
@@ -107,8 +116,9 @@ def get_concurrency():
 @admin_required
 def set_concurrency():
     """Save ``workers`` and/or ``threads_per_worker``; workers follow without losing queued jobs."""
-    return jsonify(admin_settings.set_concurrency(current_app.config, json_body(), actor=g.user,
-                                                  ip=request.remote_addr))
+    return jsonify(
+        admin_settings.set_concurrency(current_app.config, json_body(), actor=g.user, ip=request.remote_addr)
+    )
 
 
 @bp.get("/settings")

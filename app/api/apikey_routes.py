@@ -16,14 +16,26 @@ def create_key():
     """Create a key: ``name``, ``permissions``, ``expires_days``, ``rate_limit``; the secret is shown once."""
     principal = require_session()
     data = json_body()
-    key, secret = apikeys.create_key(principal, data.get("name"), data.get("permissions"), data.get("expires_days"),
-                                     data.get("rate_limit"), ip=request.remote_addr)
+    key, secret = apikeys.create_key(
+        principal,
+        data.get("name"),
+        data.get("permissions"),
+        data.get("expires_days"),
+        data.get("rate_limit"),
+        ip=request.remote_addr,
+    )
     body = apikeys.key_dict(key)
-    return jsonify({
-        "key_id": key.key_id, "api_key": secret, "name": key.name, "permissions": key.permissions,
-        "expires_at": body["expires_at"], "rate_limit": body["rate_limit"],
-        "message": "API key created successfully. Store this key securely - it cannot be retrieved again.",
-    }), 201
+    return jsonify(
+        {
+            "key_id": key.key_id,
+            "api_key": secret,
+            "name": key.name,
+            "permissions": key.permissions,
+            "expires_at": body["expires_at"],
+            "rate_limit": body["rate_limit"],
+            "message": "API key created successfully. Store this key securely - it cannot be retrieved again.",
+        }
+    ), 201
 
 
 @bp.get("/")

@@ -35,8 +35,13 @@ def _audit(action: str, **fields: Any) -> None:
         AuditLog.record(action, **fields)
     except (peewee.DatabaseError, OSError) as exc:
         user = fields.get("user")
-        log.warning("audit log write failed (%s): %s for %s from %s", exc, action,
-                    getattr(user, "username", None) or fields.get("username"), fields.get("ip"))
+        log.warning(
+            "audit log write failed (%s): %s for %s from %s",
+            exc,
+            action,
+            getattr(user, "username", None) or fields.get("username"),
+            fields.get("ip"),
+        )
 
 
 def login_response(data: dict) -> tuple:
@@ -59,10 +64,17 @@ def login_response(data: dict) -> tuple:
     response = jsonify(body)
     # Home LANs are mostly plain HTTP; a Secure cookie would make the browser drop the session there.
     secure = bool(current_app.config["COOKIE_SECURE"])
-    response.set_cookie(SESSION_COOKIE, token["access_token"], max_age=token["expires_in"], httponly=True,
-                        samesite="Lax", secure=secure)
-    response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(24), max_age=token["expires_in"], httponly=False,
-                        samesite="Lax", secure=secure)
+    response.set_cookie(
+        SESSION_COOKIE, token["access_token"], max_age=token["expires_in"], httponly=True, samesite="Lax", secure=secure
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        secrets.token_urlsafe(24),
+        max_age=token["expires_in"],
+        httponly=False,
+        samesite="Lax",
+        secure=secure,
+    )
     return response, 200
 
 
@@ -70,10 +82,10 @@ def login_response(data: dict) -> tuple:
 def register():
     """Create an account (only when ALLOW_REGISTRATION is on)."""
     data = form_or_json()
-    user = users.register_user(current_app.config, data.get("username"), data.get("password"), data.get("email"),
-                               ip=request.remote_addr)
-    return jsonify({"message": "User registered successfully", "user_id": str(user.id),
-                    "username": user.username}), 201
+    user = users.register_user(
+        current_app.config, data.get("username"), data.get("password"), data.get("email"), ip=request.remote_addr
+    )
+    return jsonify({"message": "User registered successfully", "user_id": str(user.id), "username": user.username}), 201
 
 
 @bp.post("/login")
@@ -108,6 +120,11 @@ def change_password():
     """Replace the password (``current_password``, ``new_password``); other sessions are signed out."""
     principal = require_session()
     data = json_body()
-    users.change_password(principal.user, data.get("current_password"), data.get("new_password"),
-                          keep_jti=principal.claims.get("jti"), ip=request.remote_addr)
+    users.change_password(
+        principal.user,
+        data.get("current_password"),
+        data.get("new_password"),
+        keep_jti=principal.claims.get("jti"),
+        ip=request.remote_addr,
+    )
     return jsonify({"message": "Password changed successfully"})

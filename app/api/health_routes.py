@@ -36,24 +36,30 @@ def health():
         database = f"error: {exc}"
     disk_state, free_mb = disk.status(current_app.config)
     counts = Job.counts_by_status() if database == "ok" else {}
-    return jsonify({
-        "status": "ok" if database == "ok" and disk_state == "ok" else "degraded",
-        "database": database,
-        "disk": disk_state,  # "low" below WT_MIN_FREE_MB: uploads are refused
-        "disk_free_mb": free_mb,
-        "worker_alive": consumer_alive(),
-        "queue_depth": counts.get("queued", 0),
-        "jobs": counts,
-        # Dubarr's names for the same figures.
-        "queue_stats": queue_stats(counts),
-        "engine_statuses": engine_statuses(),
-    })
+    return jsonify(
+        {
+            "status": "ok" if database == "ok" and disk_state == "ok" else "degraded",
+            "database": database,
+            "disk": disk_state,  # "low" below WT_MIN_FREE_MB: uploads are refused
+            "disk_free_mb": free_mb,
+            "worker_alive": consumer_alive(),
+            "queue_depth": counts.get("queued", 0),
+            "jobs": counts,
+            # Dubarr's names for the same figures.
+            "queue_stats": queue_stats(counts),
+            "engine_statuses": engine_statuses(),
+        }
+    )
 
 
 def queue_stats(counts: dict[str, int]) -> dict[str, int]:
     """Dubarr's four counts. A cancelled job did not fail, and Dubarr has no name for it: it is in ``jobs`` only."""
-    return {"QUEUED": counts.get("queued", 0), "PROCESSING": counts.get("processing", 0),
-            "DONE": counts.get("completed", 0), "ERROR": counts.get("failed", 0)}
+    return {
+        "QUEUED": counts.get("queued", 0),
+        "PROCESSING": counts.get("processing", 0),
+        "DONE": counts.get("completed", 0),
+        "ERROR": counts.get("failed", 0),
+    }
 
 
 def engine_statuses() -> dict[str, str]:

@@ -18,8 +18,10 @@ def create_from_request(**overrides):
     path, filename = take_multipart_file()
     form = request.form
     params = {
-        "model": form.get("model"), "language": form.get("language"),
-        "task": form.get("task"), "prompt": form.get("prompt"),
+        "model": form.get("model"),
+        "language": form.get("language"),
+        "task": form.get("task"),
+        "prompt": form.get("prompt"),
     }
     params.update(overrides)
     return jobs.create_job(current_app.config, g.user, path, filename, **params)
@@ -42,9 +44,14 @@ def list_jobs():
     """The caller's jobs, newest first: ``limit``, ``offset``, ``status``, ``created_after``."""
     limit = int_arg("limit", 50, 1, 100)
     offset = int_arg("offset", 0, 0, 10**9)
-    found, total = jobs.list_jobs(g.user, status=request.args.get("status"),
-                                     created_after=datetime_arg("created_after"),
-                                     search=request.args.get("search"), limit=limit, offset=offset)
+    found, total = jobs.list_jobs(
+        g.user,
+        status=request.args.get("status"),
+        created_after=datetime_arg("created_after"),
+        search=request.args.get("search"),
+        limit=limit,
+        offset=offset,
+    )
     return jsonify({"jobs": [jobs.summary(j) for j in found], "total": total, "limit": limit, "offset": offset})
 
 

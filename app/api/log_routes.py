@@ -115,8 +115,12 @@ class _Slots:
         """Reserve one; 503 when ``limit`` are open."""
         with self._lock:
             if limit and self.open >= limit:
-                raise AppError(503, "TOO_MANY_CONNECTIONS", f"{limit} live-log connections are open; retry later",
-                               {"Retry-After": "5"})
+                raise AppError(
+                    503,
+                    "TOO_MANY_CONNECTIONS",
+                    f"{limit} live-log connections are open; retry later",
+                    {"Retry-After": "5"},
+                )
             self.open += 1
 
     def give_back(self) -> None:
@@ -227,8 +231,9 @@ def _finished_for(job_id: str) -> float | None:
     return (utcnow() - (row.completed_at or utcnow())).total_seconds()
 
 
-def stream(ws: Server, follower: LogFollower, job_id: str | None = None,
-           authorized: Callable[[], bool] = lambda: True) -> None:
+def stream(
+    ws: Server, follower: LogFollower, job_id: str | None = None, authorized: Callable[[], bool] = lambda: True
+) -> None:
     """Send the follower's lines until the client leaves or, for a job, until the job has finished.
 
     ``authorized`` is asked every ``RECHECK_SECONDS``: a revoked token or key, or a disabled user, ends the socket.

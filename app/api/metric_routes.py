@@ -30,12 +30,18 @@ REGISTRY = CollectorRegistry()
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
-    "whisper_http_requests_total", "Total number of HTTP requests processed",
-    ["method", "endpoint", "status_code"], registry=REGISTRY)
+    "whisper_http_requests_total",
+    "Total number of HTTP requests processed",
+    ["method", "endpoint", "status_code"],
+    registry=REGISTRY,
+)
 HTTP_DURATION = Histogram(
-    "whisper_http_request_duration_seconds", "Time spent answering HTTP requests",
-    ["method", "endpoint"], registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0))
+    "whisper_http_request_duration_seconds",
+    "Time spent answering HTTP requests",
+    ["method", "endpoint"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
 
 
 class JobCollector(Collector):
@@ -43,8 +49,9 @@ class JobCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Read the figures now; a database error leaves the job metrics out of this scrape."""
-        yield GaugeMetricFamily("whisper_worker_up", "1 when a worker wrote its heartbeat recently",
-                                value=1.0 if consumer_alive() else 0.0)
+        yield GaugeMetricFamily(
+            "whisper_worker_up", "1 when a worker wrote its heartbeat recently", value=1.0 if consumer_alive() else 0.0
+        )
         try:
             counts = Job.counts_by_status()
             done = totals.read()
@@ -57,18 +64,25 @@ class JobCollector(Collector):
         yield jobs
         yield GaugeMetricFamily("whisper_queue_depth", "Jobs waiting for a worker", value=counts.get("queued", 0))
         # Stored running totals (app/services/totals.py): deleting old jobs does not lower them.
-        yield CounterMetricFamily("whisper_jobs_completed", "Jobs completed since the database was created",
-                                  value=done["jobs"])
-        yield CounterMetricFamily("whisper_audio_seconds_transcribed", "Seconds of media in completed jobs",
-                                  value=done["audio_seconds"])
-        yield CounterMetricFamily("whisper_loops_suppressed",
-                                  "Pieces of audio decoded again because their text repeated itself",
-                                  value=done.get("loops_suppressed", 0))
+        yield CounterMetricFamily(
+            "whisper_jobs_completed", "Jobs completed since the database was created", value=done["jobs"]
+        )
+        yield CounterMetricFamily(
+            "whisper_audio_seconds_transcribed", "Seconds of media in completed jobs", value=done["audio_seconds"]
+        )
+        yield CounterMetricFamily(
+            "whisper_loops_suppressed",
+            "Pieces of audio decoded again because their text repeated itself",
+            value=done.get("loops_suppressed", 0),
+        )
         buckets = [(str(le), float(n)) for le, n in zip(totals.RTF_BUCKETS, done["rtf_buckets"], strict=True)]
         buckets.append(("+Inf", float(done["rtf_count"])))
-        yield HistogramMetricFamily("whisper_realtime_factor",
-                                    "Processing seconds per second of media, per completed job",
-                                    buckets=buckets, sum_value=done["rtf_sum"])
+        yield HistogramMetricFamily(
+            "whisper_realtime_factor",
+            "Processing seconds per second of media, per completed job",
+            buckets=buckets,
+            sum_value=done["rtf_sum"],
+        )
 
 
 class WyomingCollector(Collector):
@@ -81,20 +95,29 @@ class WyomingCollector(Collector):
         except Exception:
             log.exception("metrics: cannot read the Wyoming totals")
             return
-        requests = CounterMetricFamily("whisper_wyoming_requests", "Wyoming voice commands by outcome "
-                                       "(ok: transcript sent; error: error event; abandoned: client left)",
-                                       labels=["outcome"])
+        requests = CounterMetricFamily(
+            "whisper_wyoming_requests",
+            "Wyoming voice commands by outcome (ok: transcript sent; error: error event; abandoned: client left)",
+            labels=["outcome"],
+        )
         for outcome, n in done["requests"].items():
             requests.add_metric([outcome], n)
         yield requests
-        yield CounterMetricFamily("whisper_wyoming_audio_seconds", "Seconds of audio in transcribed voice commands",
-                                  value=done["audio_seconds"])
-        buckets = [(str(le), float(n)) for le, n in
-                   zip(wyoming_stats.LATENCY_BUCKETS, done["latency_buckets"], strict=True)]
+        yield CounterMetricFamily(
+            "whisper_wyoming_audio_seconds",
+            "Seconds of audio in transcribed voice commands",
+            value=done["audio_seconds"],
+        )
+        buckets = [
+            (str(le), float(n)) for le, n in zip(wyoming_stats.LATENCY_BUCKETS, done["latency_buckets"], strict=True)
+        ]
         buckets.append(("+Inf", float(done["requests"].get("ok", 0))))
-        yield HistogramMetricFamily("whisper_wyoming_latency_seconds",
-                                    "Seconds from a command's audio-stop to its transcript",
-                                    buckets=buckets, sum_value=done["latency_sum"])
+        yield HistogramMetricFamily(
+            "whisper_wyoming_latency_seconds",
+            "Seconds from a command's audio-stop to its transcript",
+            buckets=buckets,
+            sum_value=done["latency_sum"],
+        )
 
 
 REGISTRY.register(JobCollector())

@@ -37,15 +37,24 @@ SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32
 REDOC_FILES = frozenset({"redoc.standalone.js", "logo-mini.svg"})
 REDOC_REMOTE_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 ASSET_MAX_AGE = 86400
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; "
-       "form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
 PUBLIC_BLUEPRINTS = frozenset({"health", "metrics", "openapi"})
-PUBLIC_ENDPOINTS = frozenset({
-    "auth.login", "auth.register", "compat_legacy.token", "compat_legacy.register", "voxis.health", "asr.status",
-    "dashboard.login",
-    "dashboard.register_page",
-})
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "auth.login",
+        "auth.register",
+        "compat_legacy.token",
+        "compat_legacy.register",
+        "voxis.health",
+        "asr.status",
+        "dashboard.login",
+        "dashboard.register_page",
+    }
+)
 _PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}, "uuid": {"type": "string", "format": "uuid"}}
 
@@ -62,11 +71,19 @@ def _obj(required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
 
 STR, INT, NUM = {"type": "string"}, {"type": "integer"}, {"type": "number"}
 STR_LIST = {"type": "array", "items": STR}
-_JOB_OPTIONS = {"model": STR, "language": STR, "task": {"type": "string", "enum": ["transcribe", "translate"]},
-                "prompt": STR}
-_WAIT = {"name": "wait", "in": "query", "required": False,
-         "description": f"Seconds (0-{MAX_WAIT_SECONDS}) to hold the answer until the job finishes",
-         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0}}
+_JOB_OPTIONS = {
+    "model": STR,
+    "language": STR,
+    "task": {"type": "string", "enum": ["transcribe", "translate"]},
+    "prompt": STR,
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": f"Seconds (0-{MAX_WAIT_SECONDS}) to hold the answer until the job finishes",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0},
+}
 _CREATED_JOB = _obj(job_id=STR, status=STR, message=STR, filename=STR, model=STR, created_at=STR)
 _TRANSCRIPT_FORMAT = {"type": "string", "enum": list(FORMATS)}
 
@@ -81,17 +98,25 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _subtitle_query() -> list[dict[str, Any]]:
     """The subtitle layout options of the export downloads (srt, vtt)."""
+
     def bounds(name: str) -> dict[str, Any]:
         return {"minimum": SUBTITLE_LIMITS[name][0], "maximum": SUBTITLE_LIMITS[name][1]}
 
     return [
-        _query("max_line_width", {**INT, **bounds("max_line_width"), "default": 42},
-               "srt, vtt: characters per line (0: one cue per segment, the engine's layout)"),
-        _query("max_line_count", {**INT, **bounds("max_line_count"), "default": 2},
-               "srt, vtt: lines per cue (0: no limit)"),
+        _query(
+            "max_line_width",
+            {**INT, **bounds("max_line_width"), "default": 42},
+            "srt, vtt: characters per line (0: one cue per segment, the engine's layout)",
+        ),
+        _query(
+            "max_line_count", {**INT, **bounds("max_line_count"), "default": 2}, "srt, vtt: lines per cue (0: no limit)"
+        ),
         _query("max_cue_seconds", {**NUM, **bounds("max_cue_seconds"), "default": 7}, "srt, vtt: longest cue"),
-        _query("highlight_words", {"type": "boolean", "default": False},
-               "srt, vtt: karaoke (VTT timestamp tags; SRT underlines the word being spoken)"),
+        _query(
+            "highlight_words",
+            {"type": "boolean", "default": False},
+            "srt, vtt: karaoke (VTT timestamp tags; SRT underlines the word being spoken)",
+        ),
     ]
 
 
@@ -105,56 +130,129 @@ HINTS: dict[str, dict[str, Any]] = {
         "responses": _ok("200", "A bearer token", _obj(access_token=STR, token_type=STR, expires_in=INT)),
     },
     "jobs.create_job": {
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _obj(
-            ("file",), file={"type": "string", "format": "binary"}, **_JOB_OPTIONS)}}},
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": _obj(("file",), file={"type": "string", "format": "binary"}, **_JOB_OPTIONS)
+                }
+            },
+        },
         "responses": _ok("201", "The queued job", _CREATED_JOB),
     },
     "jobs.get_job": {"parameters": [_WAIT]},
     "jobs.job_progress": {
         "parameters": [_WAIT],
-        "responses": _ok("200", "The job's progress", _obj(
-            job_id=STR, status=STR, stage=STR, progress=NUM,
-            estimated_time_remaining={**NUM, "nullable": True,
-                                      "description": "Seconds left; null while unknown, 0 once finished"},
-            estimated_time_remaining_text={**STR, "nullable": True, "example": "1m 30s"},
-            current_segment=INT,
-            total_segments={**INT, "nullable": True,
-                             "description": "An estimate while transcribing, the exact count afterwards"})),
+        "responses": _ok(
+            "200",
+            "The job's progress",
+            _obj(
+                job_id=STR,
+                status=STR,
+                stage=STR,
+                progress=NUM,
+                estimated_time_remaining={
+                    **NUM,
+                    "nullable": True,
+                    "description": "Seconds left; null while unknown, 0 once finished",
+                },
+                estimated_time_remaining_text={**STR, "nullable": True, "example": "1m 30s"},
+                current_segment=INT,
+                total_segments={
+                    **INT,
+                    "nullable": True,
+                    "description": "An estimate while transcribing, the exact count afterwards",
+                },
+            ),
+        ),
     },
     "chunked_uploads.upload_chunk": {
-        "parameters": [{"name": "chunk_number", "in": "path", "required": True,
-                        "description": "The chunk's number, from 1 to total_chunks",
-                        "schema": {"type": "integer", "minimum": 1}}],
-        "requestBody": {"required": True, "content": {"application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"}}}},
-        "responses": _ok("200", "The chunk was stored", _obj(chunk_number=INT, received_size=INT, checksum=STR,
-                                                              progress=NUM)),
+        "parameters": [
+            {
+                "name": "chunk_number",
+                "in": "path",
+                "required": True,
+                "description": "The chunk's number, from 1 to total_chunks",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        "responses": _ok(
+            "200", "The chunk was stored", _obj(chunk_number=INT, received_size=INT, checksum=STR, progress=NUM)
+        ),
     },
     "chunked_uploads.session_status": {
-        "responses": _ok("200", "Chunks received so far", _obj(
-            session_id=STR, total_chunks=INT, received_chunks={"type": "array", "items": INT},
-            missing_chunks={"type": "array", "items": INT}, progress=NUM, expires_at=STR)),
+        "responses": _ok(
+            "200",
+            "Chunks received so far",
+            _obj(
+                session_id=STR,
+                total_chunks=INT,
+                received_chunks={"type": "array", "items": INT},
+                missing_chunks={"type": "array", "items": INT},
+                progress=NUM,
+                expires_at=STR,
+            ),
+        ),
     },
     "chunked_uploads.finalize": {
-        "requestBody": {"required": True, **_json(_obj(("chunk_checksums",), chunk_checksums=STR_LIST,
-                                                       **_JOB_OPTIONS))},
+        "requestBody": {
+            "required": True,
+            **_json(_obj(("chunk_checksums",), chunk_checksums=STR_LIST, **_JOB_OPTIONS)),
+        },
         "responses": _ok("201", "The queued job", _CREATED_JOB),
     },
     "search.search": {
-        "requestBody": {"required": True, **_json(_obj(
-            ("query",), query=STR, limit=INT, offset=INT,
-            filters=_obj(date_range=_obj(start=STR, end=STR), models=STR_LIST, languages=STR_LIST)))},
-        "responses": _ok("200", "Matching jobs, best first", _obj(
-            total=INT, query_time=STR, results={"type": "array", "items": _obj(
-                job_id=STR, filename=STR, relevance_score=NUM, created_at=STR,
-                matches={"type": "array", "items": _obj(text=STR, timestamp=NUM, confidence=NUM)})})),
+        "requestBody": {
+            "required": True,
+            **_json(
+                _obj(
+                    ("query",),
+                    query=STR,
+                    limit=INT,
+                    offset=INT,
+                    filters=_obj(date_range=_obj(start=STR, end=STR), models=STR_LIST, languages=STR_LIST),
+                )
+            ),
+        },
+        "responses": _ok(
+            "200",
+            "Matching jobs, best first",
+            _obj(
+                total=INT,
+                query_time=STR,
+                results={
+                    "type": "array",
+                    "items": _obj(
+                        job_id=STR,
+                        filename=STR,
+                        relevance_score=NUM,
+                        created_at=STR,
+                        matches={"type": "array", "items": _obj(text=STR, timestamp=NUM, confidence=NUM)},
+                    ),
+                },
+            ),
+        ),
     },
     "admin.delete_file": {
-        "requestBody": {"required": True, **_json(_obj(
-            ("folder", "filename"), folder={"type": "string", "enum": list(LISTED)},
-            filename={**STR, "minLength": 1, "description": "The file's path inside the folder"}))},
-        "responses": _ok("200", "The file was deleted", _obj(
-            message=STR, folder=STR, filename=STR, size=INT, job_id={**STR, "nullable": True})),
+        "requestBody": {
+            "required": True,
+            **_json(
+                _obj(
+                    ("folder", "filename"),
+                    folder={"type": "string", "enum": list(LISTED)},
+                    filename={**STR, "minLength": 1, "description": "The file's path inside the folder"},
+                )
+            ),
+        },
+        "responses": _ok(
+            "200",
+            "The file was deleted",
+            _obj(message=STR, folder=STR, filename=STR, size=INT, job_id={**STR, "nullable": True}),
+        ),
     },
     "admin.browse": {
         "parameters": [
@@ -163,12 +261,19 @@ HINTS: dict[str, dict[str, Any]] = {
         ],
     },
     "exports.download": {
-        "parameters": [{"name": "fmt", "in": "path", "required": True, "description": "The transcript format",
-                        "schema": _TRANSCRIPT_FORMAT}, *_subtitle_query()],
+        "parameters": [
+            {
+                "name": "fmt",
+                "in": "path",
+                "required": True,
+                "description": "The transcript format",
+                "schema": _TRANSCRIPT_FORMAT,
+            },
+            *_subtitle_query(),
+        ],
     },
     "compat_legacy.download": {
-        "parameters": [_query("format", _TRANSCRIPT_FORMAT, "The transcript format (default srt)"),
-                       *_subtitle_query()],
+        "parameters": [_query("format", _TRANSCRIPT_FORMAT, "The transcript format (default srt)"), *_subtitle_query()],
     },
     "voxis.export": {
         "parameters": [
@@ -178,42 +283,87 @@ HINTS: dict[str, dict[str, Any]] = {
     },
     "asr.asr": {
         "parameters": [
-            _query("task", {"type": "string", "enum": ["transcribe", "translate"], "default": "transcribe"},
-                   "Transcribe, or translate into English"),
+            _query(
+                "task",
+                {"type": "string", "enum": ["transcribe", "translate"], "default": "transcribe"},
+                "Transcribe, or translate into English",
+            ),
             _query("language", STR, "The spoken language (ISO 639-1, e.g. en); empty: detect it"),
             _query("output", {"type": "string", "enum": list(ASR_OUTPUTS), "default": "txt"}, "The answer's format"),
-            _query("encode", {"type": "boolean", "default": True},
-                   "true: audio_file is any media ffmpeg reads; false: raw PCM, s16le mono 16 kHz, no header"),
+            _query(
+                "encode",
+                {"type": "boolean", "default": True},
+                "true: audio_file is any media ffmpeg reads; false: raw PCM, s16le mono 16 kHz, no header",
+            ),
             _query("word_timestamps", {"type": "boolean", "default": False}, "Time every word (json output)"),
-            _query("vad_filter", {"type": "boolean", "default": False},
-                   "Accepted; audio is always cut at pauses before transcription"),
+            _query(
+                "vad_filter",
+                {"type": "boolean", "default": False},
+                "Accepted; audio is always cut at pauses before transcription",
+            ),
             _query("initial_prompt", {**STR, "maxLength": 2000}, "Text that sets the vocabulary and style"),
             _query("video_file", {**STR, "maxLength": 4096}, "The video the audio comes from (informational)"),
-            _query("max_line_width", {**INT, "minimum": SUBTITLE_LIMITS["max_line_width"][0],
-                                      "maximum": SUBTITLE_LIMITS["max_line_width"][1]},
-                   "srt, vtt: characters per line (0: one cue per segment)"),
-            _query("max_line_count", {**INT, "minimum": SUBTITLE_LIMITS["max_line_count"][0],
-                                      "maximum": SUBTITLE_LIMITS["max_line_count"][1]},
-                   "srt, vtt: lines per cue (0: no limit)"),
-            _query("max_cue_seconds", {**NUM, "minimum": SUBTITLE_LIMITS["max_cue_seconds"][0],
-                                       "maximum": SUBTITLE_LIMITS["max_cue_seconds"][1]}, "srt, vtt: longest cue"),
-            _query("highlight_words", {"type": "boolean", "default": False},
-                   "srt, vtt: highlight each word while it is spoken (karaoke)"),
+            _query(
+                "max_line_width",
+                {
+                    **INT,
+                    "minimum": SUBTITLE_LIMITS["max_line_width"][0],
+                    "maximum": SUBTITLE_LIMITS["max_line_width"][1],
+                },
+                "srt, vtt: characters per line (0: one cue per segment)",
+            ),
+            _query(
+                "max_line_count",
+                {
+                    **INT,
+                    "minimum": SUBTITLE_LIMITS["max_line_count"][0],
+                    "maximum": SUBTITLE_LIMITS["max_line_count"][1],
+                },
+                "srt, vtt: lines per cue (0: no limit)",
+            ),
+            _query(
+                "max_cue_seconds",
+                {
+                    **NUM,
+                    "minimum": SUBTITLE_LIMITS["max_cue_seconds"][0],
+                    "maximum": SUBTITLE_LIMITS["max_cue_seconds"][1],
+                },
+                "srt, vtt: longest cue",
+            ),
+            _query(
+                "highlight_words",
+                {"type": "boolean", "default": False},
+                "srt, vtt: highlight each word while it is spoken (karaoke)",
+            ),
         ],
-        "responses": {"200": {"description": "The transcript; multipart field audio_file carries the audio",
-                              "content": {FORMATS[name].mime_type.split(";")[0]:
-                                          {"schema": {"type": "object"} if name == "json" else STR}
-                                          for name in ASR_OUTPUTS}}},
+        "responses": {
+            "200": {
+                "description": "The transcript; multipart field audio_file carries the audio",
+                "content": {
+                    FORMATS[name].mime_type.split(";")[0]: {"schema": {"type": "object"} if name == "json" else STR}
+                    for name in ASR_OUTPUTS
+                },
+            }
+        },
     },
     "asr.detect_language": {
         "parameters": [
-            _query("encode", {"type": "boolean", "default": True},
-                   "true: audio_file is any media ffmpeg reads; false: raw PCM, s16le mono 16 kHz, no header"),
+            _query(
+                "encode",
+                {"type": "boolean", "default": True},
+                "true: audio_file is any media ffmpeg reads; false: raw PCM, s16le mono 16 kHz, no header",
+            ),
             _query("video_file", {**STR, "maxLength": 4096}, "The video the audio comes from (informational)"),
         ],
-        "responses": _ok("200", "The language of the first 30 s of audio_file", _obj(
-            detected_language={**STR, "example": "english"}, language_code={**STR, "example": "en"},
-            confidence={**NUM, "minimum": 0, "maximum": 1})),
+        "responses": _ok(
+            "200",
+            "The language of the first 30 s of audio_file",
+            _obj(
+                detected_language={**STR, "example": "english"},
+                language_code={**STR, "example": "en"},
+                confidence={**NUM, "minimum": 0, "maximum": 1},
+            ),
+        ),
     },
     "asr.status": {"responses": _ok("200", "The appliance's version", _obj(version=STR))},
     "metrics.metrics": {
@@ -227,14 +377,28 @@ def _initialize_hint(cfg: Any) -> dict[str, Any]:
     file_size = {**INT, "minimum": 1, "description": "The whole file's size in bytes"}
     if cfg.get("MAX_CONTENT_LENGTH"):
         file_size["maximum"] = int(cfg["MAX_CONTENT_LENGTH"])
-    chunk_size = {**INT, "minimum": 1, "maximum": int(cfg["MAX_CHUNK_SIZE"]),
-                  "description": "Bytes per chunk (the last may be shorter)"}
+    chunk_size = {
+        **INT,
+        "minimum": 1,
+        "maximum": int(cfg["MAX_CHUNK_SIZE"]),
+        "description": "Bytes per chunk (the last may be shorter)",
+    }
     return {
-        "requestBody": {"required": True, **_json(_obj(("filename", "file_size", "chunk_size"), filename=STR,
-                                                       file_size=file_size, chunk_size=chunk_size,
-                                                       content_type=STR))},
-        "responses": _ok("201", "The upload session", _obj(session_id=STR, upload_url=STR, expires_at=STR,
-                                                            total_chunks=INT)),
+        "requestBody": {
+            "required": True,
+            **_json(
+                _obj(
+                    ("filename", "file_size", "chunk_size"),
+                    filename=STR,
+                    file_size=file_size,
+                    chunk_size=chunk_size,
+                    content_type=STR,
+                )
+            ),
+        },
+        "responses": _ok(
+            "201", "The upload session", _obj(session_id=STR, upload_url=STR, expires_at=STR, total_chunks=INT)
+        ),
     }
 
 
@@ -262,14 +426,15 @@ def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
     blueprint = rule.endpoint.rsplit(".", 1)[0] if "." in rule.endpoint else "app"
     _, parameters = openapi_path(rule.rule)
     operation: dict[str, Any] = {
-        "tags": [blueprint], "summary": summary.strip() or rule.endpoint,
+        "tags": [blueprint],
+        "summary": summary.strip() or rule.endpoint,
         "operationId": re.sub(r"\W", "_", f"{rule.endpoint}_{method}"),
     }
     if description.strip():
         operation["description"] = description.strip()
     websocket = getattr(rule, "websocket", False)
     if websocket:
-        operation["description"] = ("WebSocket: connect with ws:// or wss://. " + operation.get("description", ""))
+        operation["description"] = "WebSocket: connect with ws:// or wss://. " + operation.get("description", "")
         operation["x-websocket"] = True  # a plain HTTP request to it is a 400
     hints = _hints(rule.endpoint)
     # A hint describes a parameter better than the rule does (a range, a description): it replaces the rule's.
@@ -281,8 +446,11 @@ def _operation(rule: Rule, method: str, view: Any) -> dict[str, Any]:
         operation["parameters"] = parameters
     if "requestBody" in hints and method in ("post", "put", "patch", "delete"):
         operation["requestBody"] = hints["requestBody"]
-    success = {"101": {"description": "Switching Protocols: the WebSocket is open"}} if websocket else {
-        "200": {"description": "Success"}}
+    success = (
+        {"101": {"description": "Switching Protocols: the WebSocket is open"}}
+        if websocket
+        else {"200": {"description": "Success"}}
+    )
     operation["responses"] = {**hints.get("responses", success), "default": {"$ref": "#/components/responses/Error"}}
     if blueprint in PUBLIC_BLUEPRINTS or rule.endpoint in PUBLIC_ENDPOINTS:
         operation["security"] = []
@@ -324,12 +492,16 @@ def build_spec() -> dict[str, Any]:
                 operation["operationId"] = f"{base}_{n}"
             seen.add(operation["operationId"])
             paths.setdefault(path, {})[method.lower()] = operation
-    error = _obj(("detail", "error_code", "timestamp", "request_id"), detail=STR, error_code=STR, timestamp=STR,
-                 request_id=STR)
+    error = _obj(
+        ("detail", "error_code", "timestamp", "request_id"), detail=STR, error_code=STR, timestamp=STR, request_id=STR
+    )
     return {
         "openapi": OPENAPI_VERSION,
-        "info": {"title": "Whisper Transcriber API", "version": _version(),
-                 "description": "Self-hosted speech-to-text. Every error has the body of the Error schema."},
+        "info": {
+            "title": "Whisper Transcriber API",
+            "version": _version(),
+            "description": "Self-hosted speech-to-text. Every error has the body of the Error schema.",
+        },
         "servers": [{"url": request.script_root or "/"}],
         "tags": _tags(),
         "paths": dict(sorted(paths.items())),
@@ -339,8 +511,9 @@ def build_spec() -> dict[str, Any]:
                 "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
             "schemas": {"Error": error},
-            "responses": {"Error": {"description": "The standard error body",
-                                    **_json({"$ref": "#/components/schemas/Error"})}},
+            "responses": {
+                "Error": {"description": "The standard error body", **_json({"$ref": "#/components/schemas/Error"})}
+            },
         },
         "security": [{"bearerAuth": []}, {"apiKeyAuth": []}],
     }
@@ -356,9 +529,11 @@ def openapi_json():
 
 
 def _page(title: str, head: str, body: str) -> Response:
-    html = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escape(title)}</title>\n'
-            f"{head}</head>\n<body>\n{body}</body>\n</html>\n")
+    html = (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{escape(title)}</title>\n'
+        f"{head}</head>\n<body>\n{body}</body>\n</html>\n"
+    )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CSP
     return response
@@ -368,11 +543,15 @@ def _page(title: str, head: str, body: str) -> Response:
 def swagger_ui():
     """Swagger UI for this API, from local assets."""
     asset = lambda name: escape(url_for("openapi.swagger_asset", filename=name))  # noqa: E731
-    head = (f'<link rel="stylesheet" href="{asset("swagger-ui.css")}">\n'
-            f'<link rel="icon" type="image/png" href="{asset("favicon-32x32.png")}">\n')
-    body = (f'<div id="swagger-ui" data-spec-url="{escape(url_for("openapi.openapi_json"))}"></div>\n'
-            f'<script src="{asset("swagger-ui-bundle.js")}"></script>\n'
-            f'<script src="{escape(url_for("openapi.swagger_init"))}"></script>\n')
+    head = (
+        f'<link rel="stylesheet" href="{asset("swagger-ui.css")}">\n'
+        f'<link rel="icon" type="image/png" href="{asset("favicon-32x32.png")}">\n'
+    )
+    body = (
+        f'<div id="swagger-ui" data-spec-url="{escape(url_for("openapi.openapi_json"))}"></div>\n'
+        f'<script src="{asset("swagger-ui-bundle.js")}"></script>\n'
+        f'<script src="{escape(url_for("openapi.swagger_init"))}"></script>\n'
+    )
     return _page("Whisper Transcriber API - Swagger UI", head, body)
 
 
@@ -381,8 +560,10 @@ def redoc():
     """ReDoc for this API, from local assets."""
     icon = escape(url_for("openapi.swagger_asset", filename="favicon-32x32.png"))
     head = f'<link rel="icon" type="image/png" href="{icon}">\n<style>body {{ margin: 0; padding: 0; }}</style>\n'
-    body = (f'<redoc spec-url="{escape(url_for("openapi.openapi_json"))}"></redoc>\n'
-            f'<script src="{escape(url_for("openapi.redoc_asset", filename="redoc.standalone.js"))}"></script>\n')
+    body = (
+        f'<redoc spec-url="{escape(url_for("openapi.openapi_json"))}"></redoc>\n'
+        f'<script src="{escape(url_for("openapi.redoc_asset", filename="redoc.standalone.js"))}"></script>\n'
+    )
     return _page("Whisper Transcriber API - ReDoc", head, body)
 
 
@@ -429,8 +610,9 @@ def redoc_asset(filename: str):
     if filename not in REDOC_FILES:
         abort(404)
     if filename == "redoc.standalone.js":
-        response = Response(_redoc_script(url_for("openapi.redoc_asset", filename="logo-mini.svg")),
-                            mimetype="text/javascript")
+        response = Response(
+            _redoc_script(url_for("openapi.redoc_asset", filename="logo-mini.svg")), mimetype="text/javascript"
+        )
         response.cache_control.max_age = ASSET_MAX_AGE
         response.cache_control.public = True
         return response

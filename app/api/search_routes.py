@@ -33,8 +33,11 @@ def _string_list(filters: dict[str, Any], name: str) -> list[str]:
     value = filters.get(name)
     if value is None:
         return []
-    if (not isinstance(value, list) or len(value) > MAX_FILTER_VALUES
-            or not all(isinstance(v, str) and 0 < len(v) <= 100 for v in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_FILTER_VALUES
+        or not all(isinstance(v, str) and 0 < len(v) <= 100 for v in value)
+    ):
         raise _invalid(f"filters.{name} must be a list of at most {MAX_FILTER_VALUES} names")
     return value
 
@@ -79,8 +82,15 @@ def search_transcripts():
     if not isinstance(filters, dict):
         raise _invalid("filters must be an object")
     start, end = _date_range(filters)
-    return jsonify(search.search(
-        g.user, query, start=start, end=end, models=_string_list(filters, "models"),
-        languages=_string_list(filters, "languages"), limit=_bounded_int(data, "limit", 20, 1, 100),
-        offset=_bounded_int(data, "offset", 0, 0, 10**9),
-    ))
+    return jsonify(
+        search.search(
+            g.user,
+            query,
+            start=start,
+            end=end,
+            models=_string_list(filters, "models"),
+            languages=_string_list(filters, "languages"),
+            limit=_bounded_int(data, "limit", 20, 1, 100),
+            offset=_bounded_int(data, "offset", 0, 0, 10**9),
+        )
+    )

@@ -34,7 +34,8 @@ def initialize():
     """Start a chunked upload: JSON ``filename``, ``file_size``, ``chunk_size`` and ``content_type``."""
     data = json_body()
     session = chunked.initialize(
-        current_app.config, g.user,
+        current_app.config,
+        g.user,
         filename=string_field(data, "filename", max_length=255),
         file_size=_int_field(data, "file_size"),
         chunk_size=_int_field(data, "chunk_size"),
@@ -54,8 +55,7 @@ def upload_chunk(session_id: str, chunk_number: str):
     except ValueError as exc:
         raise bad_request("chunk_number must be an integer", "INVALID_CHUNK_NUMBER") from exc
     # request.stream, never get_data(): a chunk of up to MAX_CHUNK_SIZE is read in small blocks.
-    return jsonify(chunked.receive_chunk(current_app.config, session, number, request.stream,
-                                         request.content_length))
+    return jsonify(chunked.receive_chunk(current_app.config, session, number, request.stream, request.content_length))
 
 
 @bp.get("/<session_id>")
@@ -87,13 +87,22 @@ def finalize(session_id: str):
     if not isinstance(checksums, list) or not all(isinstance(c, str) for c in checksums):
         raise AppError(422, "INVALID_FIELD", "chunk_checksums must be a list of sha256 hex strings")
     job = chunked.finalize(
-        current_app.config, g.user, session, chunk_checksums=checksums,
+        current_app.config,
+        g.user,
+        session,
+        chunk_checksums=checksums,
         model=string_field(data, "model", required=False, max_length=100),
         language=string_field(data, "language", required=False, max_length=16),
         task=string_field(data, "task", required=False, max_length=16),
         prompt=string_field(data, "prompt", required=False, max_length=2000),
     )
-    return jsonify({"job_id": job.id, "status": job.status,
-                    "message": "File uploaded successfully and transcription queued",
-                    "filename": job.original_filename, "model": job.model,
-                    "created_at": isoformat(job.created_at)}), 201
+    return jsonify(
+        {
+            "job_id": job.id,
+            "status": job.status,
+            "message": "File uploaded successfully and transcription queued",
+            "filename": job.original_filename,
+            "model": job.model,
+            "created_at": isoformat(job.created_at),
+        }
+    ), 201

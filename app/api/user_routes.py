@@ -61,7 +61,13 @@ def audit():
     """The audit log, newest first: ``limit``, ``offset``, ``action``, ``user_id``, ``since``."""
     limit = int_arg("limit", 50, 1, 500)
     offset = int_arg("offset", 0, 0, 10**9)
-    entries, total = users.audit_page(action=request.args.get("action"), user_id=request.args.get("user_id"),
-                                        since=datetime_arg("since"), limit=limit, offset=offset)
-    return jsonify({"entries": [users.audit_entry(e) for e in entries], "total": total,
-                    "limit": limit, "offset": offset})
+    entries, total = users.audit_page(
+        action=request.args.get("action"),
+        user_id=request.args.get("user_id"),
+        since=datetime_arg("since"),
+        limit=limit,
+        offset=offset,
+    )
+    return jsonify(
+        {"entries": [users.audit_entry(e) for e in entries], "total": total, "limit": limit, "offset": offset}
+    )

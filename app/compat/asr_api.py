@@ -63,8 +63,9 @@ def _output() -> str:
 
 def _audio(encode: bool, video_file: str | None, head_seconds: float | None = None) -> tuple[Path, str]:
     path, filename = take_multipart_file("audio_file")
-    return asr_requests.prepare_upload(current_app.config, path, filename, encode=encode, video_file=video_file,
-                                       head_seconds=head_seconds)
+    return asr_requests.prepare_upload(
+        current_app.config, path, filename, encode=encode, video_file=video_file, head_seconds=head_seconds
+    )
 
 
 @bp.post("/asr")
@@ -86,12 +87,17 @@ def asr():
     prompt = _param("initial_prompt") or None
     model = asr_requests.model_for(cfg, task, language)
     upload, name = _audio(encode, video_file)
-    options = {"source": "asr", "output": output, "vad_filter": vad,
-               "word_timestamps": words or exports.subtitle_layout(subtitle_options).highlight_words}
+    options = {
+        "source": "asr",
+        "output": output,
+        "vad_filter": vad,
+        "word_timestamps": words or exports.subtitle_layout(subtitle_options).highlight_words,
+    }
     if video_file:
         options["video_file"] = video_file
-    job, _ = asr_requests.submit(cfg, g.user, upload, name, model=model, task=task, language=language,
-                                 prompt=prompt, options=options)
+    job, _ = asr_requests.submit(
+        cfg, g.user, upload, name, model=model, task=task, language=language, prompt=prompt, options=options
+    )
     finished = jobs.await_completed(job, float(cfg["ASR_TIMEOUT_SECONDS"]))
     response = download_response(finished, output, subtitle_options)
     response.headers["X-Job-ID"] = finished.id
@@ -109,8 +115,17 @@ def detect_language():
     encode, video_file = _flag("encode", True), _video_file()
     model = asr_requests.multilingual_model(cfg, "Language detection")
     upload, name = _audio(encode, video_file, head_seconds=asr_requests.DETECT_SECONDS)
-    job, _ = asr_requests.submit(cfg, g.user, upload, name, model=model, task="transcribe", language=None,
-                                 prompt=None, options={"source": "asr-detect"})
+    job, _ = asr_requests.submit(
+        cfg,
+        g.user,
+        upload,
+        name,
+        model=model,
+        task="transcribe",
+        language=None,
+        prompt=None,
+        options={"source": "asr-detect"},
+    )
     finished = jobs.await_completed(job, float(cfg["ASR_TIMEOUT_SECONDS"]))
     response = jsonify(asr_requests.detection(finished))
     response.headers["X-Job-ID"] = finished.id

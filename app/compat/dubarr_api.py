@@ -53,11 +53,15 @@ def webhook():
     if event.lower() == "test" and raw is None:  # Sonarr/Radarr "Test" button
         return jsonify({"status": "ok", "message": "webhook reachable"})
     if raw is None:
-        raise AppError(400, "MISSING_PATH", "No media path in the payload (expected 'path', an arr import, "
-                       "or a Jellyfin template with ItemPath)")
+        raise AppError(
+            400,
+            "MISSING_PATH",
+            "No media path in the payload (expected 'path', an arr import, or a Jellyfin template with ItemPath)",
+        )
     path = media.resolve_library_file(current_app.config, raw)
-    job = media.queue_library_file(current_app.config, g.user, path, model=data.get("model"),
-                                   language=data.get("language"))
+    job = media.queue_library_file(
+        current_app.config, g.user, path, model=data.get("model"), language=data.get("language")
+    )
     return jsonify({"status": "queued", "path": str(path), "task_id": job.id, "eventType": event})
 
 

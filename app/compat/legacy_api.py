@@ -27,8 +27,14 @@ DEFAULT_DOWNLOAD_FORMAT = "srt"
 
 def legacy_fields(job: Job) -> dict[str, Any]:
     """The legacy API's own names for a job."""
-    return {"id": job.id, "original_filename": job.original_filename, "model": job.model,
-            "created_at": isoformat(job.created_at), "updated": isoformat(job.updated_at), "status": job.status}
+    return {
+        "id": job.id,
+        "original_filename": job.original_filename,
+        "model": job.model,
+        "created_at": isoformat(job.created_at),
+        "updated": isoformat(job.updated_at),
+        "status": job.status,
+    }
 
 
 # ------------------------------------------------------------------------ jobs
@@ -48,8 +54,13 @@ def list_jobs():
     """The caller's jobs, newest first, filtered by ``search`` (file name and transcript) and ``status``."""
     limit = int_arg("limit", 100, 1, 1000)
     offset = int_arg("offset", 0, 0, 10**9)
-    found, total = jobs.list_jobs(g.user, status=request.args.get("status") or None,
-                                     search=request.args.get("search") or None, limit=limit, offset=offset)
+    found, total = jobs.list_jobs(
+        g.user,
+        status=request.args.get("status") or None,
+        search=request.args.get("search") or None,
+        limit=limit,
+        offset=offset,
+    )
     response = jsonify([{**legacy_fields(job), **jobs.summary(job)} for job in found])
     response.headers["X-Total-Count"] = str(total)
     return response

@@ -34,8 +34,9 @@ def _options() -> tuple[str, bool, dict]:
     granularities = form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
     unknown = set(granularities) - set(GRANULARITIES)
     if unknown:
-        raise AppError(400, "INVALID_TIMESTAMP_GRANULARITY",
-                       f"timestamp_granularities must be among {', '.join(GRANULARITIES)}")
+        raise AppError(
+            400, "INVALID_TIMESTAMP_GRANULARITY", f"timestamp_granularities must be among {', '.join(GRANULARITIES)}"
+        )
     try:
         temperature = float(form.get("temperature") or 0)
     except ValueError as exc:
@@ -80,9 +81,14 @@ def list_models():
     """The installed models, as OpenAI's model list."""
     folder = current_app.config["MODELS_DIR"]
     data = [
-        {"id": name, "object": "model", "created": int(modelstore.model_path(folder, name).stat().st_mtime),
-         "owned_by": "whisper-transcriber"}
+        {
+            "id": name,
+            "object": "model",
+            "created": int(modelstore.model_path(folder, name).stat().st_mtime),
+            "owned_by": "whisper-transcriber",
+        }
         for name in modelstore.installed(folder)
     ]
-    return jsonify({"object": "list", "data": data, "default": current_app.config["DEFAULT_MODEL"],
-                    "user": g.user.username})
+    return jsonify(
+        {"object": "list", "data": data, "default": current_app.config["DEFAULT_MODEL"], "user": g.user.username}
+    )

@@ -21,8 +21,14 @@ bp = Blueprint("compat_v1", __name__)
 def create_job():
     """Upload a file (multipart ``file``, optional ``model`` and ``language``) and queue it (v1 API)."""
     job = create_from_request()
-    return jsonify({"job_id": job.id, "status": job.status, "message": "Job created successfully",
-                    "queue_job_id": f"queue-{job.id}"}), 201
+    return jsonify(
+        {
+            "job_id": job.id,
+            "status": job.status,
+            "message": "Job created successfully",
+            "queue_job_id": f"queue-{job.id}",
+        }
+    ), 201
 
 
 @bp.get("/jobs/")

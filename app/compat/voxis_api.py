@@ -20,8 +20,7 @@ from app.validation import int_arg, json_body
 bp = Blueprint("voxis", __name__)
 # One bucket per client address for the whole blueprint: the VOXIS document limits the API, not each route.
 # Behind trusted proxies ProxyFix has already put the client's address in remote_addr.
-dialect_limit(bp, "RATELIMIT_VOXIS", "voxis",
-              "Rate limit of the VOXIS API exceeded for this address; see Retry-After")
+dialect_limit(bp, "RATELIMIT_VOXIS", "voxis", "Rate limit of the VOXIS API exceeded for this address; see Retry-After")
 open_to_anonymous_networks(bp)  # the VOXIS document defines no authentication
 
 
@@ -45,8 +44,9 @@ def upload():
 def process():
     """Queue cleanup of an uploaded file: denoise, resample, channels, optional transcription."""
     job = voxis.start_processing(current_app.config, g.user, json_body())
-    return jsonify({"success": True, "job_id": job.id, "status": voxis.STATUS[job.status],
-                    "message": "Processing started"})
+    return jsonify(
+        {"success": True, "job_id": job.id, "status": voxis.STATUS[job.status], "message": "Processing started"}
+    )
 
 
 @bp.get("/api/status/<job_id>")

@@ -24,8 +24,13 @@ CLEANUP_READ_ONLY = ("last_run",)
 CONCURRENCY_FIELDS = ("workers", "threads_per_worker", "threads")  # "threads": the saved name, also accepted
 CONCURRENCY_READ_ONLY = ("cpu_count", "running_workers", "running", "supervisor", "limits", "message")
 SETTINGS_FIELDS = ("model_aliases",)
-SETTINGS_READ_ONLY = ("model_aliases_source", "environment_model_aliases", "installed_models", "default_model",
-                      "message")
+SETTINGS_READ_ONLY = (
+    "model_aliases_source",
+    "environment_model_aliases",
+    "installed_models",
+    "default_model",
+    "message",
+)
 
 
 def writable(data: Mapping[str, Any], fields: Iterable[str], read_only: Iterable[str]) -> dict[str, Any]:
@@ -65,24 +70,31 @@ def get_concurrency(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The saved worker count and threads per worker, and what runs now."""
     value = read_concurrency(dict(cfg))
     running = live_workers()
-    return {"workers": value["workers"], "threads_per_worker": value["threads"], "cpu_count": os.cpu_count(),
-            "running_workers": len(running), "running": [{"pid": w["pid"], "threads": w.get("threads")}
-                                                          for w in running],
-            "supervisor": "run" if supervisor_process(cfg["DATA_DIR"]) else None,
-            "limits": {"workers": [1, MAX_WORKERS], "threads_per_worker": [0, MAX_THREADS]}}
+    return {
+        "workers": value["workers"],
+        "threads_per_worker": value["threads"],
+        "cpu_count": os.cpu_count(),
+        "running_workers": len(running),
+        "running": [{"pid": w["pid"], "threads": w.get("threads")} for w in running],
+        "supervisor": "run" if supervisor_process(cfg["DATA_DIR"]) else None,
+        "limits": {"workers": [1, MAX_WORKERS], "threads_per_worker": [0, MAX_THREADS]},
+    }
 
 
-def set_concurrency(cfg: Mapping[str, Any], data: Mapping[str, Any], *, actor: User,
-                    ip: str | None) -> dict[str, Any]:
+def set_concurrency(cfg: Mapping[str, Any], data: Mapping[str, Any], *, actor: User, ip: str | None) -> dict[str, Any]:
     """Save workers (1-16) and threads per worker (0 = all cores, up to 64); the processes apply it."""
     data = writable(data, CONCURRENCY_FIELDS, CONCURRENCY_READ_ONLY)
     if "threads" in data and "threads_per_worker" not in data:
         data = {**data, "threads_per_worker": data["threads"]}
     current = read_concurrency(dict(cfg))
-    new = {"workers": data.get("workers", current["workers"]),
-           "threads": data.get("threads_per_worker", current["threads"])}
-    for name, key, hi, lo in (("workers", "workers", MAX_WORKERS, 1),
-                              ("threads_per_worker", "threads", MAX_THREADS, 0)):
+    new = {
+        "workers": data.get("workers", current["workers"]),
+        "threads": data.get("threads_per_worker", current["threads"]),
+    }
+    for name, key, hi, lo in (
+        ("workers", "workers", MAX_WORKERS, 1),
+        ("threads_per_worker", "threads", MAX_THREADS, 0),
+    ):
         value = new[key]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise AppError(422, "INVALID_FIELD", f"{name} must be an integer from {lo} to {hi}")
@@ -113,7 +125,11 @@ def set_settings(cfg: Mapping[str, Any], data: Mapping[str, Any], *, actor: User
     model_aliases.save(cfg, changes["model_aliases"])
     new = get_settings(cfg)
     if (old["model_aliases"], old["model_aliases_source"]) != (new["model_aliases"], new["model_aliases_source"]):
-        AuditLog.record("admin_settings_changed", user=actor, ip=ip,
-                        old={"model_aliases": old["model_aliases"], "source": old["model_aliases_source"]},
-                        new={"model_aliases": new["model_aliases"], "source": new["model_aliases_source"]})
+        AuditLog.record(
+            "admin_settings_changed",
+            user=actor,
+            ip=ip,
+            old={"model_aliases": old["model_aliases"], "source": old["model_aliases_source"]},
+            new={"model_aliases": new["model_aliases"], "source": new["model_aliases_source"]},
+        )
     return {**new, "message": "Saved; new jobs use it at once"}

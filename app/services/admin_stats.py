@@ -1,6 +1,5 @@
 """Administration: statistics and health, read for ``/admin/stats`` and ``/admin/health``."""
 
-
 from __future__ import annotations
 
 import os
@@ -101,9 +100,11 @@ def folder_usage(data_dir: str | Path) -> dict[str, dict[str, Any]]:
 def _job_stats() -> tuple[dict[str, int], dict[str, Any], float | None]:
     counts = Job.counts_by_status()
     jobs = {"total": sum(counts.values()), **counts}
-    done = Job.select(fn.AVG(Job.processing_seconds), fn.SUM(Job.processing_seconds), fn.SUM(Job.duration)).where(
-        (Job.status == "completed") & Job.processing_seconds.is_null(False) & (Job.duration > 0)).scalar(
-        as_tuple=True)
+    done = (
+        Job.select(fn.AVG(Job.processing_seconds), fn.SUM(Job.processing_seconds), fn.SUM(Job.duration))
+        .where((Job.status == "completed") & Job.processing_seconds.is_null(False) & (Job.duration > 0))
+        .scalar(as_tuple=True)
+    )
     avg, spent, media = done if done else (None, None, None)
     finished = counts["completed"] + counts["failed"]
     hour_ago = utcnow() - timedelta(hours=1)
@@ -122,10 +123,15 @@ def _user_stats() -> dict[str, int]:
     day, week = utcnow() - timedelta(hours=24), utcnow() - timedelta(days=7)
     active = {row.user_id for row in Job.select(Job.user).where((Job.created_at >= day) & Job.user.is_null(False))}
     active |= {row.user_id for row in ApiKey.select(ApiKey.user).where(ApiKey.last_used >= day)}
-    active |= {row.user_id for row in AuditLog.select(AuditLog.user_id).where(
-        (AuditLog.at >= day) & AuditLog.user_id.is_null(False))}
-    return {"total": User.select().count(), "active_last_24h": len(active),
-            "new_last_7d": User.select().where(User.created_at >= week).count()}
+    active |= {
+        row.user_id
+        for row in AuditLog.select(AuditLog.user_id).where((AuditLog.at >= day) & AuditLog.user_id.is_null(False))
+    }
+    return {
+        "total": User.select().count(),
+        "active_last_24h": len(active),
+        "new_last_7d": User.select().where(User.created_at >= week).count(),
+    }
 
 
 def _system(data_dir: str) -> dict[str, Any]:
@@ -134,10 +140,18 @@ def _system(data_dir: str) -> dict[str, Any]:
     return {
         "cpu_percent": cpu_percent(),
         "cpu_count": psutil.cpu_count(),
-        "memory": {"total_mb": _mb(memory.total), "used_mb": _mb(memory.total - memory.available),
-                   "available_mb": _mb(memory.available), "percent": memory.percent},
-        "disk": {"total_gb": round(disk.total / GB, 2), "used_gb": round(disk.used / GB, 2),
-                 "free_gb": round(disk.free / GB, 2), "percent": disk.percent},
+        "memory": {
+            "total_mb": _mb(memory.total),
+            "used_mb": _mb(memory.total - memory.available),
+            "available_mb": _mb(memory.available),
+            "percent": memory.percent,
+        },
+        "disk": {
+            "total_gb": round(disk.total / GB, 2),
+            "used_gb": round(disk.used / GB, 2),
+            "free_gb": round(disk.free / GB, 2),
+            "percent": disk.percent,
+        },
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -153,11 +167,22 @@ def _processes(data_dir: str) -> dict[str, Any]:
             proc = psutil.Process(entry["pid"])
         except psutil.Error:
             continue
-        workers.append({"pid": entry["pid"], "rss_mb": _rss(proc), "threads": entry.get("threads"),
-                        "uptime_seconds": round(time.time() - float(entry["created"])),
-                        "job_id": job.id if job else None})
-    return {"web_pid": web.pid, "web_rss_mb": _rss(web), "web_master_pid": master.pid if master else None,
-            "web_master_rss_mb": _rss(master), "workers": workers}
+        workers.append(
+            {
+                "pid": entry["pid"],
+                "rss_mb": _rss(proc),
+                "threads": entry.get("threads"),
+                "uptime_seconds": round(time.time() - float(entry["created"])),
+                "job_id": job.id if job else None,
+            }
+        )
+    return {
+        "web_pid": web.pid,
+        "web_rss_mb": _rss(web),
+        "web_master_pid": master.pid if master else None,
+        "web_master_rss_mb": _rss(master),
+        "workers": workers,
+    }
 
 
 def stats(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,8 +195,11 @@ def stats(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "jobs": jobs,
         "users": _user_stats(),
-        "storage": {"total_files": count, "total_size_gb": round(size / GB, 3),
-                    "avg_file_size_mb": round(size / count / MB, 2) if count else 0.0},
+        "storage": {
+            "total_files": count,
+            "total_size_gb": round(size / GB, 3),
+            "avg_file_size_mb": round(size / count / MB, 2) if count else 0.0,
+        },
         "performance": performance,
         "system": _system(data_dir),
         "processes": _processes(data_dir),
@@ -191,8 +219,12 @@ def engine_choice(cfg: Mapping[str, Any]) -> dict[str, Any]:
             choices[kind] = tuning.choose(cfg, model, seconds).label
         except modelstore.ModelError:
             choices[kind] = None
-    return {"setting": cfg.get("ENGINE", "auto"), "default_model": model, "choice": choices,
-            "calibration": tuning.read_record(cfg)}
+    return {
+        "setting": cfg.get("ENGINE", "auto"),
+        "default_model": model,
+        "choice": choices,
+        "calibration": tuning.read_record(cfg),
+    }
 
 
 # ------------------------------------------------------------------ health

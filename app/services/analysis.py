@@ -63,7 +63,10 @@ class RemoteRejected(Exception):
 
 
 analysis_breaker = pybreaker.CircuitBreaker(
-    fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_SECONDS, name="analysis", exclude=[RemoteRejected],
+    fail_max=BREAKER_FAIL_MAX,
+    reset_timeout=BREAKER_RESET_SECONDS,
+    name="analysis",
+    exclude=[RemoteRejected],
 )
 
 
@@ -83,8 +86,9 @@ def words(text: str) -> list[str]:
 
 def content_words(text: str) -> list[str]:
     """Words that carry meaning: alphabetic, three letters or more, not a stop word."""
-    return [w for w in words(text)
-            if len(w) >= 3 and w.replace("'", "").isalpha() and w.replace("'", "") not in STOP_WORDS]
+    return [
+        w for w in words(text) if len(w) >= 3 and w.replace("'", "").isalpha() and w.replace("'", "") not in STOP_WORDS
+    ]
 
 
 def keywords(text: str, limit: int = TOP_KEYWORDS) -> list[dict[str, Any]]:
@@ -148,12 +152,20 @@ def metadata(job: Job) -> dict[str, Any]:
     if job.processing_seconds is not None and job.duration:
         rtf = round(job.processing_seconds / job.duration, 3)
     return {
-        "id": job.id, "job_id": job.id, "filename": job.original_filename,
-        "duration": job.duration, "language": transcript["language"] or job.language, "model": job.model,
-        "segment_count": len(segments), "word_count": word_count,
+        "id": job.id,
+        "job_id": job.id,
+        "filename": job.original_filename,
+        "duration": job.duration,
+        "language": transcript["language"] or job.language,
+        "model": job.model,
+        "segment_count": len(segments),
+        "word_count": word_count,
         "words_per_minute": per_minute(word_count, job.duration),
-        "processing_seconds": job.processing_seconds, "real_time_factor": rtf,
-        "codec": media.get("codec"), "sample_rate": media.get("sample_rate"), "channels": media.get("channels"),
+        "processing_seconds": job.processing_seconds,
+        "real_time_factor": rtf,
+        "codec": media.get("codec"),
+        "sample_rate": media.get("sample_rate"),
+        "channels": media.get("channels"),
         "format": media.get("format_name"),
         "keywords": keywords(transcript["text"]),
     }
@@ -175,8 +187,13 @@ def analyze(cfg: Mapping[str, Any], job: Job) -> dict[str, Any]:
         body.update(provider="openai", model=cfg["OPENAI_MODEL"], summary=summary, analysis=analysis)
     else:
         chosen = summary_sentences(units)
-        body.update(provider="local", model=None, summary=" ".join(chosen), summary_sentences=chosen,
-                    analysis=_local_analysis(stats, found))
+        body.update(
+            provider="local",
+            model=None,
+            summary=" ".join(chosen),
+            summary_sentences=chosen,
+            analysis=_local_analysis(stats, found),
+        )
     body.update(keywords=found, statistics=stats)
     return body
 
@@ -197,9 +214,12 @@ def remote_analysis(cfg: Mapping[str, Any], text: str) -> tuple[str, Any]:
             content = _ask(cfg, text)
     except pybreaker.CircuitBreakerError as exc:
         wait = retry_after(analysis_breaker) or int(analysis_breaker.reset_timeout)
-        raise AppError(503, "ANALYSIS_UNAVAILABLE",
-                       f"The analysis endpoint failed repeatedly; try again in {wait} s",
-                       {"Retry-After": str(wait)}) from exc
+        raise AppError(
+            503,
+            "ANALYSIS_UNAVAILABLE",
+            f"The analysis endpoint failed repeatedly; try again in {wait} s",
+            {"Retry-After": str(wait)},
+        ) from exc
     except RemoteRejected as exc:
         raise AppError(502, "ANALYSIS_REJECTED", str(exc)) from exc
     except RemoteFailed as exc:
@@ -211,14 +231,17 @@ def _ask(cfg: Mapping[str, Any], text: str) -> str:
     url = str(cfg.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
     payload = {
         "model": cfg["OPENAI_MODEL"],
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                     {"role": "user", "content": "Transcript:\n" + text[:MAX_PROMPT_CHARS]}],
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "Transcript:\n" + text[:MAX_PROMPT_CHARS]},
+        ],
         "temperature": 0.2,
     }
     headers = {"Authorization": f"Bearer {cfg['OPENAI_API_KEY']}"}
     try:
-        response = requests.post(url, json=payload, headers=headers,
-                                 timeout=float(cfg.get("ANALYSIS_TIMEOUT_SECONDS") or 60))
+        response = requests.post(
+            url, json=payload, headers=headers, timeout=float(cfg.get("ANALYSIS_TIMEOUT_SECONDS") or 60)
+        )
     except requests.RequestException as exc:
         # The exception's text may carry the URL but never the headers; the type is enough for the client.
         log.warning("analysis endpoint unreachable: %s", type(exc).__name__)
@@ -228,8 +251,10 @@ def _ask(cfg: Mapping[str, Any], text: str) -> str:
         raise RemoteFailed(f"The analysis endpoint answered {response.status_code}")
     if response.status_code >= 400:
         log.warning("analysis endpoint refused the request with %s", response.status_code)
-        raise RemoteRejected(f"The analysis endpoint refused the request ({response.status_code}); "
-                             "check OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL")
+        raise RemoteRejected(
+            f"The analysis endpoint refused the request ({response.status_code}); "
+            "check OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL"
+        )
     try:
         content = response.json()["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:

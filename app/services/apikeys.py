@@ -35,16 +35,24 @@ def _permissions(value: Any, principal: Principal) -> list[str]:
         raise AppError(422, "INVALID_FIELD", f"permissions must be a non-empty list drawn from {', '.join(SCOPES)}")
     unknown = sorted(set(value) - set(SCOPES))
     if unknown:
-        raise AppError(422, "INVALID_PERMISSION", f"Unknown permission(s) {', '.join(unknown)}; "
-                       f"choose from {', '.join(SCOPES)}")
+        raise AppError(
+            422, "INVALID_PERMISSION", f"Unknown permission(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}"
+        )
     beyond = sorted(set(value) - principal.scopes)
     if beyond:
         raise AppError(403, "FORBIDDEN", f"You cannot grant permissions you do not have: {', '.join(beyond)}")
     return list(dict.fromkeys(value))
 
 
-def create_key(principal: Principal, name: Any, permissions: Any, expires_days: Any = None,
-               rate_limit: Any = None, *, ip: str | None = None) -> tuple[ApiKey, str]:
+def create_key(
+    principal: Principal,
+    name: Any,
+    permissions: Any,
+    expires_days: Any = None,
+    rate_limit: Any = None,
+    *,
+    ip: str | None = None,
+) -> tuple[ApiKey, str]:
     """A new key for the caller and its secret (the only time the secret exists outside the caller)."""
     name = _name(name)
     permissions = _permissions(permissions, principal)
@@ -58,13 +66,25 @@ def create_key(principal: Principal, name: Any, permissions: Any, expires_days: 
     secret, preview = new_api_key()
     with db.atomic("IMMEDIATE"):
         key = ApiKey.create(
-            key_id=f"key_{secrets.token_hex(8)}", user=principal.user, name=name,
-            secret_hash=hash_api_key(secret), preview=preview, permissions=permissions,
+            key_id=f"key_{secrets.token_hex(8)}",
+            user=principal.user,
+            name=name,
+            secret_hash=hash_api_key(secret),
+            preview=preview,
+            permissions=permissions,
             expires_at=utcnow() + timedelta(days=days) if days else None,
-            requests_per_minute=per_minute, daily_quota=daily,
+            requests_per_minute=per_minute,
+            daily_quota=daily,
         )
-    AuditLog.record("api_key_created", user=principal.user, target=key.key_id, ip=ip,
-                    name=name, permissions=permissions, expires_days=days)
+    AuditLog.record(
+        "api_key_created",
+        user=principal.user,
+        target=key.key_id,
+        ip=ip,
+        name=name,
+        permissions=permissions,
+        expires_days=days,
+    )
     return key, secret
 
 

@@ -53,20 +53,42 @@ def pcm_seconds(cfg: Mapping[str, Any], path: Path) -> float:
     if size == 0:
         raise AppError(400, "EMPTY_FILE", "The uploaded audio is empty")
     if size % 2:
-        raise AppError(400, "INVALID_PCM", f"encode=false takes raw PCM: signed 16-bit little-endian, mono, 16 kHz, "
-                       f"no header, so an even number of bytes; got {size}. Send encode=true for a media file")
+        raise AppError(
+            400,
+            "INVALID_PCM",
+            f"encode=false takes raw PCM: signed 16-bit little-endian, mono, 16 kHz, "
+            f"no header, so an even number of bytes; got {size}. Send encode=true for a media file",
+        )
     seconds = size / PCM_BYTES_PER_SECOND
     limit = float(cfg["MAX_MEDIA_SECONDS"])
     if seconds > limit or size + WAV_HEADER_BYTES - 8 > 0xFFFFFFFF:  # a WAV's sizes are 32-bit
-        raise AppError(413, "MEDIA_TOO_LONG", f"The audio is {audio.duration_text(seconds)} long; the limit is "
-                       f"{audio.duration_text(limit)} (WT_MAX_MEDIA_SECONDS)")
+        raise AppError(
+            413,
+            "MEDIA_TOO_LONG",
+            f"The audio is {audio.duration_text(seconds)} long; the limit is "
+            f"{audio.duration_text(limit)} (WT_MAX_MEDIA_SECONDS)",
+        )
     return seconds
 
 
 def wav_header(data_bytes: int) -> bytes:
     """The 44-byte header of a 16 kHz mono 16-bit PCM WAV file holding ``data_bytes`` of samples."""
-    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1,
-                       audio.SAMPLE_RATE, PCM_BYTES_PER_SECOND, 2, 16, b"data", data_bytes)
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        audio.SAMPLE_RATE,
+        PCM_BYTES_PER_SECOND,
+        2,
+        16,
+        b"data",
+        data_bytes,
+    )
 
 
 def pcm_to_wav(cfg: Mapping[str, Any], raw: Path, max_seconds: float | None = None) -> Path:
@@ -102,9 +124,29 @@ def media_head_as_wav(cfg: Mapping[str, Any], media: Path, seconds: float) -> Pa
     try:
         jobs.probe_upload(cfg, media)
         # -t as an output option: at most this much audio is written, whatever the file holds.
-        command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(media), "-map", "0:a:0", "-vn",
-                   "-ac", "1", "-ar", str(audio.SAMPLE_RATE), "-t", f"{seconds:.3f}", "-c:a", "pcm_s16le",
-                   "-f", "wav", str(wav)]
+        command = [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(media),
+            "-map",
+            "0:a:0",
+            "-vn",
+            "-ac",
+            "1",
+            "-ar",
+            str(audio.SAMPLE_RATE),
+            "-t",
+            f"{seconds:.3f}",
+            "-c:a",
+            "pcm_s16le",
+            "-f",
+            "wav",
+            str(wav),
+        ]
         timeout = min(120, float(cfg["FFMPEG_TIMEOUT_SECONDS"]))
         try:
             result = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
@@ -120,8 +162,15 @@ def media_head_as_wav(cfg: Mapping[str, Any], media: Path, seconds: float) -> Pa
     return wav
 
 
-def prepare_upload(cfg: Mapping[str, Any], upload: Path, filename: str, *, encode: bool,
-                   video_file: str | None = None, head_seconds: float | None = None) -> tuple[Path, str]:
+def prepare_upload(
+    cfg: Mapping[str, Any],
+    upload: Path,
+    filename: str,
+    *,
+    encode: bool,
+    video_file: str | None = None,
+    head_seconds: float | None = None,
+) -> tuple[Path, str]:
     """The file a job reads and its display name: raw PCM as WAV, media as it is (or its head, as WAV).
 
     ``head_seconds`` keeps only the beginning (language detection). The display name is the video's when
@@ -185,10 +234,13 @@ def multilingual_model(cfg: Mapping[str, Any], purpose: str) -> str:
         return PREFERRED_MULTILINGUAL
     if candidates:
         return min(candidates, key=lambda name: modelstore.model_path(folder, name).stat().st_size)
-    raise AppError(422, "MULTILINGUAL_MODEL_REQUIRED",
-                   f"{purpose} needs a multilingual model, and only English-only models are installed "
-                   f"({', '.join(installed) or 'none'}). Install one with: "
-                   f"{modelstore.install_hint(PREFERRED_MULTILINGUAL)}")
+    raise AppError(
+        422,
+        "MULTILINGUAL_MODEL_REQUIRED",
+        f"{purpose} needs a multilingual model, and only English-only models are installed "
+        f"({', '.join(installed) or 'none'}). Install one with: "
+        f"{modelstore.install_hint(PREFERRED_MULTILINGUAL)}",
+    )
 
 
 def model_for(cfg: Mapping[str, Any], task: str, language: str | None) -> str | None:
@@ -212,14 +264,28 @@ def model_for(cfg: Mapping[str, Any], task: str, language: str | None) -> str | 
 # --------------------------------------------------------------------- duplicates
 
 
-def _same_settings(job: Job, *, model: str, task: str, language: str | None, prompt: str | None,
-                   words: bool) -> bool:
-    return (job.model == model and job.task == task and job.language == language and job.prompt == prompt
-            and bool(job.options.get("word_timestamps")) == words)
+def _same_settings(job: Job, *, model: str, task: str, language: str | None, prompt: str | None, words: bool) -> bool:
+    return (
+        job.model == model
+        and job.task == task
+        and job.language == language
+        and job.prompt == prompt
+        and bool(job.options.get("word_timestamps")) == words
+    )
 
 
-def find_joinable(user: User, *, sha256: str, model: str, task: str, language: str | None, prompt: str | None,
-                  words: bool, video_file: str | None, output: str) -> Job | None:
+def find_joinable(
+    user: User,
+    *,
+    sha256: str,
+    model: str,
+    task: str,
+    language: str | None,
+    prompt: str | None,
+    words: bool,
+    video_file: str | None,
+    output: str,
+) -> Job | None:
     """A job this request can take its answer from instead of making another, or None.
 
     An unfinished job of the same ``video_file``, task, language and output; or a queued, running or
@@ -229,35 +295,66 @@ def find_joinable(user: User, *, sha256: str, model: str, task: str, language: s
     if video_file:
         for job in Job.unfinished_visible_to(user):
             options = job.options or {}
-            if (options.get("video_file") == video_file and job.task == task and job.language == language
-                    and options.get("output") == output):
+            if (
+                options.get("video_file") == video_file
+                and job.task == task
+                and job.language == language
+                and options.get("output") == output
+            ):
                 return job
     for job in Job.with_upload_hash(user, sha256):
         if job.status in ("queued", "processing", "completed") and _same_settings(
-                job, model=model, task=task, language=language, prompt=prompt, words=words):
+            job, model=model, task=task, language=language, prompt=prompt, words=words
+        ):
             return job
     return None
 
 
-def submit(cfg: Mapping[str, Any], user: User, upload: Path, filename: str, *, model: str | None, task: str,
-           language: str | None, prompt: str | None, options: dict[str, Any]) -> tuple[Job, bool]:
+def submit(
+    cfg: Mapping[str, Any],
+    user: User,
+    upload: Path,
+    filename: str,
+    *,
+    model: str | None,
+    task: str,
+    language: str | None,
+    prompt: str | None,
+    options: dict[str, Any],
+) -> tuple[Job, bool]:
     """The job for this request and whether it joined an existing one; the upload is taken or removed either way."""
     try:
         sha256 = file_sha256(upload)
         resolved = jobs.validate_model(cfg, model)
         with _join_lock:
-            joined = find_joinable(user, sha256=sha256, model=resolved, task=task, language=language,
-                                   prompt=prompt, words=bool(options.get("word_timestamps")),
-                                   video_file=options.get("video_file"), output=options.get("output", ""))
+            joined = find_joinable(
+                user,
+                sha256=sha256,
+                model=resolved,
+                task=task,
+                language=language,
+                prompt=prompt,
+                words=bool(options.get("word_timestamps")),
+                video_file=options.get("video_file"),
+                output=options.get("output", ""),
+            )
             if joined is None:
-                job = jobs.create_job(cfg, user, upload, filename, model=model, language=language, task=task,
-                                      prompt=prompt, options=options)
+                job = jobs.create_job(
+                    cfg,
+                    user,
+                    upload,
+                    filename,
+                    model=model,
+                    language=language,
+                    task=task,
+                    prompt=prompt,
+                    options=options,
+                )
                 job.update_fields(upload_sha256=sha256)
                 return job, False
     finally:
         upload.unlink(missing_ok=True)  # create_job moved it into place, or nobody needs it
-    log.info("whisper-asr-webservice request joined job %s (%s)", joined.id, joined.status,
-             extra={"job_id": joined.id})
+    log.info("whisper-asr-webservice request joined job %s (%s)", joined.id, joined.status, extra={"job_id": joined.id})
     return joined, True
 
 
@@ -273,8 +370,11 @@ def detection(job: Job) -> dict[str, Any]:
     code = job.detected_language
     if not code:
         raise AppError(422, "LANGUAGE_NOT_DETECTED", f"No language could be detected in job {job.id}")
-    return {"detected_language": languages.table().get(code, code), "language_code": code,
-            "confidence": round(float(job.confidence or 0.0), 4)}
+    return {
+        "detected_language": languages.table().get(code, code),
+        "language_code": code,
+        "confidence": round(float(job.confidence or 0.0), 4),
+    }
 
 
 def appliance_version() -> str:

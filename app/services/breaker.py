@@ -95,17 +95,24 @@ def ensure_accepting(breaker: pybreaker.CircuitBreaker) -> None:
     """503 with Retry-After while the engine's breaker is open."""
     wait = retry_after(breaker)
     if wait is not None:
-        raise AppError(503, "ENGINE_UNAVAILABLE",
-                       f"The transcription engine failed repeatedly; new work is paused for {wait} s",
-                       {"Retry-After": str(wait)})
+        raise AppError(
+            503,
+            "ENGINE_UNAVAILABLE",
+            f"The transcription engine failed repeatedly; new work is paused for {wait} s",
+            {"Retry-After": str(wait)},
+        )
 
 
 # Opens after repeated engine failures; a trial call after the timeout closes it again. Its state
 # lives in SQLite so the web process (which refuses new work) sees what the workers' engine did.
 # Cancellation and bad media are not engine failures.
 engine_breaker = pybreaker.CircuitBreaker(
-    fail_max=3, reset_timeout=60, name="engine", state_storage=SettingStorage("engine"),
-    exclude=[Aborted, MediaError], throw_new_error_on_trip=False,  # the tripping job fails with the real error
+    fail_max=3,
+    reset_timeout=60,
+    name="engine",
+    state_storage=SettingStorage("engine"),
+    exclude=[Aborted, MediaError],
+    throw_new_error_on_trip=False,  # the tripping job fails with the real error
 )
 
 

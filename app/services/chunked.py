@@ -53,8 +53,15 @@ def _ttl(cfg: Mapping[str, Any]) -> timedelta:
 # ------------------------------------------------------------------ sessions
 
 
-def initialize(cfg: Mapping[str, Any], user: User, *, filename: str, file_size: int, chunk_size: int,
-               content_type: str | None = None) -> UploadSession:
+def initialize(
+    cfg: Mapping[str, Any],
+    user: User,
+    *,
+    filename: str,
+    file_size: int,
+    chunk_size: int,
+    content_type: str | None = None,
+) -> UploadSession:
     """Open an upload session after checking sizes, the user's open sessions and free disk."""
     if file_size < 1:
         raise AppError(422, "INVALID_FIELD", "file_size must be a positive number of bytes")
@@ -65,22 +72,37 @@ def initialize(cfg: Mapping[str, Any], user: User, *, filename: str, file_size: 
         raise AppError(422, "INVALID_CHUNK_SIZE", f"chunk_size must be between 1 and {cfg['MAX_CHUNK_SIZE']} bytes")
     total = -(-file_size // chunk_size)
     if total > MAX_CHUNKS:
-        raise AppError(422, "TOO_MANY_CHUNKS", f"{total} chunks is more than {MAX_CHUNKS}; use a chunk_size of at "
-                       f"least {-(-file_size // MAX_CHUNKS)} bytes")
+        raise AppError(
+            422,
+            "TOO_MANY_CHUNKS",
+            f"{total} chunks is more than {MAX_CHUNKS}; use a chunk_size of at "
+            f"least {-(-file_size // MAX_CHUNKS)} bytes",
+        )
     purge_expired_sessions(cfg)  # cheap: one indexed query when nothing has expired
     open_sessions = UploadSession.select().where(UploadSession.user == user).count()
     if open_sessions >= int(cfg["MAX_UPLOAD_SESSIONS_PER_USER"]):
-        raise AppError(409, "TOO_MANY_UPLOAD_SESSIONS", f"You have {open_sessions} unfinished chunked uploads; "
-                       "finalize or delete one first")
+        raise AppError(
+            409,
+            "TOO_MANY_UPLOAD_SESSIONS",
+            f"You have {open_sessions} unfinished chunked uploads; finalize or delete one first",
+        )
     # The chunks and the assembled copy sit side by side until the job takes the file.
     free = shutil.disk_usage(cfg["DATA_DIR"]).free
     if free < 2 * file_size:
         raise AppError(507, "INSUFFICIENT_STORAGE", f"Not enough free disk space for a {file_size} byte upload")
     now = utcnow()
     with db.atomic("IMMEDIATE"):
-        return UploadSession.create(id=uuid.uuid4().hex, user=user, filename=filename, file_size=file_size,
-                                    chunk_size=chunk_size, total_chunks=total, content_type=content_type,
-                                    created_at=now, expires_at=now + _ttl(cfg))
+        return UploadSession.create(
+            id=uuid.uuid4().hex,
+            user=user,
+            filename=filename,
+            file_size=file_size,
+            chunk_size=chunk_size,
+            total_chunks=total,
+            content_type=content_type,
+            created_at=now,
+            expires_at=now + _ttl(cfg),
+        )
 
 
 def get_session(user: User, session_id: str) -> UploadSession:
@@ -93,8 +115,13 @@ def get_session(user: User, session_id: str) -> UploadSession:
 
 def summary(session: UploadSession) -> dict[str, Any]:
     """What initialize answers: id, expiry and chunk count."""
-    return {"session_id": session.id, "expires_at": isoformat(session.expires_at),
-            "total_chunks": session.total_chunks, "chunk_size": session.chunk_size, "file_size": session.file_size}
+    return {
+        "session_id": session.id,
+        "expires_at": isoformat(session.expires_at),
+        "total_chunks": session.total_chunks,
+        "chunk_size": session.chunk_size,
+        "file_size": session.file_size,
+    }
 
 
 def status(session: UploadSession) -> dict[str, Any]:
@@ -103,12 +130,16 @@ def status(session: UploadSession) -> dict[str, Any]:
     received = {c.number for c in chunks}
     received_size = sum(c.size for c in chunks)
     return {
-        **summary(session), "filename": session.filename, "content_type": session.content_type,
-        "status": session.status, "created_at": isoformat(session.created_at),
+        **summary(session),
+        "filename": session.filename,
+        "content_type": session.content_type,
+        "status": session.status,
+        "created_at": isoformat(session.created_at),
         "received_chunks": [c.number for c in chunks],
         "missing_chunks": [n for n in _numbers(session) if n not in received],
         "chunks": [{"chunk_number": c.number, "size": c.size, "checksum": c.checksum} for c in chunks],
-        "received_size": received_size, "progress": _progress(received_size, session.file_size),
+        "received_size": received_size,
+        "progress": _progress(received_size, session.file_size),
     }
 
 
@@ -126,8 +157,9 @@ def purge_expired_sessions(cfg: Mapping[str, Any]) -> int:
     for row in UploadSession.select(UploadSession.id).where(UploadSession.expires_at < now):
         with db.atomic("IMMEDIATE"):
             # Checked again: a chunk that arrived meanwhile renewed the session.
-            gone = UploadSession.delete().where(
-                (UploadSession.id == row.id) & (UploadSession.expires_at < now)).execute()
+            gone = (
+                UploadSession.delete().where((UploadSession.id == row.id) & (UploadSession.expires_at < now)).execute()
+            )
         if gone:
             shutil.rmtree(chunk_root(cfg) / row.id, ignore_errors=True)
             purged += 1
@@ -171,14 +203,16 @@ def _require_open(session: UploadSession) -> None:
         raise AppError(409, "UPLOAD_FINALIZING", "The upload is being finalized; it takes no more chunks")
 
 
-def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, stream: BinaryIO,
-                  content_length: int | None) -> dict[str, Any]:
+def receive_chunk(
+    cfg: Mapping[str, Any], session: UploadSession, number: int, stream: BinaryIO, content_length: int | None
+) -> dict[str, Any]:
     """Store one chunk from a request body stream; sending the same chunk again replaces it."""
     expected = expected_size(session, number)
     _require_open(session)
     if content_length is not None and content_length != expected:
-        raise bad_request(f"chunk {number} must be {expected} bytes, the request has {content_length}",
-                          "CHUNK_SIZE_MISMATCH")
+        raise bad_request(
+            f"chunk {number} must be {expected} bytes, the request has {content_length}", "CHUNK_SIZE_MISMATCH"
+        )
     # .tmp, not .part: only a complete, recorded chunk is named <n>.part.
     with AtomicFile(chunk_path(cfg, session.id, number), suffix=".tmp") as part:
         digest, size = hashlib.sha256(), 0
@@ -190,8 +224,10 @@ def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, s
                 digest.update(block)
                 out.write(block)
             if size != expected:
-                raise bad_request(f"chunk {number} must be {expected} bytes, received "
-                                  f"{'more' if size > expected else size}", "CHUNK_SIZE_MISMATCH")
+                raise bad_request(
+                    f"chunk {number} must be {expected} bytes, received {'more' if size > expected else size}",
+                    "CHUNK_SIZE_MISMATCH",
+                )
         part.sync()  # before the write lock: nobody waits on the disk
         checksum = digest.hexdigest()
         with db.atomic("IMMEDIATE"):
@@ -205,32 +241,49 @@ def receive_chunk(cfg: Mapping[str, Any], session: UploadSession, number: int, s
             UploadSession.update(expires_at=utcnow() + _ttl(cfg)).where(UploadSession.id == session.id).execute()
             received = UploadChunk.select().where(UploadChunk.session == session.id)
             received_count, received_bytes = received.count(), sum(c.size for c in received)
-    return {"chunk_number": number, "received_size": size, "checksum": checksum,
-            "progress": _progress(received_bytes, session.file_size), "received_chunks": received_count,
-            "total_chunks": session.total_chunks}
+    return {
+        "chunk_number": number,
+        "received_size": size,
+        "checksum": checksum,
+        "progress": _progress(received_bytes, session.file_size),
+        "received_chunks": received_count,
+        "total_chunks": session.total_chunks,
+    }
 
 
 # ------------------------------------------------------------------ finalize
 
 
-def finalize(cfg: Mapping[str, Any], user: User, session: UploadSession, *, chunk_checksums: list[str],
-             model: str | None = None, language: str | None = None, task: str | None = None,
-             prompt: str | None = None) -> Job:
+def finalize(
+    cfg: Mapping[str, Any],
+    user: User,
+    session: UploadSession,
+    *,
+    chunk_checksums: list[str],
+    model: str | None = None,
+    language: str | None = None,
+    task: str | None = None,
+    prompt: str | None = None,
+) -> Job:
     """Check every chunk against the client's checksums, assemble the file and queue a job."""
     # Job options first: a typo in the model name must not cost assembling a large file.
     jobs.validate_model(cfg, model)
     jobs.validate_task(task)
     jobs.validate_language(language)
     with db.atomic("IMMEDIATE"):
-        locked = UploadSession.update(status="finalizing", expires_at=utcnow() + _ttl(cfg)).where(
-            (UploadSession.id == session.id) & (UploadSession.status == "open")).execute()
+        locked = (
+            UploadSession.update(status="finalizing", expires_at=utcnow() + _ttl(cfg))
+            .where((UploadSession.id == session.id) & (UploadSession.status == "open"))
+            .execute()
+        )
     if not locked:
         raise AppError(409, "UPLOAD_FINALIZING", "The upload is already being finalized")
     try:
         chunks = _verified_chunks(session, chunk_checksums)
         path = _assemble(cfg, session, chunks)
-        job = jobs.create_job(cfg, user, path, session.filename, model=model, language=language, task=task,
-                              prompt=prompt)  # removes the file itself on any error
+        job = jobs.create_job(
+            cfg, user, path, session.filename, model=model, language=language, task=task, prompt=prompt
+        )  # removes the file itself on any error
     except BaseException:
         with db.atomic("IMMEDIATE"):  # let the client fix what was wrong and finalize again
             UploadSession.update(status="open").where(UploadSession.id == session.id).execute()
@@ -250,12 +303,17 @@ def _verified_chunks(session: UploadSession, checksums: list[str]) -> dict[int, 
     if missing:
         raise bad_request(f"chunks not received yet: {_named(missing)}", "MISSING_CHUNKS")
     if len(checksums) != session.total_chunks:
-        raise bad_request(f"chunk_checksums must list {session.total_chunks} sha256 checksums, one per chunk "
-                          f"in order; it has {len(checksums)}", "CHECKSUM_MISMATCH")
+        raise bad_request(
+            f"chunk_checksums must list {session.total_chunks} sha256 checksums, one per chunk "
+            f"in order; it has {len(checksums)}",
+            "CHECKSUM_MISMATCH",
+        )
     wrong = [n for n, given in enumerate(checksums, start=1) if given.strip().lower() != chunks[n].checksum]
     if wrong:
-        raise bad_request(f"checksums do not match the received data for chunks {_named(wrong)}; "
-                          "upload those chunks again", "CHECKSUM_MISMATCH")
+        raise bad_request(
+            f"checksums do not match the received data for chunks {_named(wrong)}; upload those chunks again",
+            "CHECKSUM_MISMATCH",
+        )
     total = sum(c.size for c in chunks.values())
     if total != session.file_size:
         raise bad_request(f"received {total} bytes, file_size is {session.file_size}", "SIZE_MISMATCH")

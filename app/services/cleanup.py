@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 CLEANUP_KEY = "cleanup"
 LAST_RUN_KEY = "cleanup_last_run"
 DEFAULTS = {"uploads_days": 30, "transcripts_days": 0, "logs_days": 30, "max_disk_percent": 0}
-LIMITS = {"uploads_days": (0, 3650), "transcripts_days": (0, 3650), "logs_days": (0, 3650),
-          "max_disk_percent": (0, 99)}
+LIMITS = {"uploads_days": (0, 3650), "transcripts_days": (0, 3650), "logs_days": (0, 3650), "max_disk_percent": (0, 99)}
 ACTIVE = ("queued", "processing")
 DAY = 86400
 
@@ -47,8 +46,7 @@ def set_config(changes: dict[str, Any]) -> dict[str, int]:
     """Validate and save some of the rules; 422 for unknown names or values out of range."""
     unknown = sorted(set(changes) - set(DEFAULTS))
     if unknown:
-        raise AppError(422, "INVALID_FIELD", f"Unknown setting(s): {', '.join(unknown)}; "
-                                             f"known: {', '.join(DEFAULTS)}")
+        raise AppError(422, "INVALID_FIELD", f"Unknown setting(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
     if not changes:
         raise AppError(422, "MISSING_FIELD", f"Give at least one of {', '.join(DEFAULTS)}")
     for name, value in changes.items():
@@ -93,8 +91,9 @@ def _disk_percent(data_dir: str) -> float:
     return psutil.disk_usage(data_dir).percent
 
 
-def run_cleanup(cfg: Mapping[str, Any], *, now: float | None = None,
-                disk_percent: Callable[[str], float] = _disk_percent) -> dict[str, Any]:
+def run_cleanup(
+    cfg: Mapping[str, Any], *, now: float | None = None, disk_percent: Callable[[str], float] = _disk_percent
+) -> dict[str, Any]:
     """Apply the saved rules once; return (and log) what was removed."""
     rules = get_config()
     now = time.time() if now is None else now
@@ -118,8 +117,7 @@ def run_cleanup(cfg: Mapping[str, Any], *, now: float | None = None,
             jobs.delete_job(cfg, job)
             jobs_deleted.append(job.id)
             removed.append(path.relative_to(data).as_posix())
-            log.info("cleanup deleted job %s: its transcript is older than %d days", job.id,
-                     rules["transcripts_days"])
+            log.info("cleanup deleted job %s: its transcript is older than %d days", job.id, rules["transcripts_days"])
 
     for path in _older(data / "logs", rules["logs_days"], now):
         if not (path.parent.name == "jobs" and path.stem in active_ids):
@@ -129,8 +127,10 @@ def run_cleanup(cfg: Mapping[str, Any], *, now: float | None = None,
     if removed:
         log.info("cleanup removed %d file(s) and %d job(s)", len(removed), len(jobs_deleted))
     report = {"removed": removed, "jobs_deleted": jobs_deleted, "disk_percent": disk, "rules": rules}
-    Setting.write(LAST_RUN_KEY, {"at": utc_iso(), "files_removed": len(removed),
-                                 "jobs_deleted": len(jobs_deleted), "disk_percent": disk})
+    Setting.write(
+        LAST_RUN_KEY,
+        {"at": utc_iso(), "files_removed": len(removed), "jobs_deleted": len(jobs_deleted), "disk_percent": disk},
+    )
     return report
 
 
@@ -139,16 +139,20 @@ def last_run() -> dict[str, Any] | None:
     return Setting.read(LAST_RUN_KEY)
 
 
-def _apply_ceiling(cfg: Mapping[str, Any], ceiling: int, disk_percent: Callable[[str], float],
-                   removed: list[str]) -> float:
+def _apply_ceiling(
+    cfg: Mapping[str, Any], ceiling: int, disk_percent: Callable[[str], float], removed: list[str]
+) -> float:
     """Remove uploads of finished jobs, oldest first, until the disk is at or below the ceiling."""
     data_dir = str(cfg["DATA_DIR"])
     usage = disk_percent(data_dir)
     if ceiling <= 0 or usage <= ceiling:
         return usage
     log.warning("disk %.1f%% full, above the %d%% ceiling: removing uploads of finished jobs", usage, ceiling)
-    candidates = (Job.select().where(Job.status.in_(FINISHED) & Job.upload_path.is_null(False))
-                  .order_by(Job.completed_at, Job.created_at))  # SQLite sorts NULL first
+    candidates = (
+        Job.select()
+        .where(Job.status.in_(FINISHED) & Job.upload_path.is_null(False))
+        .order_by(Job.completed_at, Job.created_at)
+    )  # SQLite sorts NULL first
     for job in candidates:
         path = Path(data_dir) / job.upload_path
         if not path.is_file() or path.is_symlink():

@@ -22,7 +22,6 @@ API_KEY_PREFIX = "wt_"
 _hasher = PasswordHasher()
 
 
-
 @dataclass
 class Principal:
     """Who is calling, how, and what they may do."""

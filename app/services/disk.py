@@ -26,15 +26,22 @@ log = logging.getLogger(__name__)
 
 MB = 1024**2
 # Routes whose request body is stored in the data dir (or that assemble stored chunks into one file).
-UPLOAD_ENDPOINTS = frozenset({
-    "jobs.create_job",  # full API
-    "compat_v1.create_job", "compat_legacy.create_job",  # v1 and legacy
-    "chunked_uploads.initialize", "chunked_uploads.upload_chunk", "chunked_uploads.finalize",
-    "dubarr.upload",  # Dubarr
-    "voxis.upload",  # VOXIS
-    "openai.transcriptions", "openai.translations",  # OpenAI
-    "asr.asr", "asr.detect_language",  # whisper-asr-webservice (Bazarr)
-})
+UPLOAD_ENDPOINTS = frozenset(
+    {
+        "jobs.create_job",  # full API
+        "compat_v1.create_job",
+        "compat_legacy.create_job",  # v1 and legacy
+        "chunked_uploads.initialize",
+        "chunked_uploads.upload_chunk",
+        "chunked_uploads.finalize",
+        "dubarr.upload",  # Dubarr
+        "voxis.upload",  # VOXIS
+        "openai.transcriptions",
+        "openai.translations",  # OpenAI
+        "asr.asr",
+        "asr.detect_language",  # whisper-asr-webservice (Bazarr)
+    }
+)
 
 
 def free_bytes(data_dir: str) -> int:
@@ -59,9 +66,12 @@ def ensure_room(cfg: Mapping[str, Any], incoming: int = 0) -> None:
     if free - incoming >= floor:
         return
     size = f" for an upload of {max(1, incoming // MB)} MB" if incoming else ""
-    raise AppError(507, "INSUFFICIENT_STORAGE",
-                   f"Not enough free disk space{size}: {free // MB} MB free, and {floor // MB} MB must stay free "
-                   "(WT_MIN_FREE_MB). Delete old jobs or files, or free space on the data disk.")
+    raise AppError(
+        507,
+        "INSUFFICIENT_STORAGE",
+        f"Not enough free disk space{size}: {free // MB} MB free, and {floor // MB} MB must stay free "
+        "(WT_MIN_FREE_MB). Delete old jobs or files, or free space on the data disk.",
+    )
 
 
 def reuse_wal() -> None:

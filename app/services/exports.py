@@ -27,8 +27,9 @@ FORMATS = {
         ExportFormat("srt", "SubRip subtitle format", "application/x-subrip; charset=utf-8", True),
         ExportFormat("vtt", "WebVTT subtitle format", "text/vtt; charset=utf-8", True),
         ExportFormat("json", "Transcript with segments as JSON", "application/json", True),
-        ExportFormat("tsv", "Tab-separated start, end (milliseconds) and text",
-                     "text/tab-separated-values; charset=utf-8", True),
+        ExportFormat(
+            "tsv", "Tab-separated start, end (milliseconds) and text", "text/tab-separated-values; charset=utf-8", True
+        ),
     )
 }
 
@@ -36,8 +37,12 @@ FORMATS = {
 def format_list() -> list[dict[str, Any]]:
     """The formats, as the API lists them."""
     return [
-        {"name": f.name, "description": f.description, "mime_type": f.mime_type.split(";")[0],
-         "supports_timestamps": f.supports_timestamps}
+        {
+            "name": f.name,
+            "description": f.description,
+            "mime_type": f.mime_type.split(";")[0],
+            "supports_timestamps": f.supports_timestamps,
+        }
         for f in FORMATS.values()
     ]
 
@@ -83,20 +88,27 @@ def to_srt(transcript: dict[str, Any], **options: Any) -> str:
     blocks = []
     for cue in cues:
         if rules.highlight_words:
-            blocks += [(start, end, _marked(cue, spoken, "<u>", "</u>"))
-                       for start, end, spoken in subtitles.highlight_steps(cue)]
+            blocks += [
+                (start, end, _marked(cue, spoken, "<u>", "</u>"))
+                for start, end, spoken in subtitles.highlight_steps(cue)
+            ]
         else:  # an arrow in the text could pass for a timing line (one cue per segment keeps the text as it was)
             blocks.append((cue.start, cue.end, cue.text if rules.per_segment else cue.text.replace("-->", "->")))
-    return "\n".join(f"{i}\n{timestamp(start)} --> {timestamp(end)}\n{text}\n"
-                     for i, (start, end, text) in enumerate(blocks, start=1))
+    return "\n".join(
+        f"{i}\n{timestamp(start)} --> {timestamp(end)}\n{text}\n"
+        for i, (start, end, text) in enumerate(blocks, start=1)
+    )
 
 
 def to_vtt(transcript: dict[str, Any], **options: Any) -> str:
     """WebVTT with a header, laid out like :func:`to_srt`; ``highlight_words`` adds karaoke timestamp tags."""
     rules = subtitle_layout(options)
     cues = subtitles.build_cues(transcript["segments"], rules)
-    body = [f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n"
-            f"{_karaoke(c) if rules.highlight_words else c.text.replace('-->', '->')}\n" for c in cues]
+    body = [
+        f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n"
+        f"{_karaoke(c) if rules.highlight_words else c.text.replace('-->', '->')}\n"
+        for c in cues
+    ]
     return "WEBVTT\n\n" + "\n".join(body)
 
 
@@ -162,17 +174,34 @@ def render(transcript: dict[str, Any], fmt: str, **options: Any) -> tuple[str, s
     return RENDERERS[fmt](transcript), FORMATS[fmt].mime_type
 
 
-def to_openai_verbose(transcript: dict[str, Any], *, task: str, duration: float | None,
-                      words: bool) -> dict[str, Any]:
+def to_openai_verbose(transcript: dict[str, Any], *, task: str, duration: float | None, words: bool) -> dict[str, Any]:
     """OpenAI's ``verbose_json`` transcription object."""
     segments = [
-        {"id": s["id"], "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"], "tokens": [],
-         "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
+        {
+            "id": s["id"],
+            "seek": 0,
+            "start": s["start"],
+            "end": s["end"],
+            "text": s["text"],
+            "tokens": [],
+            "temperature": 0.0,
+            "avg_logprob": 0.0,
+            "compression_ratio": 0.0,
+            "no_speech_prob": 0.0,
+        }
         for s in transcript["segments"]
     ]
-    body: dict[str, Any] = {"task": task, "language": transcript.get("language") or "", "duration": duration or 0.0,
-                            "text": transcript["text"], "segments": segments}
+    body: dict[str, Any] = {
+        "task": task,
+        "language": transcript.get("language") or "",
+        "duration": duration or 0.0,
+        "text": transcript["text"],
+        "segments": segments,
+    }
     if words:
-        body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"]}
-                         for s in transcript["segments"] for w in s.get("words") or []]
+        body["words"] = [
+            {"word": w["word"], "start": w["start"], "end": w["end"]}
+            for s in transcript["segments"]
+            for w in s.get("words") or []
+        ]
     return body

@@ -112,8 +112,14 @@ def browse(data_dir: str | Path, folder: str, path: str | None) -> dict[str, Any
         except OSError:
             continue
         kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
-        entries.append({"name": child.name, "type": kind, "size": st.st_size if kind == "file" else None,
-                        "modified": _mtime(st.st_mtime)})
+        entries.append(
+            {
+                "name": child.name,
+                "type": kind,
+                "size": st.st_size if kind == "file" else None,
+                "modified": _mtime(st.st_mtime),
+            }
+        )
     relative = target.relative_to(root).as_posix()
     return {"folder": folder, "path": "" if relative == "." else relative, "entries": entries}
 
@@ -123,7 +129,8 @@ def _owning_job(folder: str, root: Path, target: Path) -> Job | None:
     relative = target.relative_to(root)
     if folder == "uploads":
         return Job.get_or_none(Job.upload_path == f"uploads/{relative.as_posix()}") or Job.get_or_none(
-            Job.id == target.stem)
+            Job.id == target.stem
+        )
     if folder == "transcripts" or (folder == "logs" and relative.parts[:1] == ("jobs",)):
         return Job.get_or_none(Job.id == target.stem)
     return None
@@ -139,12 +146,19 @@ def delete_file(data_dir: str | Path, folder: str, filename: str | None) -> dict
         raise bad_request("only files can be deleted", "NOT_A_FILE")
     job = _owning_job(folder, root, target)
     if job is not None and job.status in ACTIVE:
-        raise AppError(409, "JOB_ACTIVE", f"The file belongs to job {job.id}, which is {job.status}; "
-                                          "cancel it or wait until it finishes")
+        raise AppError(
+            409,
+            "JOB_ACTIVE",
+            f"The file belongs to job {job.id}, which is {job.status}; cancel it or wait until it finishes",
+        )
     size = target.stat().st_size
     target.unlink()
-    return {"folder": folder, "filename": target.relative_to(root).as_posix(), "size": size,
-            "job_id": job.id if job else None}
+    return {
+        "folder": folder,
+        "filename": target.relative_to(root).as_posix(),
+        "size": size,
+        "job_id": job.id if job else None,
+    }
 
 
 # ------------------------------------------------------------------ streamed zip

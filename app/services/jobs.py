@@ -42,16 +42,23 @@ def validate_model(cfg: Mapping[str, Any], name: str | None) -> str:
     if name in available:
         return name
     if name != requested:  # an alias whose model is gone (or, from the environment, never was)
-        raise AppError(400, "MODEL_NOT_INSTALLED",
-                       f"Model {requested!r} is an alias of {name!r}, which is not installed. Installed: "
-                       f"{', '.join(available) or 'none'}. Install it with: {modelstore.install_hint(name)}")
+        raise AppError(
+            400,
+            "MODEL_NOT_INSTALLED",
+            f"Model {requested!r} is an alias of {name!r}, which is not installed. Installed: "
+            f"{', '.join(available) or 'none'}. Install it with: {modelstore.install_hint(name)}",
+        )
     if not modelstore.is_whisper_name(name):
-        raise AppError(400, "INVALID_MODEL", f"{name!r} is not a Whisper model name. Installed: "
-                       f"{', '.join(available) or 'none'}")
-    raise AppError(400, "MODEL_NOT_INSTALLED",
-                   f"Model {name!r} is not installed. Installed: {', '.join(available) or 'none'}. "
-                   f"Install it with: {modelstore.install_hint(name)}, or let an admin alias it to an installed "
-                   "model (WT_MODEL_ALIASES or the settings page)")
+        raise AppError(
+            400, "INVALID_MODEL", f"{name!r} is not a Whisper model name. Installed: {', '.join(available) or 'none'}"
+        )
+    raise AppError(
+        400,
+        "MODEL_NOT_INSTALLED",
+        f"Model {name!r} is not installed. Installed: {', '.join(available) or 'none'}. "
+        f"Install it with: {modelstore.install_hint(name)}, or let an admin alias it to an installed "
+        "model (WT_MODEL_ALIASES or the settings page)",
+    )
 
 
 def validate_task(task: str | None) -> str:
@@ -76,9 +83,12 @@ def validate_language(language: Any) -> str | None:
     code = languages.code_for(language)
     if code is None:
         examples = ", ".join(repr(example) for example in languages.EXAMPLES)
-        raise AppError(400, "INVALID_LANGUAGE",
-                       f"language {language[:40]!r} is not one of whisper's languages: use a code such as "
-                       f"{examples}, an English name such as 'German', or leave it empty to detect the language")
+        raise AppError(
+            400,
+            "INVALID_LANGUAGE",
+            f"language {language[:40]!r} is not one of whisper's languages: use a code such as "
+            f"{examples}, an English name such as 'German', or leave it empty to detect the language",
+        )
     return code
 
 
@@ -96,8 +106,15 @@ def probe_upload(cfg: Mapping[str, Any], path: Path) -> audio.MediaInfo:
 # ------------------------------------------------------------------ creation
 
 
-def _check_request(cfg: Mapping[str, Any], model: str | None, task: str | None, language: str | None,
-                   prompt: str | None, *, uses_engine: bool = True) -> tuple[str, str, str | None]:
+def _check_request(
+    cfg: Mapping[str, Any],
+    model: str | None,
+    task: str | None,
+    language: str | None,
+    prompt: str | None,
+    *,
+    uses_engine: bool = True,
+) -> tuple[str, str, str | None]:
     if prompt is not None and len(prompt) > 2000:
         raise AppError(400, "INVALID_PROMPT", "prompt is longer than 2000 characters")
     if not uses_engine:  # audio cleanup only: neither the engine's pause nor a missing model concerns it
@@ -106,8 +123,9 @@ def _check_request(cfg: Mapping[str, Any], model: str | None, task: str | None, 
     return validate_model(cfg, model), validate_task(task), validate_language(language)
 
 
-def _insert(cfg: Mapping[str, Any], user: User | None, info: audio.MediaInfo, kind: str, enqueue: bool,
-            **fields: Any) -> Job:
+def _insert(
+    cfg: Mapping[str, Any], user: User | None, info: audio.MediaInfo, kind: str, enqueue: bool, **fields: Any
+) -> Job:
     if kind == "auto":  # Dubarr uploads: a video gets its transcript muxed back in
         kind = "video" if info.has_video else "transcribe"
     with db.atomic("IMMEDIATE"):
@@ -144,21 +162,53 @@ def create_job(
     except BaseException:
         upload.unlink(missing_ok=True)
         raise
-    return _insert(cfg, user, info, kind, enqueue, id=job_id, original_filename=name,
-                   upload_path=str(final.relative_to(cfg["DATA_DIR"])), model=model, requested_model=requested,
-                   language=language, task=task, prompt=prompt or None, options=options or {})
+    return _insert(
+        cfg,
+        user,
+        info,
+        kind,
+        enqueue,
+        id=job_id,
+        original_filename=name,
+        upload_path=str(final.relative_to(cfg["DATA_DIR"])),
+        model=model,
+        requested_model=requested,
+        language=language,
+        task=task,
+        prompt=prompt or None,
+        options=options or {},
+    )
 
 
-def create_source_job(cfg: Mapping[str, Any], user: User | None, source: Path, *, kind: str,
-                      model: str | None = None, language: str | None = None,
-                      options: dict[str, Any] | None = None) -> Job:
+def create_source_job(
+    cfg: Mapping[str, Any],
+    user: User | None,
+    source: Path,
+    *,
+    kind: str,
+    model: str | None = None,
+    language: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Job:
     """Queue a file that stays where it is (a media-library file); the appliance never moves or deletes it."""
     requested = (model or "").strip() or None
     model, task, language = _check_request(cfg, model, None, language, None)
     info = probe_upload(cfg, source)
-    return _insert(cfg, user, info, kind, True, id=uuid.uuid4().hex, original_filename=source.name,
-                   source_path=str(source), model=model, requested_model=requested, language=language, task=task,
-                   options=options or {})
+    return _insert(
+        cfg,
+        user,
+        info,
+        kind,
+        True,
+        id=uuid.uuid4().hex,
+        original_filename=source.name,
+        source_path=str(source),
+        model=model,
+        requested_model=requested,
+        language=language,
+        task=task,
+        options=options or {},
+    )
 
 
 def submit(job: Job) -> None:
@@ -177,8 +227,15 @@ def get_job(user: User | None, job_id: str) -> Job:
     return job
 
 
-def list_jobs(user: User | None, *, status: str | None = None, created_after: datetime | None = None,
-              search: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+def list_jobs(
+    user: User | None,
+    *,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
     """A page of the user's jobs, newest first, and the total that match."""
     query = Job.visible_to(user)
     if status:
@@ -189,7 +246,7 @@ def list_jobs(user: User | None, *, status: str | None = None, created_after: da
         query = query.where(Job.created_at > created_after)
     if search:
         like = f"%{search}%"
-        query = query.where(Job.original_filename ** like | Job.text ** like)
+        query = query.where(Job.original_filename**like | Job.text**like)
     total = query.count()
     jobs = list(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
     return jobs, total
@@ -205,13 +262,22 @@ def transcript(job: Job, *, words: bool | None = None) -> dict[str, Any]:
         words = bool((job.options or {}).get("word_timestamps"))
     segments = []
     for s in Segment.for_job(job):
-        segment = {"id": s.idx, "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
-                   "confidence": None if s.confidence is None else round(s.confidence, 4)}
+        segment = {
+            "id": s.idx,
+            "start": round(s.start, 3),
+            "end": round(s.end, 3),
+            "text": s.text,
+            "confidence": None if s.confidence is None else round(s.confidence, 4),
+        }
         if words and s.words is not None:
             segment["words"] = s.words
         segments.append(segment)
-    return {"text": job.text or "", "segments": segments, "language": job.detected_language,
-            "confidence": job.confidence}
+    return {
+        "text": job.text or "",
+        "segments": segments,
+        "language": job.detected_language,
+        "confidence": job.confidence,
+    }
 
 
 def require_transcript(job: Job, *, words: bool | None = None) -> dict[str, Any]:
@@ -225,25 +291,41 @@ def summary(job: Job) -> dict[str, Any]:
     """The list view of a job."""
     preview = (job.text or "")[:200]
     return {
-        "job_id": job.id, "status": job.status, "filename": job.original_filename, "model": job.model,
-        "task": job.task, "stage": job.stage, "progress": round(job.progress, 1),
-        "created_at": isoformat(job.created_at), "completed_at": isoformat(job.completed_at),
-        "duration": job.duration, "transcript_preview": preview or None,
+        "job_id": job.id,
+        "status": job.status,
+        "filename": job.original_filename,
+        "model": job.model,
+        "task": job.task,
+        "stage": job.stage,
+        "progress": round(job.progress, 1),
+        "created_at": isoformat(job.created_at),
+        "completed_at": isoformat(job.completed_at),
+        "duration": job.duration,
+        "transcript_preview": preview or None,
         "error": job.error if job.status == "failed" else None,
-        "kind": job.kind, "purged": outputs_purged(job),  # the dashboard offers the video, Purge and Retry by these
+        "kind": job.kind,
+        "purged": outputs_purged(job),  # the dashboard offers the video, Purge and Retry by these
     }
 
 
 def detail(job: Job) -> dict[str, Any]:
     """The full view of a job, with its transcript when completed and its error when failed."""
     body = summary(job)
-    body.update({
-        "language": job.detected_language or job.language, "requested_language": job.language,
-        "prompt": job.prompt, "updated_at": isoformat(job.updated_at), "started_at": isoformat(job.started_at),
-        "attempts": job.attempts, "processing_seconds": job.processing_seconds, "media": job.media_info,
-        "requested_model": job.requested_model,  # what the client asked for; "model" is what runs
-        "engine": job.engine, "loops_suppressed": job.loops_suppressed,  # what transcribed it, and how often it looped
-    })
+    body.update(
+        {
+            "language": job.detected_language or job.language,
+            "requested_language": job.language,
+            "prompt": job.prompt,
+            "updated_at": isoformat(job.updated_at),
+            "started_at": isoformat(job.started_at),
+            "attempts": job.attempts,
+            "processing_seconds": job.processing_seconds,
+            "media": job.media_info,
+            "requested_model": job.requested_model,  # what the client asked for; "model" is what runs
+            "engine": job.engine,
+            "loops_suppressed": job.loops_suppressed,  # what transcribed it, and how often it looped
+        }
+    )
     body["kind"] = job.kind
     body["stages"] = stage_view(job)
     if job.status == "completed":
@@ -256,8 +338,9 @@ def detail(job: Job) -> dict[str, Any]:
 def stage_view(job: Job) -> list[dict[str, Any]]:
     """The job's plan with each stage's status, progress and timestamps."""
     records = job.stages or {}
-    return [{"name": name, "status": "pending", "progress": 0.0, **records.get(name, {})}
-            for name in plans.plan_for(job)]
+    return [
+        {"name": name, "status": "pending", "progress": 0.0, **records.get(name, {})} for name in plans.plan_for(job)
+    ]
 
 
 def progress(job: Job) -> dict[str, Any]:
@@ -274,9 +357,14 @@ def progress(job: Job) -> dict[str, Any]:
     elif job.status in FINISHED:
         remaining = 0
     return {
-        "job_id": job.id, "status": job.status, "progress": round(job.progress, 1), "stage": job.stage,
-        "estimated_time_remaining": remaining, "estimated_time_remaining_text": duration_text(remaining),
-        "current_segment": job.segments_done, "total_segments": total_segments(job),
+        "job_id": job.id,
+        "status": job.status,
+        "progress": round(job.progress, 1),
+        "stage": job.stage,
+        "estimated_time_remaining": remaining,
+        "estimated_time_remaining_text": duration_text(remaining),
+        "current_segment": job.segments_done,
+        "total_segments": total_segments(job),
     }
 
 
@@ -322,11 +410,19 @@ def await_completed(job: Job, timeout: float) -> Job:
     """
     finished = wait_finished(job.id, timeout)
     if finished is None:
-        raise AppError(504, "TIMEOUT", f"The transcription did not finish in time; it continues as job {job.id}. "
-                       f"Poll /api/jobs/{job.id} for the result.", {"X-Job-ID": job.id})
+        raise AppError(
+            504,
+            "TIMEOUT",
+            f"The transcription did not finish in time; it continues as job {job.id}. "
+            f"Poll /api/jobs/{job.id} for the result.",
+            {"X-Job-ID": job.id},
+        )
     if finished.status != "completed":
-        raise AppError(422 if finished.status == "failed" else 409, "PROCESSING_FAILED",
-                       f"Job {job.id} {finished.status}: {finished.error or 'no transcript'}")
+        raise AppError(
+            422 if finished.status == "failed" else 409,
+            "PROCESSING_FAILED",
+            f"Job {job.id} {finished.status}: {finished.error or 'no transcript'}",
+        )
     return finished
 
 
@@ -353,7 +449,8 @@ def cancel_job(job: Job) -> Job:
     with db.atomic("IMMEDIATE"):
         Job.update(cancel_requested=True, updated_at=utcnow()).where(Job.id == job.id).execute()
         Job.update(status="cancelled", stage="cancelled", completed_at=utcnow()).where(
-            (Job.id == job.id) & (Job.status == "queued")).execute()
+            (Job.id == job.id) & (Job.status == "queued")
+        ).execute()
     return Job.get_by_id(job.id)
 
 
@@ -371,10 +468,19 @@ def restartable(job: Job) -> bool:
 def restart_job(job: Job) -> Job:
     """Queue a failed, cancelled or purged job again; it resumes after its cached stages. 409 otherwise."""
     if not restartable(job):
-        raise AppError(409, "JOB_NOT_RESTARTABLE",
-                       f"Only failed, cancelled or purged jobs can be restarted; job is {job.status}")
-    job.update_fields(status="queued", stage="queued", progress=0.0, error=None, attempts=0,
-                      cancel_requested=False, completed_at=None, worker_id=None)
+        raise AppError(
+            409, "JOB_NOT_RESTARTABLE", f"Only failed, cancelled or purged jobs can be restarted; job is {job.status}"
+        )
+    job.update_fields(
+        status="queued",
+        stage="queued",
+        progress=0.0,
+        error=None,
+        attempts=0,
+        cancel_requested=False,
+        completed_at=None,
+        worker_id=None,
+    )
     submit(job)
     return job
 

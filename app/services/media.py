@@ -79,8 +79,9 @@ def webhook_path(data: Mapping[str, Any]) -> tuple[Any, str]:
     return None, event
 
 
-def queue_library_file(cfg: Mapping[str, Any], user: User | None, path: Path, *, model: str | None = None,
-                       language: str | None = None) -> Job:
+def queue_library_file(
+    cfg: Mapping[str, Any], user: User | None, path: Path, *, model: str | None = None, language: str | None = None
+) -> Job:
     """Queue a sidecar job for a library file, unless one for the same file is already waiting or running."""
     waiting = Job.select().where((Job.source_path == str(path)) & Job.status.in_(("queued", "processing"))).first()
     if waiting is not None:
@@ -119,8 +120,11 @@ def scan_watch_dirs(cfg: Mapping[str, Any], user: User | None) -> list[str]:
                 if _sizes.get(key) != size:  # new or still being copied: look again next scan
                     _sizes[key] = size
                     continue
-                if _refused.get(key) == size or _has_sidecar(path) or \
-                        Job.select().where(Job.source_path == key).exists():
+                if (
+                    _refused.get(key) == size
+                    or _has_sidecar(path)
+                    or Job.select().where(Job.source_path == key).exists()
+                ):
                     continue
                 try:
                     queued.append(queue_library_file(cfg, user, path).id)

@@ -42,10 +42,15 @@ def resolve(cfg: Mapping[str, Any], name: str) -> str:
 
 def parse(value: Any) -> dict[str, str]:
     """An admin's map, a dict or ``"medium=base, small=base"``; 422 when it is neither."""
-    if not isinstance(value, dict | str) or (isinstance(value, dict) and not all(
-            isinstance(v, str) for v in value.values())):
-        raise AppError(422, "INVALID_FIELD", 'model_aliases must be an object such as {"medium": "base"}, '
-                       'a string such as "medium=base, small=base", or null for the WT_MODEL_ALIASES value')
+    if not isinstance(value, dict | str) or (
+        isinstance(value, dict) and not all(isinstance(v, str) for v in value.values())
+    ):
+        raise AppError(
+            422,
+            "INVALID_FIELD",
+            'model_aliases must be an object such as {"medium": "base"}, '
+            'a string such as "medium=base, small=base", or null for the WT_MODEL_ALIASES value',
+        )
     try:
         return parse_model_aliases(value, "Model aliases")
     except RuntimeError as exc:
@@ -60,12 +65,19 @@ def check(cfg: Mapping[str, Any], aliases: dict[str, str]) -> None:
         if alias == target:
             raise AppError(422, "INVALID_FIELD", f"Model aliases: {alias} cannot be an alias of itself")
         if target in aliases:
-            raise AppError(422, "INVALID_FIELD", f"Model aliases: {alias}={target} points to another alias; "
-                           f"name an installed model ({', '.join(installed) or 'none'})")
+            raise AppError(
+                422,
+                "INVALID_FIELD",
+                f"Model aliases: {alias}={target} points to another alias; "
+                f"name an installed model ({', '.join(installed) or 'none'})",
+            )
         if target not in installed and in_force.get(alias) != target:
-            raise AppError(400, "MODEL_NOT_INSTALLED",
-                           f"Model aliases: {alias}={target} points to a model that is not installed. Installed: "
-                           f"{', '.join(installed) or 'none'}. Install it with: {modelstore.install_hint(target)}")
+            raise AppError(
+                400,
+                "MODEL_NOT_INSTALLED",
+                f"Model aliases: {alias}={target} points to a model that is not installed. Installed: "
+                f"{', '.join(installed) or 'none'}. Install it with: {modelstore.install_hint(target)}",
+            )
 
 
 def save(cfg: Mapping[str, Any], value: Any) -> None:

@@ -1,6 +1,6 @@
 """Full-text search over transcript segments with SQLite FTS5, ranked by bm25 and grouped by job.
 
-The index (``segment_fts``, created in :func:`app.models.open_database`) follows the segment
+The index (``segment_fts``, created in :func:`app.db.open_database`) follows the segment
 table through triggers. User input never reaches FTS5 as syntax: it is cut into words and
 sent as quoted terms and phrases, all of which must match.
 """
@@ -43,8 +43,9 @@ def _db_time(value: datetime) -> str:
     return value.isoformat(" ")  # how the sqlite3 adapter stores the DateTimeField values compared here
 
 
-def _hits_sql(user: User, match: str, start: datetime | None, end: datetime | None, models: list[str],
-              languages: list[str]) -> tuple[str, list[Any]]:
+def _hits_sql(
+    user: User, match: str, start: datetime | None, end: datetime | None, models: list[str], languages: list[str]
+) -> tuple[str, list[Any]]:
     """A WITH clause naming ``hits``: one row per matching segment of a visible, completed job, with its rank."""
     # bm25() only works in a query on the FTS table alone, so rank there first and join afterwards.
     where = ["j.status = 'completed'"]
@@ -68,26 +69,37 @@ def _hits_sql(user: User, match: str, start: datetime | None, end: datetime | No
         "WITH ranked AS MATERIALIZED (SELECT rowid AS segment_id, bm25(segment_fts) AS rank "
         "FROM segment_fts WHERE segment_fts MATCH ?), "
         "hits AS (SELECT s.id AS segment_id, s.job_id AS job_id, s.idx AS idx, s.start AS start, "
-        "s.\"end\" AS finish, s.confidence AS confidence, ranked.rank AS rank "
+        's."end" AS finish, s.confidence AS confidence, ranked.rank AS rank '
         "FROM ranked JOIN segment AS s ON s.id = ranked.segment_id JOIN job AS j ON j.id = s.job_id "
         f"WHERE {' AND '.join(where)})"
     )
     return sql, params
 
 
-def search(user: User, query: str, *, start: datetime | None = None, end: datetime | None = None,
-           models: list[str] | None = None, languages: list[str] | None = None, limit: int = 20,
-           offset: int = 0) -> dict[str, Any]:
+def search(
+    user: User,
+    query: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    models: list[str] | None = None,
+    languages: list[str] | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> dict[str, Any]:
     """Jobs whose transcripts match, best first, each with its best matching segments."""
     started = time.perf_counter()
     match = fts_query(query)
     hits, params = _hits_sql(user, match, start, end, models or [], languages or [])
     try:
         total, best_overall = db.execute_sql(
-            f"{hits} SELECT COUNT(DISTINCT job_id), MIN(rank) FROM hits", params).fetchone()
+            f"{hits} SELECT COUNT(DISTINCT job_id), MIN(rank) FROM hits", params
+        ).fetchone()
         page = db.execute_sql(
             f"{hits} SELECT job_id, MIN(rank) AS best, COUNT(*) AS n FROM hits "
-            "GROUP BY job_id ORDER BY best, n DESC, job_id LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+            "GROUP BY job_id ORDER BY best, n DESC, job_id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
         matches = _best_matches(hits, params, match, [row[0] for row in page])
     except OperationalError as exc:  # the query is sanitised; this is only the last line of defence
         raise bad_request(f"query cannot be searched: {exc}", "INVALID_QUERY") from exc
@@ -97,14 +109,25 @@ def search(user: User, query: str, *, start: datetime | None = None, end: dateti
         job = jobs.get(job_id)
         if job is None:  # deleted between the two queries
             continue
-        results.append({
-            "job_id": job.id, "filename": job.original_filename,
-            "relevance_score": _relevance(best, best_overall), "match_count": count,
-            "matches": matches.get(job_id, []), "created_at": isoformat(job.created_at), "model": job.model,
-            "language": job.detected_language or job.language,
-        })
-    return {"results": results, "total": total or 0, "limit": limit, "offset": offset,
-            "query_time": f"{time.perf_counter() - started:.3f}s"}
+        results.append(
+            {
+                "job_id": job.id,
+                "filename": job.original_filename,
+                "relevance_score": _relevance(best, best_overall),
+                "match_count": count,
+                "matches": matches.get(job_id, []),
+                "created_at": isoformat(job.created_at),
+                "model": job.model,
+                "language": job.detected_language or job.language,
+            }
+        )
+    return {
+        "results": results,
+        "total": total or 0,
+        "limit": limit,
+        "offset": offset,
+        "query_time": f"{time.perf_counter() - started:.3f}s",
+    }
 
 
 def _best_matches(hits: str, params: list[Any], match: str, job_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -115,19 +138,28 @@ def _best_matches(hits: str, params: list[Any], match: str, job_ids: list[str]) 
         f"{hits}, numbered AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY rank, start) AS n "
         f"FROM hits WHERE job_id IN ({', '.join('?' * len(job_ids))})) "
         "SELECT segment_id, job_id, idx, start, finish, confidence FROM numbered WHERE n <= ? ORDER BY job_id, n",
-        [*params, *job_ids, MATCHES_PER_JOB]).fetchall()
+        [*params, *job_ids, MATCHES_PER_JOB],
+    ).fetchall()
     if not rows:
         return {}
-    snippets = dict(db.execute_sql(
-        f"SELECT rowid, snippet(segment_fts, 0, '', '', '...', {SNIPPET_TOKENS}) FROM segment_fts "
-        f"WHERE segment_fts MATCH ? AND rowid IN ({', '.join('?' * len(rows))})",
-        [match, *(row[0] for row in rows)]).fetchall())
+    snippets = dict(
+        db.execute_sql(
+            f"SELECT rowid, snippet(segment_fts, 0, '', '', '...', {SNIPPET_TOKENS}) FROM segment_fts "
+            f"WHERE segment_fts MATCH ? AND rowid IN ({', '.join('?' * len(rows))})",
+            [match, *(row[0] for row in rows)],
+        ).fetchall()
+    )
     found: dict[str, list[dict[str, Any]]] = {}
     for segment_id, job_id, idx, start, finish, confidence in rows:
-        found.setdefault(job_id, []).append({
-            "text": snippets.get(segment_id, ""), "timestamp": round(start, 3), "end": round(finish, 3),
-            "segment_index": idx, "confidence": None if confidence is None else round(confidence, 4),
-        })
+        found.setdefault(job_id, []).append(
+            {
+                "text": snippets.get(segment_id, ""),
+                "timestamp": round(start, 3),
+                "end": round(finish, 3),
+                "segment_index": idx,
+                "confidence": None if confidence is None else round(confidence, 4),
+            }
+        )
     return found
 
 

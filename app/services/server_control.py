@@ -9,7 +9,6 @@ Under systemd there is no supervisor: workers get SIGINT and the Gunicorn master
 ``systemctl stop whisper-transcriber.target``.
 """
 
-
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +73,12 @@ def reset(cfg: Mapping[str, Any], confirm: Any, *, actor: User, ip: str | None) 
     data = Path(cfg["DATA_DIR"])
     removed = sum(_empty(data / name, keep_logs_open=name == "logs") for name in RESET_FOLDERS)
     Layout(data).ensure()
-    result = {"jobs_deleted": jobs, "segments_deleted": segments, "queue_entries_removed": queued,
-              "files_removed": removed}
+    result = {
+        "jobs_deleted": jobs,
+        "segments_deleted": segments,
+        "queue_entries_removed": queued,
+        "files_removed": removed,
+    }
     AuditLog.record("admin_reset", user=actor, ip=ip, **result)
     return result
 
@@ -86,13 +89,17 @@ def reset(cfg: Mapping[str, Any], confirm: Any, *, actor: User, ip: str | None) 
 def _control(cfg: Mapping[str, Any]) -> psutil.Process:
     """The Gunicorn master, when server control is enabled and the appliance runs under Gunicorn."""
     if not cfg.get("ENABLE_SERVER_CONTROL"):
-        raise AppError(403, "SERVER_CONTROL_DISABLED",
-                       "Server control is disabled; set ENABLE_SERVER_CONTROL=true to allow it")
+        raise AppError(
+            403, "SERVER_CONTROL_DISABLED", "Server control is disabled; set ENABLE_SERVER_CONTROL=true to allow it"
+        )
     master = gunicorn_master(cfg["DATA_DIR"])
     if master is None:
-        raise AppError(503, "SERVER_CONTROL_UNAVAILABLE",
-                       "No running Gunicorn master found ($DATA_DIR/gunicorn.pid is missing or stale); "
-                       "server control works under `whisper-transcriber run` or `serve`")
+        raise AppError(
+            503,
+            "SERVER_CONTROL_UNAVAILABLE",
+            "No running Gunicorn master found ($DATA_DIR/gunicorn.pid is missing or stale); "
+            "server control works under `whisper-transcriber run` or `serve`",
+        )
     return master
 
 
@@ -122,8 +129,12 @@ def restart(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dic
         for pid in [supervisor.pid] if supervisor else [master.pid, *workers]:
             _send(pid, signal.SIGHUP)
 
-    return {"message": "Restart initiated: the web server reloads, workers restart after their running job",
-            "mode": mode, "web_master_pid": master.pid, "workers": workers}, action
+    return {
+        "message": "Restart initiated: the web server reloads, workers restart after their running job",
+        "mode": mode,
+        "web_master_pid": master.pid,
+        "workers": workers,
+    }, action
 
 
 def shutdown(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[dict[str, Any], Callable[[], None]]:
@@ -138,5 +149,9 @@ def shutdown(cfg: Mapping[str, Any], *, actor: User, ip: str | None) -> tuple[di
             _send(pid, signal.SIGINT)
         _send(master.pid, signal.SIGTERM)
 
-    return {"message": "Shutdown initiated: running jobs finish first, queued jobs stay queued",
-            "mode": mode, "web_master_pid": master.pid, "workers": workers}, action
+    return {
+        "message": "Shutdown initiated: running jobs finish first, queued jobs stay queued",
+        "mode": mode,
+        "web_master_pid": master.pid,
+        "workers": workers,
+    }, action

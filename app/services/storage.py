@@ -75,4 +75,4 @@ def clean_filename(filename: str | None) -> str:
     ext = Path(name).suffix
     if not _DISPLAY_EXT.match(ext):
         return name[:MAX_FILENAME]
-    return name[:MAX_FILENAME - len(ext)].rstrip() + ext
+    return name[: MAX_FILENAME - len(ext)].rstrip() + ext

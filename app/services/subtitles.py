@@ -71,12 +71,19 @@ class Layout:
 LIMITS = {"max_line_width": (0, 1000), "max_line_count": (0, 100), "max_cue_seconds": (1.0, 60.0)}  # accepted ranges
 
 
-def layout(max_line_width: int | str | None = None, max_line_count: int | str | None = None,
-           max_cue_seconds: float | str | None = None, highlight_words: bool | str | None = None) -> Layout:
+def layout(
+    max_line_width: int | str | None = None,
+    max_line_count: int | str | None = None,
+    max_cue_seconds: float | str | None = None,
+    highlight_words: bool | str | None = None,
+) -> Layout:
     """A checked :class:`Layout`; ``None`` keeps a default. Raises ``ValueError`` naming the bad option."""
     values: dict[str, Any] = {}
-    for name, raw in (("max_line_width", max_line_width), ("max_line_count", max_line_count),
-                      ("max_cue_seconds", max_cue_seconds)):
+    for name, raw in (
+        ("max_line_width", max_line_width),
+        ("max_line_count", max_line_count),
+        ("max_cue_seconds", max_cue_seconds),
+    ):
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             continue
         lo, hi = LIMITS[name]
@@ -244,8 +251,11 @@ def pause_after(words: list[Word], k: int) -> float:
 def must_break(words: list[Word], k: int) -> bool:
     """True when no cue may hold both word ``k`` and the next: a sentence or segment end with a pause, a long pause."""
     pause = pause_after(words, k)
-    return (pause >= LONG_PAUSE or (pause >= SENTENCE_PAUSE and is_sentence_end(words[k].text))
-            or (pause >= SEGMENT_PAUSE and words[k].segment_end))
+    return (
+        pause >= LONG_PAUSE
+        or (pause >= SENTENCE_PAUSE and is_sentence_end(words[k].text))
+        or (pause >= SEGMENT_PAUSE and words[k].segment_end)
+    )
 
 
 def break_badness(words: list[Word], k: int) -> float:
@@ -279,8 +289,10 @@ def plan(words: list[Word], rules: Layout) -> list[tuple[int, int]]:
     badness = [break_badness(words, k) for k in range(n - 1)] + [0.0]
     # What a cue pays for each sentence or segment that ends inside it.
     # (inside a segment without word times a sentence end is no place to cut: its time would be a guess).
-    mix = [MIX_COST * (is_sentence_end(w.text) and (w.timed or w.segment_end)) + SEGMENT_MIX_COST * w.segment_end
-           for w in words]
+    mix = [
+        MIX_COST * (is_sentence_end(w.text) and (w.timed or w.segment_end)) + SEGMENT_MIX_COST * w.segment_end
+        for w in words
+    ]
     width, count = rules.max_line_width, rules.line_count
     best = [0.0] + [math.inf] * n
     back = [0] * (n + 1)
@@ -314,8 +326,7 @@ def plan(words: list[Word], rules: Layout) -> list[tuple[int, int]]:
     return spans[::-1]
 
 
-def cue_cost(start: float, end: float, next_start: float, chars: int, lines: int, mixed: float,
-             rules: Layout) -> float:
+def cue_cost(start: float, end: float, next_start: float, chars: int, lines: int, mixed: float, rules: Layout) -> float:
     """The cost of one cue from its speech time, the time it may stay up, its size and what ends inside it."""
     span = max(end - start, 0.0)
     room = min(max(next_start - start, span), rules.max_cue_seconds)  # the cue may stay until the next one
@@ -403,8 +414,9 @@ def build_cues(segments: Iterable[Mapping[str, Any]], rules: Layout | None = Non
     if rules.per_segment:
         return per_segment_cues(segments, words=rules.highlight_words)
     words = words_of(segments)
-    cues = [Cue(words[i].start, words[j - 1].end, wrap(words[i:j], rules.max_line_width))
-            for i, j in plan(words, rules)]
+    cues = [
+        Cue(words[i].start, words[j - 1].end, wrap(words[i:j], rules.max_line_width)) for i, j in plan(words, rules)
+    ]
     return retime(cues, rules)
 
 

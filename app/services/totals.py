@@ -25,8 +25,14 @@ _FROM_JOBS_SQL = (
 def _from_jobs() -> dict[str, Any]:
     jobs, audio, rtf_count, rtf_sum, *buckets = db.execute_sql(_FROM_JOBS_SQL).fetchone()
     loops = db.execute_sql("SELECT SUM(loops_suppressed) FROM job WHERE status = 'completed'").fetchone()[0]
-    return {"jobs": jobs or 0, "audio_seconds": audio or 0.0, "rtf_count": rtf_count or 0, "rtf_sum": rtf_sum or 0.0,
-            "rtf_buckets": [n or 0 for n in buckets], "loops_suppressed": loops or 0}
+    return {
+        "jobs": jobs or 0,
+        "audio_seconds": audio or 0.0,
+        "rtf_count": rtf_count or 0,
+        "rtf_sum": rtf_sum or 0.0,
+        "rtf_buckets": [n or 0 for n in buckets],
+        "loops_suppressed": loops or 0,
+    }
 
 
 def _stored() -> dict[str, Any]:
@@ -43,8 +49,9 @@ def before_completion() -> dict[str, Any]:
     return _stored()
 
 
-def add_completion(value: dict[str, Any], duration: float | None, processing_seconds: float,
-                   loops_suppressed: int = 0) -> None:
+def add_completion(
+    value: dict[str, Any], duration: float | None, processing_seconds: float, loops_suppressed: int = 0
+) -> None:
     """Count one completed job into ``value`` (from ``before_completion``) and store it, in the same transaction."""
     value["jobs"] += 1
     value["loops_suppressed"] = value.get("loops_suppressed", 0) + loops_suppressed

@@ -23,7 +23,8 @@ def set_progress(job_id: str, stage: str, percent: float, **extra: Any) -> None:
     """Record stage and overall percent for a processing job."""
     with db.atomic("IMMEDIATE"):
         Job.update(stage=stage, progress=min(100.0, max(0.0, percent)), updated_at=utcnow(), **extra).where(
-            (Job.id == job_id) & (Job.status == "processing")).execute()
+            (Job.id == job_id) & (Job.status == "processing")
+        ).execute()
 
 
 def public_reason(reason: str, data_dir: str | Path | None = None) -> str:
@@ -43,7 +44,7 @@ def public_reason(reason: str, data_dir: str | Path | None = None) -> str:
 
 
 def _data_dir() -> Path | None:
-    # The database is always $DATA_DIR/whisper.db (app.models.open_database), in the web process and the workers.
+    # The database is always $DATA_DIR/whisper.db (app.db.open_database), in the web process and the workers.
     database = getattr(db.obj, "database", None)
     return Path(database).parent if database and database != ":memory:" else None
 
@@ -62,22 +63,38 @@ def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:
     return stages
 
 
-def record_progress(job_id: str, label: str, overall: float, stage: str, stage_percent: float,
-                    segments_done: int, *, eta_seconds: float | None = None,
-                    total_segments: int | None = None) -> None:
+def record_progress(
+    job_id: str,
+    label: str,
+    overall: float,
+    stage: str,
+    stage_percent: float,
+    segments_done: int,
+    *,
+    eta_seconds: float | None = None,
+    total_segments: int | None = None,
+) -> None:
     """The job's overall and its running stage's progress, time left and segment counts, in one transaction."""
     with db.atomic("IMMEDIATE"):  # the two writes below nest as savepoints: one commit, one fsync
-        set_progress(job_id, label, overall, segments_done=segments_done, total_segments=total_segments,
-                     eta_seconds=None if eta_seconds is None else round(eta_seconds, 1))
+        set_progress(
+            job_id,
+            label,
+            overall,
+            segments_done=segments_done,
+            total_segments=total_segments,
+            eta_seconds=None if eta_seconds is None else round(eta_seconds, 1),
+        )
         update_stage(job_id, stage, progress=stage_percent)
 
 
 def recent_speed(model: str, jobs: int = 20) -> float | None:
     """Seconds of audio per second of processing over the model's latest completed jobs; None without any."""
-    rows = (Job.select(Job.duration, Job.processing_seconds)
-            .where((Job.model == model) & (Job.status == "completed") & (Job.duration > 0)
-                   & (Job.processing_seconds > 0))
-            .order_by(Job.completed_at.desc()).limit(jobs))
+    rows = (
+        Job.select(Job.duration, Job.processing_seconds)
+        .where((Job.model == model) & (Job.status == "completed") & (Job.duration > 0) & (Job.processing_seconds > 0))
+        .order_by(Job.completed_at.desc())
+        .limit(jobs)
+    )
     audio = spent = 0.0
     for row in rows:
         audio, spent = audio + row.duration, spent + row.processing_seconds
@@ -90,8 +107,15 @@ def cancel_requested(job_id: str) -> bool:
     return row is None or row.cancel_requested
 
 
-def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, Any]], *,
-                     language: str | None, engine: str | None = None, loops_suppressed: int = 0) -> None:
+def store_transcript(
+    cfg: Mapping[str, Any],
+    job: Job,
+    segments: list[dict[str, Any]],
+    *,
+    language: str | None,
+    engine: str | None = None,
+    loops_suppressed: int = 0,
+) -> None:
     """Replace the job's segments and text in one transaction, then write ``transcripts/<id>.json``."""
     text = " ".join(s["text"].strip() for s in segments if s["text"].strip())
     confidences = [s["confidence"] for s in segments if s.get("confidence") is not None]
@@ -101,19 +125,39 @@ def store_transcript(cfg: Mapping[str, Any], job: Job, segments: list[dict[str, 
             return  # deleted while running
         Segment.delete().where(Segment.job == job.id).execute()
         if segments:
-            Segment.insert_many([
-                {"job": job.id, "idx": i, "start": s["start"], "end": s["end"], "text": s["text"].strip(),
-                 "confidence": s.get("confidence"), "words": s.get("words")}
-                for i, s in enumerate(segments)
-            ]).execute()
+            Segment.insert_many(
+                [
+                    {
+                        "job": job.id,
+                        "idx": i,
+                        "start": s["start"],
+                        "end": s["end"],
+                        "text": s["text"].strip(),
+                        "confidence": s.get("confidence"),
+                        "words": s.get("words"),
+                    }
+                    for i, s in enumerate(segments)
+                ]
+            ).execute()
         # The counts become exact here: the worker's progress writes are throttled and the total was an estimate.
-        Job.update(text=text, confidence=confidence, detected_language=language, segments_done=len(segments),
-                   total_segments=len(segments), engine=engine, loops_suppressed=loops_suppressed,
-                   updated_at=utcnow()).where(Job.id == job.id).execute()
+        Job.update(
+            text=text,
+            confidence=confidence,
+            detected_language=language,
+            segments_done=len(segments),
+            total_segments=len(segments),
+            engine=engine,
+            loops_suppressed=loops_suppressed,
+            updated_at=utcnow(),
+        ).where(Job.id == job.id).execute()
     job = Job.get_by_id(job.id)
-    atomic_write(Layout(cfg["DATA_DIR"]).transcript_path(job.id),
-                 json.dumps({"job_id": job.id, "filename": job.original_filename, "model": job.model,
-                             **transcript(job)}, ensure_ascii=False))
+    atomic_write(
+        Layout(cfg["DATA_DIR"]).transcript_path(job.id),
+        json.dumps(
+            {"job_id": job.id, "filename": job.original_filename, "model": job.model, **transcript(job)},
+            ensure_ascii=False,
+        ),
+    )
 
 
 def complete_job(job_id: str, processing_seconds: float) -> None:
@@ -121,9 +165,19 @@ def complete_job(job_id: str, processing_seconds: float) -> None:
     now, seconds = utcnow(), round(processing_seconds, 3)
     with db.atomic("IMMEDIATE"):
         done = totals.before_completion()  # first: totals started from the jobs on record must not count this one
-        changed = Job.update(status="completed", stage="completed", progress=100.0, completed_at=now,
-                             updated_at=now, error=None, processing_seconds=seconds).where(
-            (Job.id == job_id) & (Job.status == "processing")).execute()
+        changed = (
+            Job.update(
+                status="completed",
+                stage="completed",
+                progress=100.0,
+                completed_at=now,
+                updated_at=now,
+                error=None,
+                processing_seconds=seconds,
+            )
+            .where((Job.id == job_id) & (Job.status == "processing"))
+            .execute()
+        )
         if changed:
             finished = Job.get_by_id(job_id)
             totals.add_completion(done, finished.duration, seconds, finished.loops_suppressed)
@@ -134,7 +188,8 @@ def fail(job_id: str, reason: str) -> None:
     reason, now = public_reason(reason), utcnow()
     with db.atomic("IMMEDIATE"):
         Job.update(status="failed", stage="failed", error=reason, completed_at=now, updated_at=now).where(
-            Job.id == job_id).execute()
+            Job.id == job_id
+        ).execute()
 
 
 def mark_cancelled(job_id: str) -> None:
@@ -143,4 +198,5 @@ def mark_cancelled(job_id: str) -> None:
     with db.atomic("IMMEDIATE"):
         Segment.delete().where(Segment.job == job_id).execute()
         Job.update(status="cancelled", stage="cancelled", text=None, completed_at=now, updated_at=now).where(
-            Job.id == job_id).execute()
+            Job.id == job_id
+        ).execute()

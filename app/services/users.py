@@ -75,8 +75,9 @@ def create_user(username: Any, password: Any, email: Any = None, role: Any = "us
         raise AppError(409, "USER_EXISTS", f"User {username!r} already exists") from exc
 
 
-def register_user(cfg: Mapping[str, Any], username: Any, password: Any, email: Any = None, *,
-                  ip: str | None = None) -> User:
+def register_user(
+    cfg: Mapping[str, Any], username: Any, password: Any, email: Any = None, *, ip: str | None = None
+) -> User:
     """Self-service sign-up: 403 unless ALLOW_REGISTRATION; always the plain user role."""
     if not cfg.get("ALLOW_REGISTRATION"):
         raise AppError(403, "REGISTRATION_DISABLED", "Registration is disabled on this server")
@@ -85,8 +86,9 @@ def register_user(cfg: Mapping[str, Any], username: Any, password: Any, email: A
     return user
 
 
-def change_password(user: User, current_password: Any, new_password: Any, *, keep_jti: str | None = None,
-                    ip: str | None = None) -> None:
+def change_password(
+    user: User, current_password: Any, new_password: Any, *, keep_jti: str | None = None, ip: str | None = None
+) -> None:
     """Check the current password, store the new one and revoke every other token of the user."""
     new_password = _password(new_password, "new_password")
     if not isinstance(current_password, str) or not verify_password(user.password_hash, current_password):
@@ -129,8 +131,9 @@ def list_users(limit: int = 50, offset: int = 0) -> tuple[list[User], int]:
 def admin_create_user(actor: User, data: Mapping[str, Any], *, ip: str | None = None) -> User:
     """An admin creates an account with any role."""
     user = create_user(data.get("username"), data.get("password"), data.get("email"), data.get("role", "user"))
-    AuditLog.record("admin_user_created", user=actor, target=str(user.id), ip=ip,
-                    username_created=user.username, role=user.role)
+    AuditLog.record(
+        "admin_user_created", user=actor, target=str(user.id), ip=ip, username_created=user.username, role=user.role
+    )
     return user
 
 
@@ -141,8 +144,16 @@ def _guard_last_admin(user: User, role: str, is_active: bool) -> None:
         raise AppError(409, "LAST_ADMIN", "The last active admin cannot be removed, disabled or demoted")
 
 
-def update_user(actor: User, user_id: Any, *, role: Any = _UNSET, is_active: Any = _UNSET, email: Any = _UNSET,
-                password: Any = _UNSET, ip: str | None = None) -> User:
+def update_user(
+    actor: User,
+    user_id: Any,
+    *,
+    role: Any = _UNSET,
+    is_active: Any = _UNSET,
+    email: Any = _UNSET,
+    password: Any = _UNSET,
+    ip: str | None = None,
+) -> User:
     """Change a user's role, active flag, email or password; disabling or a new password revokes their tokens."""
     changes: dict[str, Any] = {}
     if role is not _UNSET:
@@ -185,14 +196,20 @@ def delete_user(actor: User, user_id: Any, *, ip: str | None = None) -> None:
 def audit_entry(entry: AuditLog) -> dict[str, Any]:
     """The public view of one audit entry."""
     return {
-        "id": entry.id, "at": isoformat(entry.at), "action": entry.action,
-        "user_id": None if entry.user_id is None else str(entry.user_id), "username": entry.username,
-        "target": entry.target, "ip": entry.ip, "detail": entry.detail,
+        "id": entry.id,
+        "at": isoformat(entry.at),
+        "action": entry.action,
+        "user_id": None if entry.user_id is None else str(entry.user_id),
+        "username": entry.username,
+        "target": entry.target,
+        "ip": entry.ip,
+        "detail": entry.detail,
     }
 
 
-def audit_page(*, action: str | None = None, user_id: Any = None, since: datetime | None = None,
-               limit: int = 50, offset: int = 0) -> tuple[list[AuditLog], int]:
+def audit_page(
+    *, action: str | None = None, user_id: Any = None, since: datetime | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[AuditLog], int]:
     """A page of the audit log, newest first, and the total that match."""
     if user_id not in (None, ""):
         try:
@@ -221,8 +238,11 @@ def network_service_user() -> User | None:
         except IntegrityError:  # a concurrent request created it first
             user = User.by_username(NETWORK_USERNAME)
     if user is None or user.password_hash != NO_LOGIN_HASH or user.role != "user":
-        log.warning("anonymous network access refused: the account %r is not the no-login service account; "
-                    "rename that user or clear WT_ANONYMOUS_NETWORKS", NETWORK_USERNAME)
+        log.warning(
+            "anonymous network access refused: the account %r is not the no-login service account; "
+            "rename that user or clear WT_ANONYMOUS_NETWORKS",
+            NETWORK_USERNAME,
+        )
         return None
     return user if user.is_active else None
 

@@ -22,16 +22,37 @@ from workers import audio, dsp
 
 API_VERSION = "1.0.5"  # the version of the VOXIS API document these routes follow
 SERVICE_NAME = "VOXIS Backend"
-UPLOAD_EXTENSIONS = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".flac": "audio/flac", ".ogg": "audio/ogg",
-                     ".m4a": "audio/mp4"}
+UPLOAD_EXTENSIONS = {
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".m4a": "audio/mp4",
+}
 # ffprobe's format names for those types: the content must be one of them, whatever the name says.
-CONTENT_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg",
-                   "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4"}
-STATUS = {"queued": "queued", "processing": "processing", "completed": "complete", "failed": "error",
-          "cancelled": "error"}
-STATUS_FILTER = {"queued": ("queued",), "processing": ("processing",), "complete": ("completed",),
-                 "error": ("failed", "cancelled"), "completed": ("completed",), "failed": ("failed",),
-                 "cancelled": ("cancelled",)}
+CONTENT_FORMATS = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "mov,mp4,m4a,3gp,3g2,mj2": "audio/mp4",
+}
+STATUS = {
+    "queued": "queued",
+    "processing": "processing",
+    "completed": "complete",
+    "failed": "error",
+    "cancelled": "error",
+}
+STATUS_FILTER = {
+    "queued": ("queued",),
+    "processing": ("processing",),
+    "complete": ("completed",),
+    "error": ("failed", "cancelled"),
+    "completed": ("completed",),
+    "failed": ("failed",),
+    "cancelled": ("cancelled",),
+}
 EXPORT_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
 MP3_BITRATES = {"low": "128k", "medium": "192k", "high": "320k"}
 MP3_MAX_RATE = 48000  # MPEG audio stops at 48 kHz; a 96 kHz job exports its mp3 at 48 kHz
@@ -51,8 +72,11 @@ def store_upload(cfg: Mapping[str, Any], user: User | None, temp: Path, filename
         name = clean_filename(filename)
         ext = safe_extension(name)
         if ext not in UPLOAD_EXTENSIONS:
-            raise AppError(400, "INVALID_FILE_TYPE",
-                           f"file must be one of {', '.join(e[1:] for e in UPLOAD_EXTENSIONS)}; got {name!r}")
+            raise AppError(
+                400,
+                "INVALID_FILE_TYPE",
+                f"file must be one of {', '.join(e[1:] for e in UPLOAD_EXTENSIONS)}; got {name!r}",
+            )
         content_type = _content_type(cfg, temp)
         file_id = str(uuid.uuid4())
         final = Layout(cfg["DATA_DIR"]).folder("uploads") / "voxis" / f"{file_id}{ext}"
@@ -62,8 +86,14 @@ def store_upload(cfg: Mapping[str, Any], user: User | None, temp: Path, filename
         temp.unlink(missing_ok=True)
         raise
     with db.atomic("IMMEDIATE"):
-        return MediaFile.create(id=file_id, user=user, filename=name, size=final.stat().st_size,
-                                path=str(final.relative_to(cfg["DATA_DIR"])), content_type=content_type)
+        return MediaFile.create(
+            id=file_id,
+            user=user,
+            filename=name,
+            size=final.stat().st_size,
+            path=str(final.relative_to(cfg["DATA_DIR"])),
+            content_type=content_type,
+        )
 
 
 def _content_type(cfg: Mapping[str, Any], path: Path) -> str:
@@ -73,9 +103,12 @@ def _content_type(cfg: Mapping[str, Any], path: Path) -> str:
     except audio.MediaError as exc:
         raise AppError(400, "INVALID_FILE_TYPE", f"file content is not audio: {exc}") from exc
     if info.has_video or info.format_name not in CONTENT_FORMATS:
-        raise AppError(400, "INVALID_FILE_TYPE",
-                       f"file content is {info.format_name!r}{' with video' if info.has_video else ''}, "
-                       "not wav, mp3, flac, ogg or m4a audio")
+        raise AppError(
+            400,
+            "INVALID_FILE_TYPE",
+            f"file content is {info.format_name!r}{' with video' if info.has_video else ''}, "
+            "not wav, mp3, flac, ogg or m4a audio",
+        )
     try:
         audio.check_duration(info, cfg["MAX_MEDIA_SECONDS"])
     except audio.MediaError as exc:
@@ -85,8 +118,13 @@ def _content_type(cfg: Mapping[str, Any], path: Path) -> str:
 
 def upload_view(media: MediaFile) -> dict[str, Any]:
     """The upload response body."""
-    return {"success": True, "file_id": media.id, "filename": media.filename, "size": media.size,
-            "uploaded_at": isoformat(media.uploaded_at)}
+    return {
+        "success": True,
+        "file_id": media.id,
+        "filename": media.filename,
+        "size": media.size,
+        "uploaded_at": isoformat(media.uploaded_at),
+    }
 
 
 def get_media(user: User | None, file_id: str) -> MediaFile:
@@ -100,8 +138,9 @@ def get_media(user: User | None, file_id: str) -> MediaFile:
 # ---------------------------------------------------------------- processing
 
 
-def _number(data: Mapping[str, Any], field: str, allowed: tuple[int, ...] | None = None,
-            lo: float = 0, hi: float = 0) -> Any:
+def _number(
+    data: Mapping[str, Any], field: str, allowed: tuple[int, ...] | None = None, lo: float = 0, hi: float = 0
+) -> Any:
     value = data.get(field, dsp.DEFAULTS[field])
     if isinstance(value, bool) or not isinstance(value, int | float):  # JSON true is not a number
         raise invalid(field, "must be a number")
@@ -162,9 +201,16 @@ def start_processing(cfg: Mapping[str, Any], user: User | None, data: Mapping[st
     except OSError:
         shutil.copyfile(stored, link)
     transcribe = options["transcribe"]
-    return jobs.create_job(cfg, user, link, media.filename, kind="cleanup", options=options,
-                                model=data.get("model") if transcribe else None,
-                                language=data.get("language") if transcribe else None)
+    return jobs.create_job(
+        cfg,
+        user,
+        link,
+        media.filename,
+        kind="cleanup",
+        options=options,
+        model=data.get("model") if transcribe else None,
+        language=data.get("language") if transcribe else None,
+    )
 
 
 # -------------------------------------------------------------------- views
@@ -189,11 +235,19 @@ def current_stage(job: Job) -> str:
 def status_view(job: Job) -> dict[str, Any]:
     """``GET /api/status``: status, current stage, overall progress and each stage's progress."""
     records = job.stages or {}
-    stages = {name: {"progress": round(records.get(name, {}).get("progress", 0)),
-                     "updated_at": records.get(name, {}).get("updated_at")} for name in plans.plan_for(job)}
+    stages = {
+        name: {
+            "progress": round(records.get(name, {}).get("progress", 0)),
+            "updated_at": records.get(name, {}).get("updated_at"),
+        }
+        for name in plans.plan_for(job)
+    }
     body: dict[str, Any] = {
-        "job_id": job.id, "status": STATUS.get(job.status, job.status), "current_stage": current_stage(job),
-        "progress": 100 if job.status == "completed" else round(job.progress), "stages": stages,
+        "job_id": job.id,
+        "status": STATUS.get(job.status, job.status),
+        "current_stage": current_stage(job),
+        "progress": 100 if job.status == "completed" else round(job.progress),
+        "stages": stages,
     }
     if job.error and job.status != "completed":
         body["error"] = job.error
@@ -205,8 +259,13 @@ def status_view(job: Job) -> dict[str, Any]:
 def job_view(job: Job) -> dict[str, Any]:
     """One entry of ``GET /api/jobs``: the status view plus the file and settings."""
     settings = {k: v for k, v in (job.options or {}).items() if k in dsp.DEFAULTS or k in ("file_id", "transcribe")}
-    return {**status_view(job), "filename": job.original_filename, "settings": settings,
-            "created_at": isoformat(job.created_at), "completed_at": isoformat(job.completed_at)}
+    return {
+        **status_view(job),
+        "filename": job.original_filename,
+        "settings": settings,
+        "created_at": isoformat(job.created_at),
+        "completed_at": isoformat(job.completed_at),
+    }
 
 
 def list_jobs(user: User | None, *, status: str | None, limit: int) -> tuple[list[Job], int]:
@@ -223,7 +282,9 @@ def health(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Service name, API version, running jobs and the data dir's disk."""
     disk = shutil.disk_usage(cfg["DATA_DIR"])
     return {
-        "status": "healthy", "service": SERVICE_NAME, "version": API_VERSION,
+        "status": "healthy",
+        "service": SERVICE_NAME,
+        "version": API_VERSION,
         "active_jobs": Job.select().where(Job.status == "processing").count(),
         "disk": {"free_gb": round(disk.free / 1024**3, 1), "percent_used": round(100 * disk.used / disk.total, 1)},
     }
@@ -250,8 +311,9 @@ def export_file(cfg: Mapping[str, Any], job: Job, fmt: str, quality: str) -> tup
     cache = Layout(cfg["DATA_DIR"]).job_cache(job.id)
     cleaned = cache / dsp.CLEANED_CACHE
     if (job.stages or {}).get("resample", {}).get("status") != "done":
-        raise AppError(409, "JOB_NOT_COMPLETE", f"Job is {STATUS.get(job.status, job.status)}; "
-                       "the cleaned audio is not ready")
+        raise AppError(
+            409, "JOB_NOT_COMPLETE", f"Job is {STATUS.get(job.status, job.status)}; the cleaned audio is not ready"
+        )
     if not cleaned.exists():
         raise AppError(410, "OUTPUT_REMOVED", "The cleaned audio was removed; restart the job to make it again")
     name = f"{Path(job.original_filename).stem or 'audio'}_cleaned.{fmt}"

@@ -19,8 +19,12 @@ LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)  # seconds fro
 
 def empty() -> dict[str, Any]:
     """Totals before the first command."""
-    return {"requests": dict.fromkeys(OUTCOMES, 0), "audio_seconds": 0.0, "latency_sum": 0.0,
-            "latency_buckets": [0] * len(LATENCY_BUCKETS)}
+    return {
+        "requests": dict.fromkeys(OUTCOMES, 0),
+        "audio_seconds": 0.0,
+        "latency_sum": 0.0,
+        "latency_buckets": [0] * len(LATENCY_BUCKETS),
+    }
 
 
 def record(outcome: str, latency: float | None = None, audio_seconds: float = 0.0) -> None:
@@ -41,8 +45,9 @@ def _add(outcome: str, latency: float | None, audio_seconds: float) -> None:
         value["audio_seconds"] += audio_seconds
         if latency is not None:
             value["latency_sum"] += latency
-            value["latency_buckets"] = [n + (latency <= le) for n, le in
-                                        zip(value["latency_buckets"], LATENCY_BUCKETS, strict=True)]
+            value["latency_buckets"] = [
+                n + (latency <= le) for n, le in zip(value["latency_buckets"], LATENCY_BUCKETS, strict=True)
+            ]
         Setting.write(KEY, value)
 
 

@@ -40,13 +40,33 @@ bp = Blueprint("dashboard", __name__)
 
 CHUNK_THRESHOLD = 25 * 1024**2  # files above this go through the chunked-upload API
 CHUNK_SIZE = 8 * 1024**2  # bytes per chunk: small enough to retry cheaply after a dropped connection
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-LANGUAGES = (("en", "English"), ("de", "German"), ("fr", "French"), ("es", "Spanish"), ("it", "Italian"),
-             ("nl", "Dutch"), ("pt", "Portuguese"), ("pl", "Polish"), ("sv", "Swedish"), ("da", "Danish"),
-             ("no", "Norwegian"), ("fi", "Finnish"), ("cs", "Czech"), ("uk", "Ukrainian"), ("ru", "Russian"),
-             ("tr", "Turkish"), ("ar", "Arabic"), ("hi", "Hindi"), ("zh", "Chinese"), ("ja", "Japanese"),
-             ("ko", "Korean"))
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+LANGUAGES = (
+    ("en", "English"),
+    ("de", "German"),
+    ("fr", "French"),
+    ("es", "Spanish"),
+    ("it", "Italian"),
+    ("nl", "Dutch"),
+    ("pt", "Portuguese"),
+    ("pl", "Polish"),
+    ("sv", "Swedish"),
+    ("da", "Danish"),
+    ("no", "Norwegian"),
+    ("fi", "Finnish"),
+    ("cs", "Czech"),
+    ("uk", "Ukrainian"),
+    ("ru", "Russian"),
+    ("tr", "Turkish"),
+    ("ar", "Arabic"),
+    ("hi", "Hindi"),
+    ("zh", "Chinese"),
+    ("ja", "Japanese"),
+    ("ko", "Korean"),
+)
 
 
 # ------------------------------------------------------------------ sessions
@@ -83,8 +103,12 @@ def page(admin: bool = False) -> Callable:
                 return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
             g.user = user
             if admin and user.role != "admin":
-                return render("error.html", 403, title="Administrators only",
-                              message="This page is for administrators. Ask an admin to change your role.")
+                return render(
+                    "error.html",
+                    403,
+                    title="Administrators only",
+                    message="This page is for administrators. Ask an admin to change your role.",
+                )
             return view(*args, **kwargs)
 
         return wrapped
@@ -136,16 +160,22 @@ def login():
     target = safe_next(request.args.get("next"))
     if session_user() is not None:
         return redirect(target)
-    return render("login.html", user=None, next_url=target,
-                  registration=bool(current_app.config.get("ALLOW_REGISTRATION")))
+    return render(
+        "login.html", user=None, next_url=target, registration=bool(current_app.config.get("ALLOW_REGISTRATION"))
+    )
 
 
 @bp.get("/ui/register")
 def register_page():
     """Create an account, when ALLOW_REGISTRATION is on; a signed-in user goes straight on."""
     if not current_app.config.get("ALLOW_REGISTRATION"):
-        return render("error.html", 404, user=None, title="Registration is off",
-                      message="Accounts on this appliance are created by an administrator.")
+        return render(
+            "error.html",
+            404,
+            user=None,
+            title="Registration is off",
+            message="Accounts on this appliance are created by an administrator.",
+        )
     if session_user() is not None:
         return redirect("/")
     return render("register.html", user=None)
@@ -165,9 +195,16 @@ def home():
     cfg = current_app.config
     models = [m for m in modelstore.installed(cfg["MODELS_DIR"]) if modelstore.is_whisper_name(m)]
     chunk_size = min(CHUNK_SIZE, int(cfg["MAX_CHUNK_SIZE"]))
-    return render("dashboard.html", models=models, default_model=cfg["DEFAULT_MODEL"], languages=LANGUAGES,
-                  chunk_threshold=CHUNK_THRESHOLD, chunk_size=chunk_size,
-                  max_upload=int(cfg.get("MAX_CONTENT_LENGTH") or 0), highlight=request.args.get("job", ""))
+    return render(
+        "dashboard.html",
+        models=models,
+        default_model=cfg["DEFAULT_MODEL"],
+        languages=LANGUAGES,
+        chunk_threshold=CHUNK_THRESHOLD,
+        chunk_size=chunk_size,
+        max_upload=int(cfg.get("MAX_CONTENT_LENGTH") or 0),
+        highlight=request.args.get("job", ""),
+    )
 
 
 @bp.get("/ui/jobs/<job_id>")
@@ -177,8 +214,7 @@ def job_page(job_id: str):
     try:
         job = jobs.get_job(g.user, job_id)
     except AppError:
-        return render("error.html", 404, title="Job not found",
-                      message="This job does not exist or was deleted.")
+        return render("error.html", 404, title="Job not found", message="This job does not exist or was deleted.")
     detail = jobs.detail(job)
     has_media = _media_path(job) is not None
     video = bool((job.media_info or {}).get("has_video"))
@@ -196,8 +232,9 @@ def job_media(job_id: str):
     if path is None:
         raise not_found("Media file")
     mimetype = mimetypes.guess_type(job.original_filename)[0] or mimetypes.guess_type(path.name)[0]
-    response = send_file(path, mimetype=mimetype or "application/octet-stream", conditional=True,
-                         download_name=path.name)
+    response = send_file(
+        path, mimetype=mimetype or "application/octet-stream", conditional=True, download_name=path.name
+    )
     response.headers["Cache-Control"] = "private, no-cache"
     return response
 

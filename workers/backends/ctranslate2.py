@@ -44,16 +44,19 @@ class CTranslate2Engine:
         self.model_path = str(model_dir)  # the Engine protocol's name for what was loaded (load_engine's cache key)
         # Without tokenizer.json faster-whisper downloads a tokenizer from the Hugging Face Hub: refuse instead.
         if not is_ct2_dir(self.model_dir):
-            raise ModelError(f"{self.model_dir} is not a complete CTranslate2 Whisper directory (model.bin, "
-                             "config.json, tokenizer.json, vocabulary): install or import the model again")
+            raise ModelError(
+                f"{self.model_dir} is not a complete CTranslate2 Whisper directory (model.bin, "
+                "config.json, tokenizer.json, vocabulary): install or import the model again"
+            )
         # Belt and braces: should any code path still reach for the Hub, it fails instead of waiting on a socket.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = max(1, batch_size)
-        self._model = WhisperModel(str(self.model_dir), device="cpu", compute_type="int8",
-                                   cpu_threads=self.threads, local_files_only=True)
+        self._model = WhisperModel(
+            str(self.model_dir), device="cpu", compute_type="int8", cpu_threads=self.threads, local_files_only=True
+        )
         self._batched = BatchedInferencePipeline(self._model)
         self._lock = threading.Lock()
         self.multilingual = bool(self._model.model.is_multilingual)
@@ -63,11 +66,18 @@ class CTranslate2Engine:
         """What ran a job, for its record: the engine and the model directory."""
         return f"{self.name}:{self.model_dir.name}"
 
-    def transcribe(self, audio: np.ndarray | PcmFile, *, language: str | None = None, translate: bool = False,
-                   prompt: str | None = None, words: bool = False,
-                   on_segment: Callable[[EngineSegment], None] | None = None,
-                   on_progress: Callable[[float], None] | None = None,
-                   should_abort: Callable[[], bool] | None = None) -> EngineResult:
+    def transcribe(
+        self,
+        audio: np.ndarray | PcmFile,
+        *,
+        language: str | None = None,
+        translate: bool = False,
+        prompt: str | None = None,
+        words: bool = False,
+        on_segment: Callable[[EngineSegment], None] | None = None,
+        on_progress: Callable[[float], None] | None = None,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> EngineResult:
         """Transcribe (or translate to English) mono 16 kHz audio: float32 in [-1, 1], 16-bit PCM or a PcmFile.
 
         ``on_segment`` gets each segment (in file time) as faster-whisper yields it, ``on_progress`` the
@@ -105,8 +115,9 @@ class CTranslate2Engine:
             for index, (start, end) in enumerate(blocks):
                 if aborting():
                     raise Aborted()
-                block = self._block(to_float32(samples[start:end]), start / SAMPLE_RATE, options, words, result,
-                                    aborting)
+                block = self._block(
+                    to_float32(samples[start:end]), start / SAMPLE_RATE, options, words, result, aborting
+                )
                 with contextlib.closing(block):  # a failing callback stops faster-whisper's generator at once
                     for item in block:
                         result.segments.append(item)
@@ -118,8 +129,15 @@ class CTranslate2Engine:
         progress(100.0)
         return result
 
-    def _block(self, samples: np.ndarray, offset: float, options: dict, words: bool, result: EngineResult,
-               aborting: Callable[[], bool]) -> Generator[EngineSegment, None, None]:
+    def _block(
+        self,
+        samples: np.ndarray,
+        offset: float,
+        options: dict,
+        words: bool,
+        result: EngineResult,
+        aborting: Callable[[], bool],
+    ) -> Generator[EngineSegment, None, None]:
         """The segments of one float32 block, ``offset`` seconds into the file, in file time."""
         batched = len(samples) / SAMPLE_RATE > WINDOW_SECONDS
         if batched:
@@ -128,8 +146,9 @@ class CTranslate2Engine:
             # Batched mode decodes without timestamps (faster-whisper's default): one segment per VAD piece.
             # With timestamps it drops the unfinished last sentence of a piece (no later window decodes it
             # again), which loses text (a whole sentence of the OSR clip).
-            segments, info = self._batched.transcribe(samples, batch_size=self.batch_size,
-                                                      without_timestamps=True, **options)
+            segments, info = self._batched.transcribe(
+                samples, batch_size=self.batch_size, without_timestamps=True, **options
+            )
         else:
             # One window: VAD would only cost time, and whisper.cpp decodes short audio whole too.
             segments, info = self._model.transcribe(samples, vad_filter=False, **options)
@@ -137,8 +156,9 @@ class CTranslate2Engine:
         try:
             for segment in segments:
                 if batched and segment.compression_ratio > MAX_COMPRESSION_RATIO:
-                    yield from self._redecode(samples, segment, {**options, "language": info.language}, aborting,
-                                              offset)
+                    yield from self._redecode(
+                        samples, segment, {**options, "language": info.language}, aborting, offset
+                    )
                     result.loops_suppressed += 1
                 else:
                     yield _segment(segment, words, offset)
@@ -148,11 +168,12 @@ class CTranslate2Engine:
         finally:
             segments.close()  # stop the generator now, not whenever it is garbage-collected
 
-    def _redecode(self, samples: np.ndarray, looping, options: dict,
-                  aborting: Callable[[], bool], block_offset: float = 0.0) -> list[EngineSegment]:
+    def _redecode(
+        self, samples: np.ndarray, looping, options: dict, aborting: Callable[[], bool], block_offset: float = 0.0
+    ) -> list[EngineSegment]:
         """Decode a looping batched piece again, sequentially with temperature fallback, in file time."""
         start = float(looping.start)
-        piece = samples[int(start * SAMPLE_RATE):math.ceil(float(looping.end) * SAMPLE_RATE)]
+        piece = samples[int(start * SAMPLE_RATE) : math.ceil(float(looping.end) * SAMPLE_RATE)]
         offset = block_offset + start
         log.info("re-decoding a looping piece at %.1f s (compression ratio %.1f)", offset, looping.compression_ratio)
         segments, _ = self._model.transcribe(piece, vad_filter=False, **options)
@@ -177,13 +198,23 @@ def _confidence(avg_logprob: float) -> float | None:
 def _words(words: Iterable | None, offset: float = 0.0) -> list[dict]:
     """faster-whisper's words in the shape the whisper.cpp engine reports them."""
     return [
-        {"word": w.word.strip(), "start": round(offset + w.start, 3), "end": round(offset + w.end, 3),
-         "probability": round(float(w.probability), 4)}
-        for w in words or [] if w.word.strip()
+        {
+            "word": w.word.strip(),
+            "start": round(offset + w.start, 3),
+            "end": round(offset + w.end, 3),
+            "probability": round(float(w.probability), 4),
+        }
+        for w in words or []
+        if w.word.strip()
     ]
 
 
 def _segment(segment, words: bool, offset: float = 0.0) -> EngineSegment:
     """One faster-whisper segment as an ``EngineSegment``, ``offset`` seconds later (to file time)."""
-    return EngineSegment(round(offset + segment.start, 3), round(offset + segment.end, 3), segment.text,
-                         _confidence(segment.avg_logprob), _words(segment.words, offset) if words else None)
+    return EngineSegment(
+        round(offset + segment.start, 3),
+        round(offset + segment.end, 3),
+        segment.text,
+        _confidence(segment.avg_logprob),
+        _words(segment.words, offset) if words else None,
+    )

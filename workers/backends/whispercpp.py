@@ -41,8 +41,13 @@ class WhisperCppEngine:
         self.threads = threads or os.cpu_count() or 1
         # pywhispercpp calls a Python progress callback only while print_progress is on; with a
         # callback assigned (every transcribe call assigns one) nothing is printed.
-        self._model = Model(self.model_path, redirect_whispercpp_logs_to=None,
-                            print_progress=True, print_realtime=False, n_threads=self.threads)
+        self._model = Model(
+            self.model_path,
+            redirect_whispercpp_logs_to=None,
+            print_progress=True,
+            print_realtime=False,
+            n_threads=self.threads,
+        )
         self._lock = threading.Lock()
         self.multilingual = bool(pw.whisper_is_multilingual(self._model._ctx))
 
@@ -64,11 +69,18 @@ class WhisperCppEngine:
         """What ran a job, for its record: the engine and the model file."""
         return f"whispercpp:{Path(self.model_path).name}"
 
-    def transcribe(self, audio: np.ndarray | PcmFile, *, language: str | None = None, translate: bool = False,
-                   prompt: str | None = None, words: bool = False,
-                   on_segment: Callable[[EngineSegment], None] | None = None,
-                   on_progress: Callable[[float], None] | None = None,
-                   should_abort: Callable[[], bool] | None = None) -> EngineResult:
+    def transcribe(
+        self,
+        audio: np.ndarray | PcmFile,
+        *,
+        language: str | None = None,
+        translate: bool = False,
+        prompt: str | None = None,
+        words: bool = False,
+        on_segment: Callable[[EngineSegment], None] | None = None,
+        on_progress: Callable[[float], None] | None = None,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> EngineResult:
         """Transcribe (or translate to English) mono 16 kHz audio, piece by piece.
 
         ``audio`` is float32 in [-1, 1], 16-bit PCM, or the decode stage's :class:`PcmFile`: only the piece
@@ -92,14 +104,28 @@ class WhisperCppEngine:
                         on_progress(100.0 * (start + percent / 100.0 * (end - start)) / total)
 
                 piece = to_float32(samples[start:end])
-                segments, detected = self._piece(piece, start / SAMPLE_RATE, language=language,
-                                                 translate=translate, prompt=prompt, words=words,
-                                                 on_segment=on_segment, on_progress=piece_progress,
-                                                 should_abort=should_abort)
+                segments, detected = self._piece(
+                    piece,
+                    start / SAMPLE_RATE,
+                    language=language,
+                    translate=translate,
+                    prompt=prompt,
+                    words=words,
+                    on_segment=on_segment,
+                    on_progress=piece_progress,
+                    should_abort=should_abort,
+                )
                 if looping(segments):
-                    segments, detected = self._retry(piece, start / SAMPLE_RATE, language=language,
-                                                     translate=translate, prompt=prompt, words=words,
-                                                     should_abort=should_abort, first=segments)
+                    segments, detected = self._retry(
+                        piece,
+                        start / SAMPLE_RATE,
+                        language=language,
+                        translate=translate,
+                        prompt=prompt,
+                        words=words,
+                        should_abort=should_abort,
+                        first=segments,
+                    )
                     result.loops_suppressed += 1
                 if language is None and detected:
                     language = result.language = detected  # detect once, then keep it for every piece
@@ -108,8 +134,9 @@ class WhisperCppEngine:
                     on_progress(100.0 * end / total)
         return result
 
-    def _retry(self, piece: np.ndarray, offset: float, *, first: list[EngineSegment],
-               **options) -> tuple[list[EngineSegment], str | None]:
+    def _retry(
+        self, piece: np.ndarray, offset: float, *, first: list[EngineSegment], **options
+    ) -> tuple[list[EngineSegment], str | None]:
         """Decode a looping piece again, hotter, keeping whichever attempt repeats least."""
         best, detected = first, None
         for temperature in RETRY_TEMPERATURES:
@@ -121,11 +148,20 @@ class WhisperCppEngine:
                 break
         return best, detected
 
-    def _piece(self, piece: np.ndarray, offset: float, *, language: str | None, translate: bool,
-               prompt: str | None, words: bool, temperature: float = 0.0,
-               on_segment: Callable[[EngineSegment], None] | None = None,
-               on_progress: Callable[[float], None] | None = None,
-               should_abort: Callable[[], bool] | None = None) -> tuple[list[EngineSegment], str | None]:
+    def _piece(
+        self,
+        piece: np.ndarray,
+        offset: float,
+        *,
+        language: str | None,
+        translate: bool,
+        prompt: str | None,
+        words: bool,
+        temperature: float = 0.0,
+        on_segment: Callable[[EngineSegment], None] | None = None,
+        on_progress: Callable[[float], None] | None = None,
+        should_abort: Callable[[], bool] | None = None,
+    ) -> tuple[list[EngineSegment], str | None]:
         """One whisper_full call on at most 30 s; segments in file time and the detected language."""
         import _pywhispercpp as pw
 
@@ -147,9 +183,16 @@ class WhisperCppEngine:
         pw.assign_progress_callback(self._model._params, progress)
         # pywhispercpp keeps keyword params between calls, so every call sets all of them.
         found = self._model.transcribe(
-            piece, new_segment_callback=segment, abort_callback=abort, extract_probability=True,
-            language=language or "auto", translate=translate, initial_prompt=prompt or "",
-            token_timestamps=words, audio_ctx=audio_ctx_for(len(piece)), temperature=temperature,
+            piece,
+            new_segment_callback=segment,
+            abort_callback=abort,
+            extract_probability=True,
+            language=language or "auto",
+            translate=translate,
+            initial_prompt=prompt or "",
+            token_timestamps=words,
+            audio_ctx=audio_ctx_for(len(piece)),
+            temperature=temperature,
         )
         if aborted.is_set():
             raise Aborted()
@@ -165,8 +208,13 @@ class WhisperCppEngine:
             return min(offset + t / 100.0, end)
 
         return [
-            EngineSegment(at(s.t0), at(s.t1), s.text, None if np.isnan(s.probability) else float(s.probability),
-                          _words(ctx, i, offset, end) if words else None)
+            EngineSegment(
+                at(s.t0),
+                at(s.t1),
+                s.text,
+                None if np.isnan(s.probability) else float(s.probability),
+                _words(ctx, i, offset, end) if words else None,
+            )
             for i, s in enumerate(found)
         ], detected
 
@@ -213,7 +261,12 @@ def _words(ctx, segment: int, offset: float, end: float) -> list[dict]:
     if pending is not None:
         words.append(pending)
     return [
-        {"word": w["bytes"].decode("utf-8", "replace").strip(), "start": w["start"], "end": w["end"],
-         "probability": round(float(np.mean(w["probs"])), 4)}
-        for w in words if w["bytes"].strip()
+        {
+            "word": w["bytes"].decode("utf-8", "replace").strip(),
+            "start": w["start"],
+            "end": w["end"],
+            "probability": round(float(np.mean(w["probs"])), 4),
+        }
+        for w in words
+        if w["bytes"].strip()
     ]
