@@ -142,7 +142,10 @@ def _check_decoded(stderr: str, decoded: float, expected_seconds: float | None) 
         )
 
 
-def _decode_command(path: Path | str, output: str, max_seconds: float | None = None) -> list[str]:
+def decode_command(
+    path: Path | str, output: str, max_seconds: float | None = None, output_format: tuple[str, ...] | None = None
+) -> list[str]:
+    """ffmpeg arguments: the first audio track as 16 kHz mono PCM (raw or ``output_format``), up to ``max_seconds``."""
     # -t is an output option here: it bounds the audio written, whatever the container claims.
     limit = ["-t", f"{max_seconds:.3f}"] if max_seconds else []
     return [
@@ -161,12 +164,13 @@ def _decode_command(path: Path | str, output: str, max_seconds: float | None = N
         "-ar",
         str(SAMPLE_RATE),
         *limit,
-        *PCM_FORMAT,
+        *(output_format or PCM_FORMAT),
         output,
     ]
 
 
 PCM_FORMAT = ("-f", "s16le", "-acodec", "pcm_s16le")  # what the decode stage caches: 16 kHz mono 16-bit
+WAV_FORMAT = ("-c:a", "pcm_s16le", "-f", "wav")  # the same samples with a WAV header
 
 
 def decode(path: Path | str, timeout: float = 900, expected_seconds: float | None = None) -> np.ndarray:
@@ -175,7 +179,7 @@ def decode(path: Path | str, timeout: float = 900, expected_seconds: float | Non
     When ffmpeg reports errors and yields much less audio than ``expected_seconds`` (the
     probed duration), the file is truncated or damaged and a MediaError says so.
     """
-    result = _run(_decode_command(path, "-"), timeout)
+    result = _run(decode_command(path, "-"), timeout)
     stderr = result.stderr.decode("utf-8", "replace").strip()
     if result.returncode != 0:
         raise MediaError(f"The media could not be decoded: {_last_line(stderr)}")
@@ -251,7 +255,7 @@ def decode_to_file(
             on_progress(size / 2 / SAMPLE_RATE)
 
     with AtomicFile(out, temp=tmp):
-        returncode, stderr = _run_polled(_decode_command(path, str(tmp), cap), timeout, should_abort, tick)
+        returncode, stderr = _run_polled(decode_command(path, str(tmp), cap), timeout, should_abort, tick)
         if returncode != 0:
             raise MediaError(f"The media could not be decoded: {_last_line(stderr)}")
         seconds = tmp.stat().st_size / 2 / SAMPLE_RATE

@@ -123,30 +123,7 @@ def media_head_as_wav(cfg: Mapping[str, Any], media: Path, seconds: float) -> Pa
     wav = Layout(cfg["DATA_DIR"]).temp_file(".wav")
     try:
         jobs.probe_upload(cfg, media)
-        # -t as an output option: at most this much audio is written, whatever the file holds.
-        command = [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-i",
-            str(media),
-            "-map",
-            "0:a:0",
-            "-vn",
-            "-ac",
-            "1",
-            "-ar",
-            str(audio.SAMPLE_RATE),
-            "-t",
-            f"{seconds:.3f}",
-            "-c:a",
-            "pcm_s16le",
-            "-f",
-            "wav",
-            str(wav),
-        ]
+        command = audio.decode_command(media, str(wav), seconds, output_format=audio.WAV_FORMAT)
         timeout = min(120, float(cfg["FFMPEG_TIMEOUT_SECONDS"]))
         try:
             result = subprocess.run(command, capture_output=True, timeout=timeout, check=False)
