@@ -353,6 +353,9 @@ def tune(models: tuple[str, ...], runs: int) -> None:
                 f"(WER {figures['long']['wer']:.3f})"
             )
         click.echo(f"{name}: short audio on {entry['short']}, long audio on {entry['long']}")
+    if layout := record.get("layout"):
+        figures = ", ".join(f"{label} {seconds:.2f} s" for label, seconds in layout["seconds"].items())
+        click.echo(f"{layout['jobs']} queued jobs, workers x threads: {figures}; WT_WORKERS=0 runs {layout['workers']}")
     click.echo(f"saved to {tuning.tuning_path(settings)}")
 
 

@@ -41,6 +41,7 @@ import psutil
 
 from app.db import open_database
 from app.models import Job, Setting, db
+from workers import tuning
 from workers.lifecycle import RECYCLE_EXIT_CODE, SUPERVISOR_ENV
 from workers.queue import huey
 
@@ -68,16 +69,19 @@ def _in_connection(query: Callable[[], Any]) -> Any:
 
 
 def read_concurrency(settings: dict[str, Any]) -> dict[str, int]:
-    """The saved worker count and threads per worker, or the configured defaults."""
+    """The saved worker count and threads per worker, else the settings, else the calibrated layout."""
     try:
         value = _in_connection(lambda: Setting.read(CONCURRENCY_KEY)) or {}
     except Exception:  # a locked or missing database must not stop a process; use the defaults
         log.exception("could not read the concurrency setting")
         value = {}
-    return {
-        "workers": int(value.get("workers", settings.get("WORKERS", 1))),
-        "threads": int(value.get("threads", settings.get("ENGINE_THREADS", 0))),
-    }
+    workers, threads = int(settings.get("WORKERS") or 0), int(settings.get("ENGINE_THREADS") or 0)
+    if not workers:  # auto: the layout the calibration measured, when the threads are left to it too
+        layout: dict[str, Any] = {}
+        if not threads:
+            layout = (tuning.read_record(settings) or {}).get("layout") or {}
+        workers, threads = int(layout.get("workers") or 1), int(layout.get("threads") or threads)
+    return {"workers": int(value.get("workers", workers)), "threads": int(value.get("threads", threads))}
 
 
 # ------------------------------------------------------------------ worker registry
@@ -243,8 +247,6 @@ class Supervisor:
 
     def _start_tuning(self) -> subprocess.Popen | None:
         """First start on this box: calibrate the engines in the background (about 30 s) for WT_ENGINE=auto."""
-        from workers import tuning  # late: only the supervisor's first start needs the calibration
-
         if self.settings.get("ENGINE") != "auto" or not self.settings.get("TUNE_ON_START"):
             return None
         if tuning.read_record(self.settings) is not None:

@@ -40,7 +40,7 @@ MODEL_ALIASES = ""
 ENGINE = "auto"
 TUNE_ON_START = True  # `run` calibrates the engines once in the background when this box has no record yet
 ENGINE_THREADS = 0  # 0: all cores
-WORKERS = 1  # worker processes under `run`; admins change it with POST /admin/concurrency
+WORKERS = 0  # worker processes under `run`; 0: the calibrated layout (else 1); POST /admin/concurrency overrides
 # A worker is replaced by a fresh process between jobs once its resident memory passes this many MB.
 # 0: sized for the model (1024 MB, or 512 MB plus 3x the largest model file it ran when that is more); -1: never.
 WORKER_MAX_RSS_MB = 0

@@ -6,7 +6,9 @@ restarting, rescaling and shutting down never disturb the shared ``live_server``
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import sqlite3
 import subprocess
 import sys
@@ -96,6 +98,22 @@ def test_concurrency_rejects_bad_values(client, admin_headers, body):
     """Out of range, wrong types or nothing to change: 422, nothing saved."""
     assert_error(client.post("/admin/concurrency", headers=admin_headers, json=body), 422)
     assert Setting.read("concurrency") is None
+
+
+def test_auto_workers_follow_the_calibrated_layout_unless_set(app, tmp_path):
+    """WT_WORKERS=0 takes the calibration's workers x threads; settings and the saved value win over it."""
+    from app import supervisor
+    from workers import tuning
+
+    settings = {**app.config, "WORKERS": 0, "ENGINE_THREADS": 0}
+    assert supervisor.read_concurrency(settings) == {"workers": 1, "threads": 0}  # not calibrated yet
+    record = {"host": platform.node(), "models": {}, "layout": {"workers": 2, "threads": 1}}
+    tuning.tuning_path(settings).write_text(json.dumps(record))
+    assert supervisor.read_concurrency(settings) == {"workers": 2, "threads": 1}
+    assert supervisor.read_concurrency({**settings, "WORKERS": 3}) == {"workers": 3, "threads": 0}
+    assert supervisor.read_concurrency({**settings, "ENGINE_THREADS": 2}) == {"workers": 1, "threads": 2}
+    Setting.write("concurrency", {"workers": 1, "threads": 2})
+    assert supervisor.read_concurrency(settings) == {"workers": 1, "threads": 2}
 
 
 def test_worker_reads_threads_from_the_saved_concurrency(app, monkeypatch):

@@ -82,6 +82,24 @@ def test_the_pick_is_the_fastest_within_one_point_of_the_best_wer():
     assert tuning._best(results) == "c"
 
 
+def test_layouts_compare_one_worker_on_all_cores_with_one_per_core():
+    assert tuning.layouts(2) == [(1, 2), (2, 1)]
+    assert tuning.layouts(8) == [(1, 8), (2, 4), (8, 1)]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "picked"),
+    [
+        ({"1x2": 10.0, "2x1": 9.5}, (1, 2)),  # 5 % sooner: not worth a second model in memory
+        ({"1x2": 10.0, "2x1": 8.0}, (2, 1)),
+    ],
+)
+def test_a_deep_queue_gets_more_workers_only_when_they_are_clearly_faster(monkeypatch, seconds, picked):
+    monkeypatch.setattr(tuning, "_queue_seconds", lambda choice, samples, w, t: seconds[f"{w}x{t}"])
+    layout = tuning.measure_layout(tuning.Choice("whispercpp", Path("ggml-tiny.en.bin")), None, 2)
+    assert (layout["workers"], layout["threads"]) == picked and layout["seconds"] == seconds
+
+
 def test_a_bad_engine_setting_stops_the_start(monkeypatch):
     from app.settings import load_settings
 
@@ -104,6 +122,18 @@ def test_calibration_times_every_engine_and_model_file_and_records_the_choice(tm
         assert entry["results"][entry[kind]][kind]["wer"] <= best + tuning.WER_MARGIN
         assert all(r[kind]["wer"] <= 0.15 and r[kind]["seconds"] > 0 for r in entry["results"].values())
     assert record["cpu"]["whisper_cpp"] and tuning.read_record(cfg) == record
+    assert "layout" not in record, "with the threads set, the workers x threads layout is not the calibration's"
+
+
+def test_calibration_with_every_core_times_a_deep_queue_per_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "LAYOUT_JOBS", 2)  # the rule is tested above; here the real engines run
+    monkeypatch.setattr(tuning, "available_cores", lambda: 2)
+    cfg = {"DATA_DIR": str(tmp_path), "MODELS_DIR": str(MODELS_DIR), "ENGINE_THREADS": 0}
+    record = tuning.calibrate(cfg, ["tiny.en"], runs=1, echo=lambda line: None)
+    layout = record["layout"]
+    assert set(layout["seconds"]) == {"1x2", "2x1"} and all(s > 0 for s in layout["seconds"].values())
+    assert (layout["workers"], layout["threads"]) in tuning.layouts(2)
+    assert layout["engine"] == record["models"]["tiny.en"]["long"]
 
 
 @pytest.mark.e2e

@@ -71,7 +71,8 @@ _cache: dict[str, Engine] = {}  # backend → its loaded engine: at most one mod
 _cache_lock = threading.Lock()
 
 
-def _build(model_path: Path, threads: int, backend: str) -> Engine:
+def build(model_path: Path, threads: int, backend: str) -> Engine:
+    """A new engine of its own, outside the per-process cache (the calibration runs several at once)."""
     # Late imports: a worker loads only the backend it uses (faster-whisper is an optional extra).
     if backend == "ctranslate2":
         from workers.backends.ctranslate2 import CTranslate2Engine
@@ -93,9 +94,9 @@ def load_engine(model_path: Path | str, threads: int = 0, backend: str = "whispe
     with _cache_lock:
         loaded = _cache.get(backend)
         if loaded is None or getattr(loaded, "model_path", None) != key:
-            _close(_cache.pop(backend, None))  # free the old model before loading the new one
+            close(_cache.pop(backend, None))  # free the old model before loading the new one
             log.info("loading model %s with %s", key, backend)
-            _cache[backend] = _build(Path(model_path), threads, backend)
+            _cache[backend] = build(Path(model_path), threads, backend)
         return _cache[backend]
 
 
@@ -103,11 +104,11 @@ def unload(backend: str | None = None) -> None:
     """Forget loaded engines (all, or one backend's), so their memory can be freed."""
     with _cache_lock:
         for name in list(_cache) if backend is None else [backend]:
-            _close(_cache.pop(name, None))
+            close(_cache.pop(name, None))
 
 
-def _close(loaded: Engine | None) -> None:
+def close(loaded: Engine | None) -> None:
     """Free an engine's native memory now; dropping the Python object is not enough for whisper.cpp."""
-    close = getattr(loaded, "close", None)
-    if close is not None:
-        close()
+    free = getattr(loaded, "close", None)
+    if free is not None:
+        free()

@@ -88,6 +88,11 @@
       "Not calibrated yet: run whisper-transcriber tune (the first start does it in the background).")));
     document.getElementById("engine-cpu").textContent = cal
       ? "Measured " + cal.created_at + " on " + cal.cpu.machine + " (" + cal.cpu.flags.join(" ") + ")" : "";
+    const layout = cal && cal.layout;
+    document.getElementById("engine-layout").textContent = layout
+      ? "Deep queue (" + layout.jobs + " jobs, workers × threads): " + Object.entries(layout.seconds)
+        .map(([k, v]) => k + " " + v.toFixed(1) + " s").join(", ") + "; WT_WORKERS=0 runs " + layout.workers
+        + " worker(s) × " + layout.threads + " thread(s)" : "";
   }
 
   let failing = false;
