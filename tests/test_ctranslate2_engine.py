@@ -12,12 +12,14 @@ import pytest
 
 from tests.helpers import AUDIO, ffmpeg, reference, wer
 from workers import audio, modelstore
+from workers.backends import ctranslate2
 from workers.backends.ctranslate2 import MIN_CONFIDENCE, CTranslate2Engine, _confidence
 from workers.engine import Aborted, EngineSegment
 
 pytestmark = pytest.mark.slow
 
 JFK_SECONDS, OSR_SECONDS = 11.0, 35.5
+OSR_TWICE = " ".join([reference("OSR_us_000_0034_8k.flac")] * 2)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,12 @@ def jfk() -> np.ndarray:
 def osr() -> np.ndarray:
     """35.5 s of telephone-band speech: longer than a window, decoded batched."""
     return audio.decode(AUDIO / "OSR_us_000_0034_8k.flac")
+
+
+@pytest.fixture(scope="module")
+def long_osr(osr: np.ndarray) -> np.ndarray:
+    """OSR twice, 71 s: more than a window even with its pauses taken out, so decoded batched."""
+    return np.tile(osr, 2)
 
 
 def spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[dict]:
@@ -87,25 +95,39 @@ def test_jfk_is_decoded_in_one_sequential_window_within_ten_percent_wer(tiny_en,
     assert all(0 < s.confidence <= 1 for s in result.segments)
 
 
-def test_osr_longer_than_a_window_is_batched_within_fifteen_percent_wer(tiny_en, osr, monkeypatch):
+def test_audio_longer_than_a_window_is_batched_within_fifteen_percent_wer(tiny_en, long_osr, monkeypatch):
     batched = spy(monkeypatch, tiny_en._batched, "transcribe")
-    result = tiny_en.transcribe(osr, language="en")
+    result = tiny_en.transcribe(long_osr, language="en")
     assert len(batched) == 1 and batched[0]["batch_size"] == 4 and batched[0]["beam_size"] == 1
-    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
-    assert_in_file_time(result.segments, OSR_SECONDS)
-    assert result.segments[-1].end > 30, "the last piece is reported in file time, not piece time"
+    assert wer(OSR_TWICE, result.text) <= 0.15
+    assert_in_file_time(result.segments, 2 * OSR_SECONDS)
+    assert result.segments[-1].end > 65, "the last piece is reported in file time, not piece time"
     assert all(0 < s.confidence <= 1 for s in result.segments)
 
 
-def test_batched_pieces_are_cut_at_pauses_without_vad_and_cover_the_audio(tiny_en, osr, monkeypatch):
+def test_batched_pieces_are_cut_at_pauses_of_the_speech_and_cover_it(tiny_en, long_osr, monkeypatch):
     batched = spy(monkeypatch, tiny_en._batched, "transcribe")
-    tiny_en.transcribe(osr, language="en")
+    tiny_en.transcribe(long_osr, language="en")
     (call,) = batched
     clips = call["clip_timestamps"]
     assert call["vad_filter"] is False
-    assert clips[0]["start"] == 0 and abs(clips[-1]["end"] - OSR_SECONDS) < 0.1
-    assert all(a["end"] == b["start"] for a, b in zip(clips, clips[1:], strict=False)), "no audio is left out"
+    assert clips[0]["start"] == 0 and clips[-1]["end"] < 2 * OSR_SECONDS - 10, "its long pauses were taken out"
+    assert all(a["end"] == b["start"] for a, b in zip(clips, clips[1:], strict=False)), "no speech is left out"
     assert all(0 < c["end"] - c["start"] <= 30 for c in clips)
+
+
+def test_speech_after_a_long_silence_keeps_its_file_time(tiny_en, jfk):
+    silence = np.zeros(20 * 16000, dtype=jfk.dtype)
+    result = tiny_en.transcribe(np.concatenate([jfk, silence, jfk]), language="en", words=True)
+    assert wer(f"{reference('jfk.flac')} {reference('jfk.flac')}", result.text) <= 0.10
+    second = [w for s in result.segments for w in s.words if w["start"] > 25]
+    assert second and min(w["start"] for w in second) >= JFK_SECONDS + 19, "the second speech starts after the gap"
+    assert_in_file_time(result.segments, 2 * JFK_SECONDS + 20)
+
+
+def test_long_silence_gives_no_text_instead_of_an_imagined_one(tiny_en):
+    result = tiny_en.transcribe(np.zeros(45 * 16000, dtype=np.float32))
+    assert result.segments == [] and result.text == ""
 
 
 def test_the_engine_names_what_it_loaded(tiny_en, models_dir):
@@ -139,7 +161,7 @@ def test_a_prompt_reaches_the_decoder_and_steers_vocabulary(tiny_en):
 # -------------------------------------------------------- callbacks and abort
 
 
-@pytest.mark.parametrize("clip", ["jfk", "osr"])
+@pytest.mark.parametrize("clip", ["jfk", "osr", "long_osr"])
 def test_segments_and_progress_arrive_through_the_callbacks(tiny_en, clip, request):
     samples = request.getfixturevalue(clip)
     seen: list[EngineSegment] = []
@@ -152,7 +174,7 @@ def test_segments_and_progress_arrive_through_the_callbacks(tiny_en, clip, reque
     assert len(progress) >= 2, "progress comes per segment, not only at the end"
 
 
-@pytest.mark.parametrize("clip", ["jfk", "osr"])
+@pytest.mark.parametrize("clip", ["jfk", "long_osr"])
 def test_abort_between_segments_raises_and_stops_decoding(tiny_en, clip, request, models_dir):
     samples = request.getfixturevalue(clip)
     engine = tiny_en if clip == "jfk" else CTranslate2Engine(modelstore.ct2_dir(models_dir, "tiny.en"), batch_size=1)
@@ -181,7 +203,7 @@ def test_silence_and_empty_audio_end_with_progress_100(tiny_en):
 # ------------------------------------------------------------ word timestamps
 
 
-@pytest.mark.parametrize("clip, seconds", [("jfk", JFK_SECONDS), ("osr", OSR_SECONDS)])
+@pytest.mark.parametrize("clip, seconds", [("jfk", JFK_SECONDS), ("osr", OSR_SECONDS), ("long_osr", 2 * OSR_SECONDS)])
 def test_word_timestamps_are_ordered_and_in_file_time(tiny_en, clip, seconds, request):
     result = tiny_en.transcribe(request.getfixturevalue(clip), words=True)
     words = [w for s in result.segments for w in s.words]
@@ -191,8 +213,8 @@ def test_word_timestamps_are_ordered_and_in_file_time(tiny_en, clip, seconds, re
     assert [w["start"] for w in words] == sorted(w["start"] for w in words)
     for segment in result.segments:
         assert segment.start - 0.05 <= segment.words[0]["start"] and segment.words[-1]["end"] <= segment.end + 0.05
-    name = "jfk.flac" if clip == "jfk" else "OSR_us_000_0034_8k.flac"
-    assert wer(reference(name), " ".join(w["word"] for w in words)) <= 0.15
+    expected = {"jfk": reference("jfk.flac"), "osr": reference("OSR_us_000_0034_8k.flac"), "long_osr": OSR_TWICE}
+    assert wer(expected[clip], " ".join(w["word"] for w in words)) <= 0.15
 
 
 def test_words_are_left_out_unless_asked_for(tiny_en, jfk):
@@ -202,7 +224,7 @@ def test_words_are_left_out_unless_asked_for(tiny_en, jfk):
 # ------------------------------------------------------------------- loops
 
 
-def test_a_batched_piece_that_loops_is_decoded_again_sequentially(tiny_en, osr, monkeypatch):
+def test_a_batched_piece_that_loops_is_decoded_again_sequentially(tiny_en, long_osr, monkeypatch):
     looping = SimpleNamespace(
         start=0.85, end=15.6, text=" a gold ring" * 40, compression_ratio=9.5, avg_logprob=-0.2, words=None
     )
@@ -219,7 +241,8 @@ def test_a_batched_piece_that_loops_is_decoded_again_sequentially(tiny_en, osr, 
         return (s for s in [looping, fine]), SimpleNamespace(language="en")  # a generator, like faster-whisper
 
     monkeypatch.setattr(tiny_en._batched, "transcribe", batched)
-    result = tiny_en.transcribe(osr)
+    monkeypatch.setattr(ctranslate2, "_speech_spans", lambda samples: [(0, len(samples))])  # pauses kept
+    result = tiny_en.transcribe(long_osr)
     assert result.loops_suppressed == 1
     redone = result.segments[:-1]
     assert redone and all(0.85 <= s.start < s.end <= 15.7 for s in redone), "re-decoded in file time"
@@ -241,7 +264,9 @@ def test_confidence_is_the_mean_probability_clamped_to_the_unit_interval():
 # ----------------------------------------------------------------- offline
 
 
-def test_loads_and_transcribes_with_the_network_blocked(models_dir, osr, monkeypatch):
+def test_loads_and_transcribes_with_the_network_blocked(models_dir, long_osr, monkeypatch):
+    from faster_whisper import vad
+
     attempts: list[object] = []
 
     def refuse(*args, **kwargs):
@@ -251,9 +276,10 @@ def test_loads_and_transcribes_with_the_network_blocked(models_dir, osr, monkeyp
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    vad.get_vad_model.cache_clear()  # load the Silero VAD model again, from the wheel, with no network
     engine = CTranslate2Engine(modelstore.ct2_dir(models_dir, "tiny.en"))
-    result = engine.transcribe(osr)  # 35.5 s: the batched path
-    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.15
+    result = engine.transcribe(long_osr)  # 71 s: the batched path, which finds pauses with the VAD model
+    assert wer(OSR_TWICE, result.text) <= 0.15
     assert attempts == []
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import AUDIO
 from workers import audio
-from workers.silence import SAMPLE_RATE, audio_ctx_for, split_at_silences
+from workers.silence import SAMPLE_RATE, Timeline, audio_ctx_for, split_at_silences
 
 
 def speech_with_pauses(bursts: list[float], pause: float = 0.6) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -57,3 +57,11 @@ def test_the_osr_clip_is_cut_between_two_of_its_sentences():
 )
 def test_audio_ctx_covers_the_piece_with_a_margin(seconds, ctx):
     assert audio_ctx_for(int(seconds * SAMPLE_RATE)) == ctx
+
+
+def test_a_timeline_maps_shortened_audio_back_to_the_original():
+    timeline = Timeline([(0, SAMPLE_RATE), (3 * SAMPLE_RATE, 5 * SAMPLE_RATE)])  # a 2 s pause taken out
+    assert timeline.to_original(0.5) == pytest.approx(0.5)
+    assert timeline.to_original(1.5) == pytest.approx(3.5)
+    assert timeline.to_original(3.0) == pytest.approx(5.0)
+    assert timeline.to_original(9.0) == pytest.approx(5.0), "past the end stays at the end"

@@ -82,3 +82,18 @@ def audio_ctx_for(samples: int) -> int:
         return 0
     positions = seconds * ENCODER_POSITIONS_PER_SECOND + AUDIO_CTX_STEP / 2
     return max(AUDIO_CTX_MIN, min(1500, math.ceil(positions / AUDIO_CTX_STEP) * AUDIO_CTX_STEP))
+
+
+class Timeline:
+    """Audio with its long pauses taken out: where each of its moments was in the original audio."""
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        self.spans = spans  # (start, end) sample offsets of the kept audio, in order
+        self.starts = np.cumsum([0] + [end - start for start, end in spans[:-1]])  # where each span begins in it
+
+    def to_original(self, seconds: float) -> float:
+        """The original time of ``seconds`` into the shortened audio."""
+        sample = seconds * SAMPLE_RATE
+        index = max(0, int(np.searchsorted(self.starts, sample, side="right")) - 1)
+        start, end = self.spans[index]
+        return min(start + sample - float(self.starts[index]), end) / SAMPLE_RATE

@@ -1,11 +1,13 @@
 """CTranslate2 through faster-whisper: the second speech engine, with the same interface as whisper.cpp.
 
 Audio of up to 30 s is one whisper window and is decoded sequentially, without VAD, as whisper.cpp does.
-Longer audio goes through faster-whisper's ``BatchedInferencePipeline`` in pieces cut at pauses by
-``workers.silence`` (the cuts whisper.cpp uses, but close to 30 s: CTranslate2 always encodes a whole
-window, so fewer, fuller pieces cost less), and ``batch_size`` pieces share one encoder call. These cuts
-keep every pause, where faster-whisper's own Silero VAD glues speech together: on OSR x17 (tiny.en) VAD
-chunks read "gold ring" as "golden ring" (WER 0.0137), our 28 s pieces 0.0089, our 20 s pieces 0.0.
+Longer audio goes through faster-whisper's ``BatchedInferencePipeline``. Silero VAD (shipped in the
+faster-whisper wheel) finds the pauses longer than ``PAUSE_MS``, which are taken out but for a margin;
+``workers.silence`` then cuts what is left at its quietest moments into pieces close to 30 s (CTranslate2
+always encodes a whole window, so fewer, fuller pieces cost less), and ``batch_size`` pieces share one
+encoder call. faster-whisper's own VAD chunks join speech at any 160 ms gap and cut wherever 30 s run out:
+on OSR x17 (tiny.en) they read "gold ring" as "golden ring" 16 times (WER 0.0137, 19 windows), where
+these pieces gave 0.0032 in 17 windows (and pause cuts without VAD 0.0089 in 23).
 Batched decoding has no temperature fallback, so a piece whose text repeats itself (whisper's well-known
 loop) is decoded again sequentially, where faster-whisper falls back to higher temperatures. The model
 loads from a local CTranslate2 directory and never touches the network.
@@ -26,13 +28,15 @@ import numpy as np
 from workers.audio import PcmFile, to_float32
 from workers.engine import Aborted, EngineResult, EngineSegment
 from workers.modelstore import ModelError, is_ct2_dir
-from workers.silence import split_at_silences
+from workers.silence import Timeline, split_at_silences
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0  # one whisper window; longer audio is cut at pauses and decoded in batches
 PIECE_SECONDS = 28.0  # the batched pieces' target length: near a whole window, with room to find a pause
+PAUSE_MS = 600  # pauses at least this long are taken out of long audio before it is cut into pieces
+PAD_MS = 200  # ... but for this much audio kept on either side, so no word loses its edges
 BLOCK_SECONDS = 600.0  # longer audio is fed to faster-whisper in blocks of about this length, cut at pauses
 MAX_COMPRESSION_RATIO = 2.4  # faster-whisper's own threshold: text that compresses this well is looping
 MIN_CONFIDENCE = 1e-9  # exp() of a very negative log probability underflows to 0; a confidence stays above 0
@@ -143,6 +147,21 @@ class CTranslate2Engine:
         aborting: Callable[[], bool],
     ) -> Generator[EngineSegment, None, None]:
         """The segments of one float32 block, ``offset`` seconds into the file, in file time."""
+
+        def to_file(seconds: float) -> float:
+            return offset + seconds
+
+        if len(samples) / SAMPLE_RATE > WINDOW_SECONDS:
+            spans = _speech_spans(samples)
+            if not spans:
+                return  # no speech at all: nothing to decode, and nothing for whisper to imagine
+            timeline = Timeline(spans)
+            samples = np.concatenate([samples[start:end] for start, end in spans])
+
+            def to_file(seconds: float) -> float:
+                return offset + timeline.to_original(seconds)
+
+        # What still fits one window after its pauses went is decoded sequentially, with timestamps.
         batched = len(samples) / SAMPLE_RATE > WINDOW_SECONDS
         if batched:
             # Word timing state left behind by an aborted run must not shift this run's words.
@@ -160,18 +179,18 @@ class CTranslate2Engine:
                 **options,
             )
         else:
-            # One window: VAD would only cost time, and whisper.cpp decodes short audio whole too.
+            # One window: decoded whole, as whisper.cpp decodes short audio.
             segments, info = self._model.transcribe(samples, vad_filter=False, **options)
         result.language = result.language or info.language
         try:
             for segment in segments:
                 if batched and segment.compression_ratio > MAX_COMPRESSION_RATIO:
                     yield from self._redecode(
-                        samples, segment, {**options, "language": info.language}, aborting, offset
+                        samples, segment, {**options, "language": info.language}, aborting, to_file
                     )
                     result.loops_suppressed += 1
                 else:
-                    yield _segment(segment, words, offset)
+                    yield _segment(segment, words, to_file)
                 # Segments are decoded lazily: stopping here saves the rest of the work.
                 if aborting():
                     raise Aborted()
@@ -179,23 +198,37 @@ class CTranslate2Engine:
             segments.close()  # stop the generator now, not whenever it is garbage-collected
 
     def _redecode(
-        self, samples: np.ndarray, looping, options: dict, aborting: Callable[[], bool], block_offset: float = 0.0
+        self,
+        samples: np.ndarray,
+        looping,
+        options: dict,
+        aborting: Callable[[], bool],
+        to_file: Callable[[float], float],
     ) -> list[EngineSegment]:
         """Decode a looping batched piece again, sequentially with temperature fallback, in file time."""
         start = float(looping.start)
         piece = samples[int(start * SAMPLE_RATE) : math.ceil(float(looping.end) * SAMPLE_RATE)]
-        offset = block_offset + start
-        log.info("re-decoding a looping piece at %.1f s (compression ratio %.1f)", offset, looping.compression_ratio)
+        log.info(
+            "re-decoding a looping piece at %.1f s (compression ratio %.1f)", to_file(start), looping.compression_ratio
+        )
         segments, _ = self._model.transcribe(piece, vad_filter=False, **options)
         items: list[EngineSegment] = []
         try:
             for segment in segments:
-                items.append(_segment(segment, options["word_timestamps"], offset))
+                items.append(_segment(segment, options["word_timestamps"], lambda t: to_file(start + t)))
                 if aborting():
                     raise Aborted()
         finally:
             segments.close()
         return items
+
+
+def _speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
+    """Sample ranges of ``samples`` that hold speech, by Silero VAD, each with PAD_MS of margin."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps  # late: as the model, on first use
+
+    found = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=PAUSE_MS, speech_pad_ms=PAD_MS))
+    return [(int(span["start"]), int(span["end"])) for span in found]
 
 
 def _confidence(avg_logprob: float) -> float | None:
@@ -205,13 +238,13 @@ def _confidence(avg_logprob: float) -> float | None:
     return min(1.0, max(math.exp(avg_logprob), MIN_CONFIDENCE))
 
 
-def _words(words: Iterable | None, offset: float = 0.0) -> list[dict]:
-    """faster-whisper's words in the shape the whisper.cpp engine reports them."""
+def _words(words: Iterable | None, to_file: Callable[[float], float]) -> list[dict]:
+    """faster-whisper's words in the shape the whisper.cpp engine reports them, in file time."""
     return [
         {
             "word": w.word.strip(),
-            "start": round(offset + w.start, 3),
-            "end": round(offset + w.end, 3),
+            "start": round(to_file(w.start), 3),
+            "end": round(to_file(w.end), 3),
             "probability": round(float(w.probability), 4),
         }
         for w in words or []
@@ -219,12 +252,12 @@ def _words(words: Iterable | None, offset: float = 0.0) -> list[dict]:
     ]
 
 
-def _segment(segment, words: bool, offset: float = 0.0) -> EngineSegment:
-    """One faster-whisper segment as an ``EngineSegment``, ``offset`` seconds later (to file time)."""
+def _segment(segment, words: bool, to_file: Callable[[float], float]) -> EngineSegment:
+    """One faster-whisper segment as an ``EngineSegment``, its times moved to file time by ``to_file``."""
     return EngineSegment(
-        round(offset + segment.start, 3),
-        round(offset + segment.end, 3),
+        round(to_file(segment.start), 3),
+        round(to_file(segment.end), 3),
         segment.text,
         _confidence(segment.avg_logprob),
-        _words(segment.words, offset) if words else None,
+        _words(segment.words, to_file) if words else None,
     )
