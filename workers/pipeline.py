@@ -18,7 +18,7 @@ from app.models import Job, User, db
 from app.services import media, plans, transitions
 from app.services.breaker import engine_breaker, retry_after
 from app.services.storage import Layout
-from workers import audio, engine, recovery, stages
+from workers import audio, dub_stages, engine, recovery, stages
 from workers.queue import pending_job_ids
 from workers.timestamps import utc_iso
 
@@ -229,6 +229,7 @@ def run(job_id: str) -> None:
     joblog = JobLog(Layout(cfg["DATA_DIR"]).job_log(job_id), job_id)
     joblog.write("INFO", f"started attempt {job.attempts} of {job.original_filename!r} with model {job.model}")
     plan = plans.plan_for(job)
+    assert dub_stages.DUB_CACHE  # imported for its stages, which it registers with workers.stages
     weights = [stages.STAGES[name].weight for name in plan]
     total = sum(weights)
     started = time.monotonic()
