@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.models import Job
-from app.services import analysis, plans
+from app.services import analysis, dubs, plans
 from tests.helpers import AUDIO, MODELS_DIR, assert_error, make_german_video, make_video
 from workers import dubbing
 
@@ -251,3 +251,34 @@ def test_unreachable_speech_server_fails_synthesize_and_a_retry_works_once_it_is
     job = Job.get_by_id(job.id)
     assert job.status == "completed", job.error
     assert server.requests and all(path == "/v1/audio/speech" for path, _ in server.requests)
+
+
+def test_health_reports_tts_and_llm_by_their_servers(app, client):
+    """tts follows the TTS server, llm the chat model: READY while they answer, ERROR when down."""
+    dubs.forget_probes()
+    app.config.update(TTS_BASE_URL=unused_url(), OPENAI_BASE_URL=unused_url())
+    states = client.get("/health").get_json()["engine_statuses"]
+    assert (states["tts"], states["llm"], states["diarization"]) == ("ERROR", "ERROR", "NOT_AVAILABLE")
+    dubs.forget_probes()
+    with FakeServer() as server:
+        app.config.update(TTS_BASE_URL=server.url, OPENAI_BASE_URL=server.url)
+        states = client.get("/health").get_json()["engine_statuses"]
+    assert (states["tts"], states["llm"]) == ("READY", "READY")
+    dubs.forget_probes()
+
+
+def test_library_dub_is_a_sidecar_next_to_the_untouched_media(app, client, admin_headers, drain, stub_engine, tmp_path):
+    """A webhook with dub on library video writes <basename>.en.dub.m4a beside it; the video is unchanged."""
+    root = tmp_path / "library"
+    root.mkdir()
+    app.config["MEDIA_ROOTS"] = str(root)
+    video = make_video(AUDIO / "jfk.flac", root / "Movie (2020).mp4")
+    before = video.read_bytes()
+    response = client.post("/webhook", headers=admin_headers, json={"path": str(video), "dub": "en"})
+    assert response.status_code == 200, response.get_json()
+    drain()
+    job = Job.get_by_id(response.get_json()["task_id"])
+    assert job.status == "completed", job.error
+    sidecar = root / "Movie (2020).en.dub.m4a"
+    assert [s["codec_type"] for s in streams(sidecar)] == ["audio"]
+    assert (root / "Movie (2020).en.srt").exists() and video.read_bytes() == before
