@@ -181,7 +181,9 @@ def mix(ctx: stages.StageContext) -> Path:
     placed = [dubbing.Placed(**p) for p in _read(ctx, FIT_CACHE)["placed"]]
     voice = dubbing.voice_stem(placed, _media_seconds(ctx), ctx.cache / VOICE_CACHE)
     ctx.report(40.0, 0)
-    out = dubbing.mix(ctx.source(), voice, placed, ctx.cache / DUB_CACHE, float(ctx.cfg["FFMPEG_TIMEOUT_SECONDS"]))
+    channels = int((ctx.job.media_info or {}).get("channels") or 2)
+    timeout = float(ctx.cfg["FFMPEG_TIMEOUT_SECONDS"])
+    out = dubbing.mix(ctx.source(), voice, placed, ctx.cache / DUB_CACHE, timeout, channels)
     ctx.log("INFO", f"mixed the {_target(ctx)} dub over the original audio ({len(placed)} clips)")
     return out
 

@@ -21,7 +21,7 @@ from workers.audio import MediaError
 
 DUB_AUDIO = "dub.m4a"  # the mix stage's output in the job's cache, which mux adds as a track
 RATE = 24_000  # every clip and the voice stem: enough for speech, small for the mix
-DUCK_VOLUME = 0.2  # the original under speech: about -14 dB, so music and effects stay audible
+DUCK_VOLUME = 0.1  # the original under speech: -20 dB, so music and effects stay audible but speech recedes
 DUCK_MARGIN = 0.15  # seconds the ducking starts before a clip and ends after it
 # espeak-ng voice per target language; other codes are espeak-ng's own names for most languages.
 ESPEAK_VOICES = {"en": "en-us", "pt": "pt-br", "zh": "cmn"}
@@ -41,6 +41,7 @@ class Placed:
     tempo: float  # 1.0, or the atempo factor it was sped up by
     overflow: float  # seconds it runs past its segment's end (into the following silence)
     path: str
+    end: float = 0.0  # the segment's end: the original is lowered over the whole segment, not only the clip
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy."""
@@ -185,7 +186,7 @@ def fit(
         args = ["-i", str(clip), *(["-af", ",".join(filters)] if filters else []), "-t", f"{played:.3f}"]
         _ffmpeg([*args, "-ac", "1", "-ar", str(RATE), "-c:a", "pcm_s16le", str(target.temp)], timeout, "fitting a clip")
     played = clip_seconds(out)
-    return Placed(index, start, played, round(tempo, 3), round(max(0.0, start + played - end), 3), str(out))
+    return Placed(index, start, played, round(tempo, 3), round(max(0.0, start + played - end), 3), str(out), end)
 
 
 def voice_stem(placed: list[Placed], total_seconds: float, out: Path) -> Path:
@@ -206,18 +207,29 @@ def voice_stem(placed: list[Placed], total_seconds: float, out: Path) -> Path:
 
 
 def duck_expression(placed: list[Placed]) -> str:
-    """ffmpeg's ``enable`` expression that is true while a clip plays (with a margin either side)."""
-    spans = [(max(0.0, p.start - DUCK_MARGIN), p.start + p.seconds + DUCK_MARGIN) for p in placed]
+    """ffmpeg's ``enable`` expression: true over each segment and its clip (with a margin either side).
+
+    The segment is where the original speaks: left at full level after a short clip, it would talk over the dub.
+    """
+    spans = [(max(0.0, p.start - DUCK_MARGIN), max(p.end, p.start + p.seconds) + DUCK_MARGIN) for p in placed]
     return "+".join(f"between(t,{a:.3f},{b:.3f})" for a, b in spans) or "0"
 
 
-def mix(source: Path, voice: Path, placed: list[Placed], out: Path, timeout: float) -> Path:
-    """The original audio, lowered while the dub speaks, with the voice stem over it → AAC in ``out``."""
+def mix(source: Path, voice: Path, placed: list[Placed], out: Path, timeout: float, channels: int = 2) -> Path:
+    """The original audio, lowered while the dub speaks, with the voice stem over it → AAC in ``out``.
+
+    A mono original stays mono; anything else becomes stereo, the voice in both channels at full level
+    (ffmpeg's own mono-to-stereo conversion would lower it by 3 dB).
+    """
+    if channels == 1:
+        layout, voice_to = "mono", "anull"
+    else:
+        layout, voice_to = "stereo", "pan=stereo|c0=c0|c1=c0"
     script = out.with_suffix(".filter")
     script.write_text(
-        f"[0:a:0]volume=volume={DUCK_VOLUME}:enable='{duck_expression(placed)}'[bed];"
-        "[1:a]aresample=48000,aformat=channel_layouts=stereo[voice];"
-        "[bed]aresample=48000,aformat=channel_layouts=stereo[bg];"
+        f"[0:a:0]volume=volume={DUCK_VOLUME}:enable='{duck_expression(placed)}',"
+        f"aresample=48000,aformat=channel_layouts={layout}[bg];"
+        f"[1:a]aresample=48000,{voice_to},aformat=channel_layouts={layout}[voice];"
         "[bg][voice]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[out]"
     )
     try:
