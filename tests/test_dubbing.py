@@ -14,6 +14,7 @@ import pytest
 
 from app.models import Job
 from app.services import analysis, dubs, plans
+from tests.conftest import ADMIN_PASSWORD
 from tests.helpers import AUDIO, MODELS_DIR, assert_error, make_german_video, make_video
 from workers import dubbing
 
@@ -282,3 +283,35 @@ def test_library_dub_is_a_sidecar_next_to_the_untouched_media(app, client, admin
     sidecar = root / "Movie (2020).en.dub.m4a"
     assert [s["codec_type"] for s in streams(sidecar)] == ["audio"]
     assert (root / "Movie (2020).en.srt").exists() and video.read_bytes() == before
+
+
+# ---------------------------------------------------------------------- dashboard
+
+
+def test_dashboard_offers_english_dubs_offline_and_every_language_with_a_chat_model(app):
+    """Offline the Dub choice is English only; with OPENAI_BASE_URL every language."""
+    page = app.test_client()
+    assert page.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).status_code == 200
+    html = page.get("/").get_data(as_text=True)
+    assert 'id="opt-dub"' in html and '<option value="en">English (spoken track)</option>' in html
+    assert '<option value="fr">French (spoken track)</option>' not in html
+    app.config["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
+    assert '<option value="fr">French (spoken track)</option>' in page.get("/").get_data(as_text=True)
+
+
+def test_job_page_plays_and_downloads_the_dub(app, client, admin_headers, drain, stub_engine, tmp_path):
+    """A finished dub job: an audio player and a download of <name>.en.dub.m4a; a job without a dub has neither."""
+    page = app.test_client()
+    assert page.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).status_code == 200
+    video = make_video(AUDIO / "jfk.flac", tmp_path / "talk.mp4")
+    dubbed = job_of(upload(client, admin_headers, video, dub="en"))
+    plain = job_of(upload(client, admin_headers, video))
+    drain()
+    html = page.get(f"/ui/jobs/{dubbed.id}").get_data(as_text=True)
+    assert f'src="/ui/jobs/{dubbed.id}/dub"' in html and 'id="dub-download"' in html
+    played = page.get(f"/ui/jobs/{dubbed.id}/dub", headers={"Range": "bytes=0-99"})
+    assert played.status_code == 206 and played.mimetype == "audio/mp4"
+    saved = page.get(f"/ui/jobs/{dubbed.id}/dub?download=1")
+    assert saved.status_code == 200 and "talk.en.dub.m4a" in saved.headers["Content-Disposition"]
+    assert "dub-player" not in page.get(f"/ui/jobs/{plain.id}").get_data(as_text=True)
+    assert page.get(f"/ui/jobs/{plain.id}/dub").status_code == 404

@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -159,3 +160,12 @@ def apply(
     check(cfg, target, has_video)
     kind = "video" if kind in ("transcribe", "auto") else kind
     return multilingual_model(cfg, model), kind, {**(job_options or {}), **options(cfg, target, library=library)}
+
+
+def dub_audio(cfg: Mapping[str, Any], job: Any) -> Path | None:
+    """The job's dub (the mix stage's output in its cache), when it was made and is still there."""
+    output = ((job.stages or {}).get("mix") or {}).get("output")
+    if not (job.options or {}).get("dub") or not output:
+        return None
+    path = Path(cfg["DATA_DIR"]) / output
+    return path if path.is_file() else None

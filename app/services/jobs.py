@@ -331,6 +331,7 @@ def detail(job: Job) -> dict[str, Any]:
         }
     )
     body["kind"] = job.kind
+    body["dub"] = (job.options or {}).get("dub")  # the dub's language, when the job makes one
     body["stages"] = stage_view(job)
     if job.status == "completed":
         body["transcript"] = transcript(job)
