@@ -156,8 +156,8 @@ def test_unspeakable_segments_are_skipped():
 class FakeServer:
     """A tiny local OpenAI-compatible server: chat completions and /v1/audio/speech (espeak-ng's WAV)."""
 
-    def __init__(self, replies: dict[str, str] | None = None):
-        self.replies, self.requests = replies or {}, []
+    def __init__(self, replies: dict[str, str] | None = None, default: str | None = None):
+        self.replies, self.default, self.requests = replies or {}, default, []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -172,7 +172,8 @@ class FakeServer:
                 owner.requests.append((self.path, body))
                 if self.path.endswith("/chat/completions"):
                     text = body["messages"][-1]["content"]
-                    reply = {"choices": [{"message": {"content": owner.replies.get(text, f"Hallo {text}")}}]}
+                    answer = owner.replies.get(text, f"Hallo {text}" if owner.default is None else owner.default)
+                    reply = {"choices": [{"message": {"content": answer}}]}
                     self._send(200, json.dumps(reply).encode(), "application/json")
                 else:
                     wav = subprocess.run(["espeak-ng", "--stdout", body["input"]], capture_output=True).stdout
@@ -315,3 +316,20 @@ def test_job_page_plays_and_downloads_the_dub(app, client, admin_headers, drain,
     assert saved.status_code == 200 and "talk.en.dub.m4a" in saved.headers["Content-Disposition"]
     assert "dub-player" not in page.get(f"/ui/jobs/{plain.id}").get_data(as_text=True)
     assert page.get(f"/ui/jobs/{plain.id}/dub").status_code == 404
+
+
+def test_a_dub_with_nothing_to_say_completes_with_the_original_sound(app, client, admin_headers, drain, stub_engine):
+    """Every translated segment empty: nothing is spoken, and the job still ends with its (silent) dub track."""
+    app.config.update(OPENAI_MODEL="local")
+    with FakeServer(default="") as server:
+        app.config["OPENAI_BASE_URL"] = server.url
+        video = make_video(AUDIO / "jfk.flac", Path(app.config["DATA_DIR"]) / "quiet.mkv")
+        job = job_of(upload(client, admin_headers, video, dub="de"))
+        drain()
+    job = Job.get_by_id(job.id)
+    assert job.status == "completed", job.error
+    assert job.stages["fit"]["segments"] == 0 and job.stages["fit"]["skipped"] == len(server.requests)
+    out = Path(app.config["DATA_DIR"]) / job.stages["mux"]["output"]
+    assert out.suffix == ".mkv"
+    audio = [s for s in streams(out) if s["codec_type"] == "audio"]
+    assert len(audio) == 2 and audio[1]["tags"]["title"] == "German (dub)"
