@@ -333,3 +333,23 @@ def test_a_dub_with_nothing_to_say_completes_with_the_original_sound(app, client
     assert out.suffix == ".mkv"
     audio = [s for s in streams(out) if s["codec_type"] == "audio"]
     assert len(audio) == 2 and audio[1]["tags"]["title"] == "German (dub)"
+
+
+def test_library_dub_with_mux_library_is_a_muxed_copy(app, client, admin_headers, drain, stub_engine, tmp_path):
+    """WT_DUB_MUX_LIBRARY=true: no dub sidecar; /download gives the video with the original audio and the dub."""
+    root = tmp_path / "library"
+    root.mkdir()
+    app.config.update(MEDIA_ROOTS=str(root), DUB_MUX_LIBRARY=True)
+    video = make_video(AUDIO / "jfk.flac", root / "clip.mp4")
+    before = video.read_bytes()
+    response = client.post("/webhook", headers=admin_headers, json={"path": str(video), "dub": True})
+    assert response.status_code == 200, response.get_json()
+    drain()
+    task = response.get_json()["task_id"]
+    assert Job.get_by_id(task).status == "completed"
+    assert not (root / "clip.en.dub.m4a").exists() and video.read_bytes() == before
+    download = client.get(f"/download/{task}", headers=admin_headers)
+    assert download.status_code == 200
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(download.data)
+    assert [s["codec_type"] for s in streams(copy)].count("audio") == 2

@@ -74,7 +74,7 @@ def download(task_id: str):
     job = jobs.get_job(g.user, task_id)
     if job.status != "completed":
         raise AppError(404, "NOT_READY", f"Task is {job.status}; there is nothing to download yet")
-    if job.kind == "video":
+    if job.kind == "video" or (job.options or {}).get("dub_mux"):  # a library dub muxed on request
         if jobs.outputs_purged(job):
             raise AppError(404, "NOT_FOUND", "The processed video was purged; retry the task to make it again")
         output = (job.stages.get("mux") or {}).get("output")
