@@ -206,11 +206,16 @@ def dub_export(ctx: stages.StageContext) -> Path:
     return target
 
 
-for _stage in (
+DUB_STAGES = (
     stages.Stage("translate", "translating", 40, translate),
     stages.Stage("synthesize", "synthesizing", 10, synthesize),
     stages.Stage("fit", "fitting", 3, fit),
     stages.Stage("mix", "mixing", 4, mix),
     stages.Stage("dub_export", "exporting", 2, dub_export),
-):
-    stages.register(_stage)
+)
+
+
+def register_stages() -> None:
+    """Add the dubbing stages to the runner's table (the pipeline does it when a worker is configured)."""
+    for stage in DUB_STAGES:
+        stages.register(stage)

@@ -35,6 +35,7 @@ def configure(settings: dict[str, Any]) -> None:
     """Give the pipeline the worker's settings (called once per worker process)."""
     _settings.clear()
     _settings.update(settings)
+    dub_stages.register_stages()
 
 
 def worker_id() -> str:
@@ -229,7 +230,6 @@ def run(job_id: str) -> None:
     joblog = JobLog(Layout(cfg["DATA_DIR"]).job_log(job_id), job_id)
     joblog.write("INFO", f"started attempt {job.attempts} of {job.original_filename!r} with model {job.model}")
     plan = plans.plan_for(job)
-    assert dub_stages.DUB_CACHE  # imported for its stages, which it registers with workers.stages
     weights = [stages.STAGES[name].weight for name in plan]
     total = sum(weights)
     started = time.monotonic()
