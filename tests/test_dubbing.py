@@ -47,7 +47,7 @@ def job_of(response) -> Job:
 
 def test_dub_job_adds_an_english_track_beside_the_original(client, admin_headers, drain, german_video, app):
     """A German video with dub=en ends with video, the original audio, an ``eng`` dub and the subtitles."""
-    job = job_of(upload(client, admin_headers, german_video, dub="en", model="tiny.en"))
+    job = job_of(upload(client, admin_headers, german_video, dub="en", model="tiny.en", language="de"))
     assert job.model == "base" and job.kind == "video"  # English-only models cannot translate
     assert plans.plan_for(job)[-5:] == ("translate", "synthesize", "fit", "mix", "mux")
     drain()
@@ -353,3 +353,19 @@ def test_library_dub_with_mux_library_is_a_muxed_copy(app, client, admin_headers
     copy = tmp_path / "copy.mp4"
     copy.write_bytes(download.data)
     assert [s["codec_type"] for s in streams(copy)].count("audio") == 2
+
+
+def test_purged_dub_is_made_again_by_a_retry(app, client, admin_headers, drain, stub_engine, tmp_path):
+    """Purge clears every dub stage (clips, stem, mix); Retry runs them all again and the dub is back."""
+    video = make_video(AUDIO / "jfk.flac", tmp_path / "talk.mkv")
+    job = job_of(upload(client, admin_headers, video, dub="en"))
+    drain()
+    assert client.post(f"/purge/{job.id}", headers=admin_headers).status_code == 200
+    cache = Path(app.config["DATA_DIR"]) / "cache" / job.id
+    assert not cache.exists() and client.get(f"/download/{job.id}", headers=admin_headers).status_code == 404
+    assert client.post(f"/retry/{job.id}", headers=admin_headers).status_code == 200
+    drain()
+    job = Job.get_by_id(job.id)
+    assert job.status == "completed", job.error
+    assert all(job.stages[name]["status"] == "done" for name in ("translate", "synthesize", "fit", "mix", "mux"))
+    assert (cache / "voice.wav").exists() and (cache / "dub.m4a").exists() and any((cache / "clips").iterdir())
