@@ -369,3 +369,19 @@ def test_purged_dub_is_made_again_by_a_retry(app, client, admin_headers, drain, 
     assert job.status == "completed", job.error
     assert all(job.stages[name]["status"] == "done" for name in ("translate", "synthesize", "fit", "mix", "mux"))
     assert (cache / "voice.wav").exists() and (cache / "dub.m4a").exists() and any((cache / "clips").iterdir())
+
+
+def test_repeated_chat_model_outages_open_the_breaker(app, client, admin_headers, drain, stub_engine, tmp_path):
+    """After BREAKER_FAIL_MAX failed translations the chat model is left alone: the stage says when to retry."""
+    analysis.reset_breaker()
+    app.config.update(OPENAI_BASE_URL=unused_url(), OPENAI_MODEL="local")
+    video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
+    job = job_of(upload(client, admin_headers, video, dub="de"))
+    errors = []
+    for _ in range(analysis.BREAKER_FAIL_MAX + 1):
+        drain()
+        errors.append(Job.get_by_id(job.id).error)
+        client.post(f"/api/jobs/{job.id}/restart", headers=admin_headers)
+    assert all("could not be reached" in e for e in errors[: analysis.BREAKER_FAIL_MAX - 1])
+    assert "failed repeatedly; retry in" in errors[-1]  # the failure that trips it says so too
+    analysis.reset_breaker()
