@@ -88,6 +88,18 @@ WS_MAX_CONNECTIONS = 32  # live-log sockets per web process; keep below WT_WEB_T
 BREAKER_FAIL_MAX = 3  # consecutive engine failures that pause new work
 BREAKER_RESET_SECONDS = 60  # how long new work is refused before a trial job runs
 SIDECAR_OVERWRITE = False  # replace an existing <name>.<lang>.srt next to library media
+
+# Dubbing (a spoken track for video jobs with dub=<lang>): offline by default (whisper translates to English,
+# espeak-ng speaks); a chat model (OPENAI_BASE_URL) translates into other languages, a TTS server speaks better.
+DUB_LANGUAGE = "en"  # the target of dub=true; other than English needs the chat model
+DUB_MAX_TEMPO = 1.6  # a clip longer than its segment is sped up at most this much, then runs into the silence after
+DUB_MUX_LIBRARY = False  # library media: a muxed copy in the cache instead of a <name>.<lang>.dub.m4a sidecar
+DUBARR_DUB = False  # Dubarr's /upload and /webhook dub video without being asked (dub=DUB_LANGUAGE)
+TTS_BASE_URL = None  # an OpenAI-compatible /v1/audio/speech server (speaches, Kokoro, Piper, OpenAI); unset: espeak-ng
+TTS_MODEL = "tts-1"
+TTS_VOICE = "alloy"
+TTS_API_KEY = None  # sent to TTS_BASE_URL only, never logged
+DUB_TIMEOUT_SECONDS = 60  # per request to the chat model or the speech server, and per ffmpeg/espeak-ng run
 # Home Assistant's speech-to-text over the Wyoming protocol (whisper-transcriber wyoming; `run` starts it when
 # enabled). Wyoming has no authentication: it listens on WYOMING_HOST only (127.0.0.1: this machine).
 WYOMING_ENABLED = False

@@ -126,3 +126,29 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     if code:
         assert body["error_code"] == code, body
     return body
+
+
+GERMAN_SENTENCES = ("Das Haus ist sehr groß.", "Ich trinke jeden Morgen eine Tasse Kaffee.")
+DUB_TONE_HZ = 440
+
+
+def make_german_video(folder: Path) -> Path:
+    """A ~7 s mp4: two German sentences (espeak-ng ``-v de``) with a pause, over a quiet 440 Hz tone."""
+    parts = []
+    for i, sentence in enumerate(GERMAN_SENTENCES):
+        part = folder / f"de{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "de", "-s", "150", "-w", str(part), sentence], check=True)
+        parts.append(part)
+    speech = folder / "speech.wav"
+    ffmpeg(
+        "-i", str(parts[0]), "-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono:d=1.5", "-i", str(parts[1]),
+        "-f", "lavfi", "-i", "anullsrc=r=22050:cl=mono:d=2",
+        "-filter_complex", "[0:a][1:a][2:a][3:a]concat=n=4:v=0:a=1[s]", "-map", "[s]", "-ar", "16000", str(speech),
+    )  # fmt: skip
+    mixed = folder / "german.wav"
+    ffmpeg(
+        "-i", str(speech), "-f", "lavfi", "-i", f"sine=frequency={DUB_TONE_HZ}:sample_rate=16000",
+        "-filter_complex", "[1:a]volume=0.03[t];[0:a][t]amix=inputs=2:duration=first:normalize=0[m]",
+        "-map", "[m]", str(mixed),
+    )  # fmt: skip
+    return make_video(mixed, folder / "german.mp4")

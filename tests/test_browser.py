@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, OUTPUT, make_video, reference, wer
+from tests.helpers import AUDIO, OUTPUT, make_german_video, make_video, reference, wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install .[test])")
@@ -478,3 +478,36 @@ def test_api_user_signs_in_downloads_the_subtitled_video_and_purges_and_retries(
             page.goto(url + "/login")
             status = page.evaluate("id => fetch('/download/' + id).then(r => r.status)", task_id)
             assert status == 200
+
+
+def test_dub_option_on_upload_and_the_dub_plays_and_downloads_on_the_job_page(chromium, live_server, tmp_path):
+    """Pick "English" under Dub, upload a German video: the job page plays the dubbed track and downloads it."""
+    url = live_server.url
+    video = make_german_video(tmp_path)
+    with session(chromium, "dub") as page:
+        log_in(page, url)
+        page.select_option("#opt-dub", "en")
+        page.select_option("#opt-language", "de")
+        page.set_input_files("#file-input", str(video))
+        uploaded = page.locator(".upload-item.done")
+        expect(uploaded).to_have_count(1)
+        job_id = uploaded.get_attribute("data-job-id")
+        row = job_row(page, job_id)
+        expect(row.locator(".badge")).to_have_text("completed", timeout=JOB_TIMEOUT)
+
+        page.goto(f"{url}/ui/jobs/{job_id}")
+        expect(page.locator("#dub-player")).to_be_visible()
+        duration = page.wait_for_function(
+            "() => { const p = document.getElementById('dub-player'); return p.duration > 0 && p.duration; }"
+        ).json_value()
+        assert abs(duration - live_server.get(f"/api/jobs/{job_id}").json()["duration"]) < 1.0
+        shot(page, "08-job-page-dub")
+        with page.expect_download() as download:
+            page.click("#dub-download")
+        assert download.value.suggested_filename == "german.en.dub.m4a"
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", download.value.path()],
+            capture_output=True,
+            check=True,
+        )
+        assert [s["codec_type"] for s in json.loads(probe.stdout)["streams"]] == ["audio"]

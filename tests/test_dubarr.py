@@ -244,7 +244,14 @@ def test_health_reports_queue_stats_and_engine_statuses(client, admin_headers, s
     body = client.get("/health").get_json()
     assert body["status"] == "ok"
     assert body["queue_stats"] == {"QUEUED": 1, "PROCESSING": 0, "DONE": 0, "ERROR": 0}
-    assert body["engine_statuses"] == {"whisper": "LOADING", "ffmpeg": "READY", "vad": "NOT_CONFIGURED"}
+    assert body["engine_statuses"] == {
+        "whisper": "LOADING",
+        "tts": "READY",  # espeak-ng
+        "llm": "NOT_CONFIGURED",
+        "diarization": "NOT_AVAILABLE",
+        "ffmpeg": "READY",
+        "vad": "NOT_CONFIGURED",
+    }
     drain()
     assert client.get("/health").get_json()["queue_stats"]["DONE"] == 1
 

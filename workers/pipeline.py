@@ -18,7 +18,7 @@ from app.models import Job, User, db
 from app.services import media, plans, transitions
 from app.services.breaker import engine_breaker, retry_after
 from app.services.storage import Layout
-from workers import audio, engine, recovery, stages
+from workers import audio, dub_stages, engine, recovery, stages
 from workers.queue import pending_job_ids
 from workers.timestamps import utc_iso
 
@@ -35,6 +35,7 @@ def configure(settings: dict[str, Any]) -> None:
     """Give the pipeline the worker's settings (called once per worker process)."""
     _settings.clear()
     _settings.update(settings)
+    dub_stages.register_stages()
 
 
 def worker_id() -> str:

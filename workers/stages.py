@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from app.models import Job
-from app.services import exports, transitions
+from app.services import exports, languages, transitions
 from app.services.breaker import engine_breaker
 from app.services.storage import Layout
-from workers import audio, dsp, engine, modelstore, tuning
+from workers import audio, dsp, dubbing, engine, modelstore, tuning
 from workers.atomicfile import PUBLIC, AtomicFile, atomic_write
 
 AUDIO_CACHE = "audio.s16"  # 16 kHz mono s16le, written by the decode stage
@@ -290,6 +290,7 @@ def mux(ctx: StageContext) -> Path:
     source = ctx.source()
     ext = source.suffix.lower() if source.suffix.lower() in _SUBTITLE_CODECS else ".mkv"
     transcript = _transcript(ctx)
+    dub_input, dub_track = _dub_args(ctx, ext)
     subs = ctx.cache / ("subs.vtt" if ext == ".webm" else "subs.srt")
     atomic_write(subs, exports.to_vtt(transcript) if ext == ".webm" else exports.to_srt(transcript))
     out = ctx.cache / f"output{ext}"
@@ -306,12 +307,14 @@ def mux(ctx: StageContext) -> Path:
             str(source),
             "-i",
             str(subs),
+            *dub_input,
             "-map",
             "0",
             "-map",
             "-0:s",
             "-map",
             "1:0",
+            *dub_track,
             "-c",
             "copy",
             "-c:s",
@@ -325,6 +328,17 @@ def mux(ctx: StageContext) -> Path:
             raise audio.MediaError(f"adding the subtitle track failed: {result.stderr.decode(errors='replace')[-300:]}")
     ctx.log("INFO", f"muxed subtitles into {out.name}")
     return out
+
+
+def _dub_args(ctx: StageContext, ext: str) -> tuple[list[str], list[str]]:
+    """The mix stage's dub as an input and as one more audio track after the original ones (none without a dub)."""
+    dub = ctx.cache / dubbing.DUB_AUDIO
+    language = str((ctx.job.options or {}).get("dub") or "")
+    if not language or not dub.exists():
+        return [], []
+    index = len((ctx.job.media_info or {}).get("audio_streams") or [None])  # the original tracks come first
+    title = f"{languages.table().get(language, language).title()} (dub)"
+    return ["-i", str(dub)], dubbing.track_args(index, _LANG3.get(language, language), title, webm=ext == ".webm")
 
 
 def sidecar_name(video: str, language: str | None) -> str:

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify
 
 from app.models import Job, db
 from app.ratelimit import limiter
-from app.services import disk
+from app.services import analysis, disk, dubs
 from app.services.breaker import engine_breaker, retry_after
 from workers import modelstore
 from workers.queue import consumer_alive
@@ -63,7 +63,11 @@ def queue_stats(counts: dict[str, int]) -> dict[str, int]:
 
 
 def engine_statuses() -> dict[str, str]:
-    """READY, LOADING, ERROR or NOT_CONFIGURED for whisper, ffmpeg and voice-activity detection."""
+    """READY, LOADING, ERROR, NOT_CONFIGURED or NOT_AVAILABLE for each engine Dubarr names, and ffmpeg and VAD.
+
+    ``tts``: espeak-ng installed, or the ``WT_TTS_BASE_URL`` server answering; ``llm``: the chat model at
+    ``OPENAI_BASE_URL`` answering (NOT_CONFIGURED when none is set up); ``diarization`` does not exist yet.
+    """
     cfg = current_app.config
     installed = modelstore.installed(cfg["MODELS_DIR"])
     if retry_after(engine_breaker) is not None:
@@ -76,4 +80,11 @@ def engine_statuses() -> dict[str, str]:
         whisper = "READY"
     ffmpeg = "READY" if shutil.which("ffmpeg") and shutil.which("ffprobe") else "ERROR"
     vad = "READY" if any(name.startswith("silero") for name in installed) else "NOT_CONFIGURED"
-    return {"whisper": whisper, "ffmpeg": ffmpeg, "vad": vad}
+    return {
+        "whisper": whisper,
+        "tts": dubs.tts_state(cfg),
+        "llm": dubs.llm_state(cfg, retry_after(analysis.analysis_breaker) is not None),
+        "diarization": "NOT_AVAILABLE",
+        "ffmpeg": ffmpeg,
+        "vad": vad,
+    }

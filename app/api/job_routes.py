@@ -22,6 +22,7 @@ def create_from_request(**overrides):
         "language": form.get("language"),
         "task": form.get("task"),
         "prompt": form.get("prompt"),
+        "dub": form.get("dub"),  # a target language (or true): video jobs gain a spoken track
     }
     params.update(overrides)
     return jobs.create_job(current_app.config, g.user, path, filename, **params)

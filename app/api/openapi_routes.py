@@ -76,6 +76,7 @@ _JOB_OPTIONS = {
     "language": STR,
     "task": {"type": "string", "enum": ["transcribe", "translate"]},
     "prompt": STR,
+    "dub": {"type": "string", "description": "Video only: a spoken track in this language (e.g. en, or true)"},
 }
 _WAIT = {
     "name": "wait",

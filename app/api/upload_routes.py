@@ -95,6 +95,7 @@ def finalize(session_id: str):
         language=string_field(data, "language", required=False, max_length=16),
         task=string_field(data, "task", required=False, max_length=16),
         prompt=string_field(data, "prompt", required=False, max_length=2000),
+        dub=string_field(data, "dub", required=False, max_length=16),
     )
     return jsonify(
         {

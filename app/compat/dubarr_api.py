@@ -15,7 +15,7 @@ from app.api.export_routes import download_response
 from app.api.job_routes import create_from_request
 from app.errors import AppError
 from app.security import login_required, offer_basic
-from app.services import jobs, media
+from app.services import dubs, jobs, media
 from app.validation import json_body
 
 bp = Blueprint("dubarr", __name__)
@@ -38,7 +38,8 @@ def _done(job_id: str, message: str, **extra) -> Response | tuple:
 @login_required("jobs:create")
 def upload():
     """Upload a video (mp4, mkv, webm, mov, avi) or audio file; 303 to the dashboard."""
-    job = create_from_request(kind="auto")
+    dub = request.form.get("dub", dubs.IF_VIDEO if current_app.config.get("DUBARR_DUB") else None)
+    job = create_from_request(kind="auto", dub=dub)
     response = redirect(f"/?job={job.id}", code=303)
     response.headers["X-Job-ID"] = job.id
     return response
@@ -59,8 +60,9 @@ def webhook():
             "No media path in the payload (expected 'path', an arr import, or a Jellyfin template with ItemPath)",
         )
     path = media.resolve_library_file(current_app.config, raw)
+    dub = data.get("dub", dubs.IF_VIDEO if current_app.config.get("DUBARR_DUB") else None)
     job = media.queue_library_file(
-        current_app.config, g.user, path, model=data.get("model"), language=data.get("language")
+        current_app.config, g.user, path, model=data.get("model"), language=data.get("language"), dub=dub
     )
     return jsonify({"status": "queued", "path": str(path), "task_id": job.id, "eventType": event})
 
@@ -72,7 +74,7 @@ def download(task_id: str):
     job = jobs.get_job(g.user, task_id)
     if job.status != "completed":
         raise AppError(404, "NOT_READY", f"Task is {job.status}; there is nothing to download yet")
-    if job.kind == "video":
+    if job.kind == "video" or (job.options or {}).get("dub_mux"):  # a library dub muxed on request
         if jobs.outputs_purged(job):
             raise AppError(404, "NOT_FOUND", "The processed video was purged; retry the task to make it again")
         output = (job.stages.get("mux") or {}).get("output")

@@ -264,6 +264,7 @@ def finalize(
     language: str | None = None,
     task: str | None = None,
     prompt: str | None = None,
+    dub: str | None = None,
 ) -> Job:
     """Check every chunk against the client's checksums, assemble the file and queue a job."""
     # Job options first: a typo in the model name must not cost assembling a large file.
@@ -282,7 +283,7 @@ def finalize(
         chunks = _verified_chunks(session, chunk_checksums)
         path = _assemble(cfg, session, chunks)
         job = jobs.create_job(
-            cfg, user, path, session.filename, model=model, language=language, task=task, prompt=prompt
+            cfg, user, path, session.filename, model=model, language=language, task=task, prompt=prompt, dub=dub
         )  # removes the file itself on any error
     except BaseException:
         with db.atomic("IMMEDIATE"):  # let the client fix what was wrong and finalize again

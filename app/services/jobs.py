@@ -15,7 +15,7 @@ from typing import Any
 
 from app.errors import AppError, not_found
 from app.models import FINISHED, JOB_STATUSES, Job, Segment, User, db, isoformat, utcnow
-from app.services import languages, model_aliases, plans, queueing
+from app.services import dubs, languages, model_aliases, plans, queueing
 from app.services.breaker import engine_breaker, ensure_accepting
 from app.services.storage import Layout, clean_filename
 from app.shutdown import stopping
@@ -148,6 +148,7 @@ def create_job(
     kind: str = "transcribe",
     options: dict[str, Any] | None = None,
     enqueue: bool = True,
+    dub: Any = None,
 ) -> Job:
     """Turn a complete uploaded file into a queued job. On any error the file is removed."""
     uses_engine = kind != "cleanup" or bool((options or {}).get("transcribe"))
@@ -155,6 +156,7 @@ def create_job(
     try:
         model, task, language = _check_request(cfg, model, task, language, prompt, uses_engine=uses_engine)
         info = probe_upload(cfg, upload)
+        model, kind, options = dubs.apply(cfg, dub, info.has_video, model, kind, options)
         job_id = uuid.uuid4().hex
         name = clean_filename(original_filename)
         final = Layout(cfg["DATA_DIR"]).upload_path(job_id, name)
@@ -189,11 +191,13 @@ def create_source_job(
     model: str | None = None,
     language: str | None = None,
     options: dict[str, Any] | None = None,
+    dub: Any = None,
 ) -> Job:
     """Queue a file that stays where it is (a media-library file); the appliance never moves or deletes it."""
     requested = (model or "").strip() or None
     model, task, language = _check_request(cfg, model, None, language, None)
     info = probe_upload(cfg, source)
+    model, kind, options = dubs.apply(cfg, dub, info.has_video, model, kind, options, library=True)
     return _insert(
         cfg,
         user,
@@ -327,6 +331,7 @@ def detail(job: Job) -> dict[str, Any]:
         }
     )
     body["kind"] = job.kind
+    body["dub"] = (job.options or {}).get("dub")  # the dub's language, when the job makes one
     body["stages"] = stage_view(job)
     if job.status == "completed":
         body["transcript"] = transcript(job)

@@ -80,13 +80,19 @@ def webhook_path(data: Mapping[str, Any]) -> tuple[Any, str]:
 
 
 def queue_library_file(
-    cfg: Mapping[str, Any], user: User | None, path: Path, *, model: str | None = None, language: str | None = None
+    cfg: Mapping[str, Any],
+    user: User | None,
+    path: Path,
+    *,
+    model: str | None = None,
+    language: str | None = None,
+    dub: Any = None,
 ) -> Job:
     """Queue a sidecar job for a library file, unless one for the same file is already waiting or running."""
     waiting = Job.select().where((Job.source_path == str(path)) & Job.status.in_(("queued", "processing"))).first()
     if waiting is not None:
         return waiting
-    return jobs.create_source_job(cfg, user, path, kind="sidecar", model=model, language=language)
+    return jobs.create_source_job(cfg, user, path, kind="sidecar", model=model, language=language, dub=dub)
 
 
 # --------------------------------------------------------------- folder watch

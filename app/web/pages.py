@@ -32,7 +32,7 @@ from flask import (
 from app.errors import AppError, not_found
 from app.models import User
 from app.security import SESSION_COOKIE, decode_token
-from app.services import jobs
+from app.services import dubs, jobs
 from app.services.credentials import SCOPES, USER_SCOPES
 from workers import modelstore
 
@@ -200,6 +200,8 @@ def home():
         models=models,
         default_model=cfg["DEFAULT_MODEL"],
         languages=LANGUAGES,
+        # Offline, whisper translates into English only; a chat model (OPENAI_BASE_URL) dubs into any language.
+        dub_languages=[(c, n) for c, n in LANGUAGES if c == "en" or dubs.llm_configured(cfg)],
         chunk_threshold=CHUNK_THRESHOLD,
         chunk_size=chunk_size,
         max_upload=int(cfg.get("MAX_CONTENT_LENGTH") or 0),
@@ -218,7 +220,8 @@ def job_page(job_id: str):
     detail = jobs.detail(job)
     has_media = _media_path(job) is not None
     video = bool((job.media_info or {}).get("has_video"))
-    return render("job.html", job=detail, has_media=has_media, video=video)
+    has_dub = dubs.dub_audio(current_app.config, job) is not None
+    return render("job.html", job=detail, has_media=has_media, video=video, has_dub=has_dub)
 
 
 @bp.get("/ui/jobs/<job_id>/media")
@@ -234,6 +237,28 @@ def job_media(job_id: str):
     mimetype = mimetypes.guess_type(job.original_filename)[0] or mimetypes.guess_type(path.name)[0]
     response = send_file(
         path, mimetype=mimetype or "application/octet-stream", conditional=True, download_name=path.name
+    )
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+@bp.get("/ui/jobs/<job_id>/dub")
+def job_dub(job_id: str):
+    """The job's dubbed audio track for the player (Range support), or as a download with ``?download=1``."""
+    user = session_user()
+    if user is None:
+        raise AppError(401, "UNAUTHORIZED", "Sign in to play this file")
+    job = jobs.get_job(user, job_id)
+    path = dubs.dub_audio(current_app.config, job)
+    if path is None:
+        raise not_found("Dub")
+    name = f"{Path(job.original_filename).stem}.{job.options['dub']}.dub.m4a"
+    response = send_file(
+        path,
+        mimetype="audio/mp4",
+        conditional=True,
+        as_attachment=bool(request.args.get("download")),
+        download_name=name,
     )
     response.headers["Cache-Control"] = "private, no-cache"
     return response

@@ -19,7 +19,8 @@
 
   function options() {
     const pick = (id) => document.getElementById(id).value;
-    const opts = { model: pick("opt-model"), language: pick("opt-language"), task: pick("opt-task") };
+    const opts = { model: pick("opt-model"), language: pick("opt-language"), task: pick("opt-task"),
+      dub: pick("opt-dub") };
     for (const key of Object.keys(opts)) if (!opts[key]) delete opts[key];
     return opts;
   }
@@ -185,12 +186,16 @@
     }
   }
 
+  const VIDEO_EXTENSIONS = /\.(mp4|mkv|webm|mov|avi|m4v)$/i;
+  const isVideo = (file) => (file.type || "").startsWith("video/") || VIDEO_EXTENSIONS.test(file.name);
+
   async function upload(file, ui) {
     const limit = Number(section.dataset.maxUpload) || 0;
     if (!file.size) throw new WT.ApiError("The file is empty.", 0);
     if (limit && file.size > limit) throw new WT.ApiError("The file is larger than this server's limit of " + WT.bytes(limit) + ".", 0);
     const threshold = Number(section.dataset.chunkThreshold) || 25 * 1024 * 1024; // read now: tests lower it
     const opts = options();
+    if (!isVideo(file)) delete opts.dub; // only video is dubbed; audio is transcribed as usual
     return file.size > threshold ? chunked(file, opts, ui) : simple(file, opts, ui);
   }
 
