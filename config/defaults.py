@@ -94,7 +94,7 @@ SIDECAR_OVERWRITE = False  # replace an existing <name>.<lang>.srt next to libra
 DUB_LANGUAGE = "en"  # the target of dub=true; other than English needs the chat model
 DUB_MAX_TEMPO = 1.6  # a clip longer than its segment is sped up at most this much, then runs into the silence after
 DUB_MUX_LIBRARY = False  # library media: a muxed copy in the cache instead of a <name>.<lang>.dub.m4a sidecar
-DUBARR_DUB = False  # Dubarr's /upload and /webhook dub video without being asked (dub=DUB_LANGUAGE)
+DUBARR_DUB = True  # Dubarr's /upload and /webhook dub video (dub=DUB_LANGUAGE) once a multilingual model is installed
 TTS_BASE_URL = None  # an OpenAI-compatible /v1/audio/speech server (speaches, Kokoro, Piper, OpenAI); unset: espeak-ng
 TTS_MODEL = "tts-1"
 TTS_VOICE = "alloy"

@@ -192,7 +192,7 @@ class StubEngine:
 def stub_engine(monkeypatch):
     """Replace the engine with :class:`StubEngine` for this test."""
     StubEngine.calls = []
-    monkeypatch.setattr(engine, "_build", StubEngine)
+    monkeypatch.setattr(engine, "build", StubEngine)
     engine._cache.clear()
     yield StubEngine
     engine._cache.clear()

@@ -168,11 +168,13 @@ def test_repeated_webhook_for_a_waiting_file_returns_the_same_task(client, admin
 
 
 def test_video_upload_redirects_and_its_download_has_video_and_subtitles(client, admin_headers, drain, tmp_path):
-    """The video stream is copied bit for bit and a subtitle track is added."""
+    """The video stream is copied bit for bit and a subtitle track is added (dubs: tests/test_dubbing.py)."""
     video = make_video(AUDIO / "jfk.flac", tmp_path / "clip.mp4")
     with open(video, "rb") as f:
         response = client.post(
-            "/upload", headers={**admin_headers, "Accept": "text/html"}, data={"file": (f, "clip.mp4")}
+            "/upload",
+            headers={**admin_headers, "Accept": "text/html"},
+            data={"file": (f, "clip.mp4"), "dub": "false"},
         )
     assert response.status_code == 303 and response.headers["Location"].startswith("/?job=")
     task_id = response.headers["X-Job-ID"]

@@ -102,13 +102,16 @@ def test_dub_into_another_language_offline_is_refused(client, admin_headers, tmp
     assert_error(upload(client, admin_headers, video, dub="klingon"), 400, "INVALID_DUB_LANGUAGE")
 
 
-def test_jobs_without_dub_keep_their_plans(client, admin_headers, tmp_path):
-    """No dub field: a video job is decode → transcribe → finalize → mux as before."""
+def test_jobs_without_dub_keep_their_plans_and_dubarr_tasks_dub_by_default(client, admin_headers, tmp_path):
+    """No dub field: a job runs its plan as before; a Dubarr video task dubs unless it opts out."""
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    with open(video, "rb") as f:
-        response = client.post("/upload", headers=admin_headers, data={"file": (f, "jfk.mp4")})
-    assert response.status_code == 303
-    assert plans.plan_for(Job.get_by_id(response.headers["X-Job-ID"])) == plans.PLANS["video"]
+    assert "synthesize" not in plans.plan_for(job_of(upload(client, admin_headers, video)))
+    for form, dubbed in (({}, True), ({"dub": "false"}, False)):
+        with open(video, "rb") as f:
+            response = client.post("/upload", headers=admin_headers, data={"file": (f, "jfk.mp4"), **form})
+        assert response.status_code == 303
+        plan = plans.plan_for(Job.get_by_id(response.headers["X-Job-ID"]))
+        assert ("synthesize" in plan) is dubbed and plan[-1] == "mux"
 
 
 # ---------------------------------------------------------------------- fitting

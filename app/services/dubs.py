@@ -40,11 +40,16 @@ def english_only(model: str) -> bool:
     return ".en" in model
 
 
+def installed_multilingual(cfg: Mapping[str, Any]) -> list[str]:
+    """The installed models that can translate (not English-only)."""
+    return [m for m in modelstore.installed(cfg["MODELS_DIR"]) if not english_only(m)]
+
+
 def multilingual_model(cfg: Mapping[str, Any], model: str) -> str:
     """``model`` when it is multilingual, else an installed multilingual one (same size first); 400 if none."""
     if not english_only(model):
         return model
-    installed = [m for m in modelstore.installed(cfg["MODELS_DIR"]) if not english_only(m)]
+    installed = installed_multilingual(cfg)
     size = model.split(".en")[0]
     ranked = sorted(installed, key=lambda m: (m.split("-")[0] != size, "q8_0" in m, m))
     if not ranked:
@@ -152,8 +157,8 @@ def apply(
     A dub needs a video, and a multilingual model for the whole job: an English-only model could neither
     transcribe the foreign speech nor translate it, so it is swapped for the installed multilingual one.
     """
-    if dub == IF_VIDEO:  # Dubarr's default (WT_DUBARR_DUB): dub video, transcribe audio as before
-        dub = True if has_video else None
+    if dub == IF_VIDEO:  # Dubarr's default (WT_DUBARR_DUB): dub video it can, transcribe the rest as before
+        dub = True if has_video and installed_multilingual(cfg) else None
     target = parse_dub(cfg, dub)
     if target is None:
         return model, kind, job_options or {}
