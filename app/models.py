@@ -1,4 +1,4 @@
-"""Database models (Peewee on SQLite in WAL mode) and their named queries.
+"""Database models (Peewee on SQLite in WAL mode, or PostgreSQL) and their named queries.
 
 The job table is the source of truth; the Huey queue only carries job ids.
 """
@@ -19,13 +19,24 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
     TextField,
     fn,
 )
 
 from workers.timestamps import utc_iso
 
-db = DatabaseProxy()  # bound to the SQLite file by app.db.open_database
+db = DatabaseProxy()  # bound to the SQLite file or PostgreSQL by app.db.open_database
+
+
+def on_postgresql() -> bool:
+    """True when the bound database is PostgreSQL (hand-written SQL differs there)."""
+    return isinstance(db.obj, PostgresqlDatabase)
+
+
+def portable_sql(sql: str) -> str:
+    """Hand-written SQL with ``?`` placeholders, in the bound database's parameter style."""
+    return sql.replace("?", "%s") if on_postgresql() else sql
 
 
 JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
@@ -351,7 +362,8 @@ class Setting(BaseModel):
     def write(cls, key: str, value: Any) -> None:
         """Store a value, replacing the old one."""
         with db.atomic("IMMEDIATE"):
-            cls.replace(key=key, value=value).execute()
+            # INSERT ... ON CONFLICT: SQLite's REPLACE has no PostgreSQL form
+            cls.insert(key=key, value=value).on_conflict(conflict_target=[cls.key], update={cls.value: value}).execute()
 
 
 class UploadSession(BaseModel):

@@ -39,7 +39,7 @@ from typing import Any
 
 import psutil
 
-from app.db import open_database
+from app.db import database_url, open_database
 from app.models import Job, Setting, db
 from workers.lifecycle import RECYCLE_EXIT_CODE, SUPERVISOR_ENV
 from workers.queue import huey
@@ -208,7 +208,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until stopped; 0 after a clean stop, 1 when the web server died."""
-        open_database(Path(self.settings["DATA_DIR"]) / "whisper.db")
+        open_database(database_url(self.settings), self.settings["DATA_DIR"])
         proc = psutil.Process()
         self.pidfile.write_text(f"{proc.pid} {proc.create_time():.2f}\n")
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

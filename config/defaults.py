@@ -52,9 +52,17 @@ WORKER_INDEX = 0
 MAX_ATTEMPTS = 3
 QUEUE_POLL_SECONDS = 1.0  # idle workers look at the queue this often; an enqueue wakes them at once
 
+# More than one box (docs/scale-out.md). Empty: the single box's SQLite file $DATA_DIR/whisper.db, and the
+# SQLite queue $DATA_DIR/queue.db. postgresql://user:password@host/name and redis://host:6379/0 share them.
+DATABASE_URL = ""
+QUEUE_URL = ""
+# The engine breaker's state: empty: the Redis of QUEUE_URL when there is one, else the database; "database".
+BREAKER_STORAGE_URL = ""
+
 # Rate limits (flask-limiter strings, "N per minute;M per day"). memory:// suits the single Gunicorn
 # process; with more processes point RATELIMIT_STORAGE_URI at shared storage such as redis://host:6379.
-RATELIMIT_STORAGE_URI = "memory://"
+# Empty: QUEUE_URL when that is redis://, else memory://.
+RATELIMIT_STORAGE_URI = ""
 RATELIMIT_ENABLED = True
 RATELIMIT_ANON = "60 per minute"  # per client address
 RATELIMIT_USER = "300 per minute"  # per user; also API keys without their own limit
