@@ -47,6 +47,10 @@ def boot(settings: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
         if role == "worker":
             lifecycle.lower_priority(int(loaded["WORKER_NICE"]))
         logging_setup.console_logging(loaded["LOG_LEVEL"])
+    # late: app.supervisor imports workers.lifecycle, which may be what is importing this package now
+    from app.supervisor import name_this_box
+
+    name_this_box(loaded["WORKER_NAME"])
     Layout(loaded["DATA_DIR"]).ensure()
     logging_setup.configure_logging(loaded, role)
     db.open_database(db.database_url(loaded), loaded["DATA_DIR"])

@@ -52,6 +52,22 @@ def _heartbeat(interval: float = 30.0) -> None:
         time.sleep(interval)
 
 
+def _leases(seconds: float) -> None:
+    """Renew the running job's lease three times per lease; once per lease, give back jobs whose lease ran out."""
+    from workers import pipeline
+
+    tick, ticks = max(0.5, seconds / 3), 0
+    while True:
+        time.sleep(tick)
+        ticks += 1
+        try:
+            pipeline.renew_leases()
+            if ticks % 3 == 0:
+                pipeline.reconcile()  # a worker on another box died: its job must not wait for the minute task
+        except Exception:  # a busy or unreachable database must not kill the thread; the next tick tries again
+            logging.getLogger(__name__).exception("lease renewal failed")
+
+
 @main.command()
 def worker() -> None:
     """Run one Huey consumer: one process, one model, one job at a time."""
@@ -67,6 +83,7 @@ def worker() -> None:
     pipeline.reconcile()
     recycler = lifecycle.install_recycling(queue.huey, settings, supervised)  # memory or job limit reached
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
+    threading.Thread(target=_leases, args=(float(settings["LEASE_SECONDS"]),), daemon=True, name="leases").start()
     consumer = queue.huey.create_consumer(
         workers=1, worker_type="thread", periodic=True, initial_delay=poll, max_delay=poll, backoff=1.0
     )

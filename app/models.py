@@ -203,7 +203,9 @@ class Job(BaseModel):
     stages = JSONField(default=dict)
     error = TextField(null=True)
     attempts = IntegerField(default=0)
-    worker_id = CharField(null=True)
+    worker_id = CharField(null=True)  # "<pid>:<process start time>" of the worker running it, on its own box
+    worker_name = CharField(null=True)  # that worker's WT_WORKER_NAME (its box); NULL on rows from before names
+    lease_expires_at = DateTimeField(null=True)  # the running worker renews it; past it, the job is given back
     cancel_requested = BooleanField(default=False)
     created_at = DateTimeField(default=utcnow, index=True)
     updated_at = DateTimeField(default=utcnow)
@@ -232,8 +234,8 @@ class Job(BaseModel):
         return cls.owned_by(user)
 
     @classmethod
-    def claim(cls, job_id: str, worker_id: str) -> bool:
-        """Atomically move a queued job to processing for this worker; False if someone else has it."""
+    def claim(cls, job_id: str, worker_id: str, worker_name: str | None = None, lease_seconds: float = 60) -> bool:
+        """Atomically move a queued job to processing for this worker, under a lease; False if someone else has it."""
         with db.atomic("IMMEDIATE"):
             now = utcnow()
             changed = (
@@ -241,6 +243,8 @@ class Job(BaseModel):
                     status="processing",
                     stage="decoding",
                     worker_id=worker_id,
+                    worker_name=worker_name,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
                     attempts=cls.attempts + 1,
                     started_at=now,
                     updated_at=now,
@@ -249,6 +253,16 @@ class Job(BaseModel):
                 .execute()
             )
         return changed == 1
+
+    @classmethod
+    def renew_leases(cls, worker_id: str, worker_name: str | None, lease_seconds: float) -> int:
+        """Extend the leases of the jobs this worker runs (its heartbeat); how many it holds."""
+        with db.atomic("IMMEDIATE"):
+            return (
+                cls.update(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+                .where((cls.worker_id == worker_id) & (cls.worker_name == worker_name) & (cls.status == "processing"))
+                .execute()
+            )
 
     @classmethod
     def in_status(cls, *statuses: str):

@@ -11,6 +11,7 @@ import os
 import re
 import runpy
 import secrets
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ ENV_NAMES = {
     "WT_DATABASE_URL": "DATABASE_URL",
     "WT_QUEUE_URL": "QUEUE_URL",
     "WT_BREAKER_STORAGE_URL": "BREAKER_STORAGE_URL",
+    "WT_WORKER_NAME": "WORKER_NAME",
+    "WT_LEASE_SECONDS": "LEASE_SECONDS",
     "WT_RATELIMIT_STORAGE_URI": "RATELIMIT_STORAGE_URI",
     "WT_RATELIMIT_ENABLED": "RATELIMIT_ENABLED",
     "WT_RATELIMIT_ANON": "RATELIMIT_ANON",
@@ -137,6 +140,7 @@ def _shared_storage(settings: dict[str, Any]) -> None:
     if queue and not queue.startswith(("redis://", "rediss://")):
         raise RuntimeError("WT_QUEUE_URL must be empty (the SQLite queue in the data dir) or redis://host:6379/0")
     settings["DATABASE_URL"], settings["QUEUE_URL"] = database, queue
+    settings["WORKER_NAME"] = str(settings.get("WORKER_NAME") or "") or socket.gethostname()
     if not settings.get("RATELIMIT_STORAGE_URI"):
         settings["RATELIMIT_STORAGE_URI"] = queue or "memory://"
     breaker = str(settings.get("BREAKER_STORAGE_URL") or "")

@@ -56,6 +56,12 @@ QUEUE_POLL_SECONDS = 1.0  # idle workers look at the queue this often; an enqueu
 # SQLite queue $DATA_DIR/queue.db. postgresql://user:password@host/name and redis://host:6379/0 share them.
 DATABASE_URL = ""
 QUEUE_URL = ""
+# Each worker's name, shown on the admin page; unique per box. Empty: the host name.
+WORKER_NAME = ""
+# A worker holds its running job under a lease it renews every third of this; a job whose lease ran out (its
+# worker died, or lost the network) goes back to the queue, counting an attempt. Workers of the same box
+# are checked by their pid at once.
+LEASE_SECONDS = 60
 # The engine breaker's state: empty: the Redis of QUEUE_URL when there is one, else the database; "database".
 BREAKER_STORAGE_URL = ""
 

@@ -63,11 +63,13 @@
     const list = (stats.processes || {}).workers || [];
     const body = document.getElementById("workers-body");
     body.replaceChildren(...list.map((w) => WT.el("tr", {},
-      WT.el("td", { "data-label": "PID" }, String(w.pid)),
+      WT.el("td", { "data-label": "Worker" }, (w.name || "") + " · " + String(w.pid) + (w.local === false ? " (" + (w.host || "") + ")" : "")),
       WT.el("td", { "data-label": "Memory" }, w.rss_mb ? w.rss_mb + " MB" : "–"),
       WT.el("td", { "data-label": "Uptime" }, WT.clock(w.uptime_seconds)),
-      WT.el("td", { "data-label": "Job" }, w.job_id ? WT.el("a", { href: "/ui/jobs/" + w.job_id }, w.job_id.slice(0, 8)) : "idle"))));
-    if (!list.length) body.appendChild(WT.el("tr", {}, WT.el("td", { colspan: 4, class: "muted" }, "No worker is running.")));
+      WT.el("td", { "data-label": "Job" }, w.job_id ? WT.el("a", { href: "/ui/jobs/" + w.job_id }, w.job_id.slice(0, 8)) : "idle"),
+      WT.el("td", { "data-label": "Model" }, w.model ? w.model + (w.engine ? " · " + w.engine.split(":")[0] : "") : "–"),
+      WT.el("td", { "data-label": "Heartbeat" }, w.last_heartbeat ? w.last_heartbeat.slice(11, 19) : "–"))));
+    if (!list.length) body.appendChild(WT.el("tr", {}, WT.el("td", { colspan: 6, class: "muted" }, "No worker is running.")));
     document.getElementById("queue-line").textContent = "Jobs waiting in the queue: " + (stats.queue_depth || 0);
   }
 
