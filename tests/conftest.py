@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 
 from app import security
 from tests.helpers import MODELS_DIR, OUTPUT, ROOT, post_clip, wait_for
-from tests.servers import PostgresServer, running
+from tests.servers import PostgresServer, RedisServer, running
 from workers import engine
 
 ADMIN_PASSWORD = "admin-password-123"
@@ -86,6 +86,13 @@ TEST_DATABASE = os.environ.get("WT_TEST_DATABASE", "sqlite")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session, in its own temp dir (its user must own it), on a free port."""
     with running(PostgresServer(Path(tempfile.mkdtemp(prefix="wt-pg-")))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server for the whole session: free port, temp dir, nothing saved."""
+    with running(RedisServer(Path(tempfile.mkdtemp(prefix="wt-redis-")))) as server:
         yield server
 
 
