@@ -52,11 +52,17 @@ def _heartbeat(interval: float = 30.0) -> None:
         time.sleep(interval)
 
 
-def _leases(seconds: float) -> None:
-    """Renew the running job's lease three times per lease; once per lease, give back jobs whose lease ran out."""
-    from workers import pipeline
+def _leases(seconds: float, name: str) -> None:
+    """Renew the running job's lease three times per lease; once per lease, give back jobs whose lease ran out.
 
-    tick, ticks = max(0.5, seconds / 3), 0
+    Each tick also reads whether an admin drained this worker (by name, from any box): then it finishes
+    its job and takes no more until resumed.
+    """
+    from app.services import draining
+    from workers import pipeline, queue
+
+    tick, ticks, drained = max(0.5, seconds / 3), 0, False
+    log = logging.getLogger(__name__)
     while True:
         time.sleep(tick)
         ticks += 1
@@ -64,8 +70,15 @@ def _leases(seconds: float) -> None:
             pipeline.renew_leases()
             if ticks % 3 == 0:
                 pipeline.reconcile()  # a worker on another box died: its job must not wait for the minute task
+            if draining.is_drained(name) != drained:
+                drained = not drained
+                log.warning("worker %s %s", name, "drained: no new jobs" if drained else "resumed")
+                if drained:
+                    queue.huey.storage.interrupt()  # the running job goes on; dequeue answers nothing
+                else:
+                    queue.huey.storage.resume()
         except Exception:  # a busy or unreachable database must not kill the thread; the next tick tries again
-            logging.getLogger(__name__).exception("lease renewal failed")
+            log.exception("lease renewal failed")
 
 
 @main.command()
@@ -83,7 +96,8 @@ def worker() -> None:
     pipeline.reconcile()
     recycler = lifecycle.install_recycling(queue.huey, settings, supervised)  # memory or job limit reached
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
-    threading.Thread(target=_leases, args=(float(settings["LEASE_SECONDS"]),), daemon=True, name="leases").start()
+    lease = (float(settings["LEASE_SECONDS"]), settings["WORKER_NAME"])
+    threading.Thread(target=_leases, args=lease, daemon=True, name="leases").start()
     consumer = queue.huey.create_consumer(
         workers=1, worker_type="thread", periodic=True, initial_delay=poll, max_delay=poll, backoff=1.0
     )

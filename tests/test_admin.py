@@ -135,6 +135,7 @@ def test_stats_carry_the_full_api_shape_and_real_figures(app, client, admin_head
             "job_id": None,
             "model": None,
             "engine": None,
+            "drained": False,
         }
     ]
 

@@ -117,4 +117,22 @@ def test_the_admin_stats_list_a_worker_of_another_box_with_its_job_model_and_hea
         ("nas", "nas.lan", False, job_id, "tiny.en")
     ]
     assert workers[0]["engine"].startswith("whispercpp") and workers[0]["last_heartbeat"].endswith("Z")
+    assert workers[0]["drained"] is False
     assert live_workers() == []  # concurrency and restarts concern this box's workers only
+
+
+def test_an_admin_drains_a_worker_of_any_box_by_name_and_resumes_it(app, client, admin_headers, user_headers):
+    """The name is stored where every worker reads it; the change is audited; a bad name is a 422."""
+    from app.models import AuditLog
+    from app.services import draining
+
+    body = client.post("/admin/workers/nas/drain", headers=admin_headers).get_json()
+    assert body["drained"] is True and body["name"] == "nas" and body["workers"] == []
+    assert client.get("/admin/workers", headers=admin_headers).get_json()["drained"] == ["nas"]
+    with app.app_context():
+        assert draining.is_drained("nas") and not draining.is_drained("box-a")
+        assert AuditLog.search(action="worker_drain").first().target == "nas"
+    assert client.post("/admin/workers/nas/resume", headers=admin_headers).get_json()["drained"] is False
+    assert client.get("/admin/workers", headers=admin_headers).get_json()["drained"] == []
+    assert client.post("/admin/workers/-bad name/drain", headers=admin_headers).status_code == 422
+    assert client.post("/admin/workers/nas/drain", headers=user_headers("bob")).status_code == 403

@@ -168,6 +168,18 @@ def test_the_rate_limit_is_one_budget_across_both_web_servers(cluster):
     assert [anonymous(web) for web in cluster.webs] == [429, 429]
 
 
+def test_a_drained_worker_takes_no_jobs_until_resumed(cluster):
+    """Draining box-b from either web server: both new jobs run on box-a; resumed, box-b works again."""
+    web = cluster.webs[1]
+    assert web.post("/admin/workers/box-b/drain").json()["drained"] is True
+    time.sleep(LEASE_SECONDS)  # the worker reads it with its next lease tick (a third of a lease)
+    ids = [web.submit(AUDIO / "jfk.flac", model="tiny.en") for _ in range(2)]
+    for job_id in ids:
+        assert web.wait(job_id, timeout=120)["status"] == "completed"
+    assert cluster.sql("SELECT DISTINCT worker_name FROM job WHERE id = ANY(%s)", ids) == [("box-a",)]
+    assert web.post("/admin/workers/box-b/resume").json()["drained"] is False
+
+
 def test_a_job_of_a_killed_worker_completes_on_the_other_after_its_lease(cluster):
     """SIGKILL the worker mid-job: no pid check can see it from the other box; its lease runs out and the
     other worker takes the job, as its second attempt."""

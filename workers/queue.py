@@ -76,6 +76,10 @@ class WakingSqliteStorage(SqliteStorage):
             with contextlib.suppress(BlockingIOError):
                 os.write(self._fds[1], b"\0")
 
+    def resume(self) -> None:
+        """Take tasks again (a drained worker was resumed)."""
+        self._stopping = False
+
     def _wait(self) -> bool:
         fds = self._open()
         if fds is None:  # no FIFOs on this file system: plain polling
@@ -120,6 +124,10 @@ class StoppableRedisStorage(RedisStorage):
     def interrupt(self) -> None:
         """Take no more tasks (the worker is stopping); a pop under way ends within ``poll`` seconds."""
         self._stopping = True
+
+    def resume(self) -> None:
+        """Take tasks again (a drained worker was resumed)."""
+        self._stopping = False
 
     def wake(self) -> None:
         """Nothing to do: a blocking pop wakes when a task arrives."""

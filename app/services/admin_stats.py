@@ -15,7 +15,7 @@ from limits.storage import storage_from_string
 from peewee import fn
 
 from app.models import ApiKey, AuditLog, Job, User, db, utcnow
-from app.services import files
+from app.services import draining, files
 from app.services.storage import FOLDERS
 from app.supervisor import gunicorn_master, live_workers
 from workers import modelstore, tuning
@@ -159,7 +159,7 @@ def _system(data_dir: str) -> dict[str, Any]:
 def _processes(data_dir: str) -> dict[str, Any]:
     web = psutil.Process()
     master = gunicorn_master(data_dir)
-    workers = []
+    workers, drained = [], set(draining.drained())
     for entry in live_workers(local_only=False):  # every box's: a worker elsewhere shows its name and beat
         wid = f"{entry['pid']}:{float(entry['created']):.2f}"
         mine = (Job.worker_id == wid) & ((Job.worker_name == entry["name"]) | Job.worker_name.is_null())
@@ -183,6 +183,7 @@ def _processes(data_dir: str) -> dict[str, Any]:
                 "job_id": job.id if job else None,
                 "model": job.model if job else None,
                 "engine": job.engine if job else None,
+                "drained": entry["name"] in drained,
             }
         )
     return {
