@@ -28,6 +28,7 @@ ENV_NAMES = {
     "WT_PORT": "PORT",
     "WT_CLIENT_IDLE_SECONDS": "CLIENT_IDLE_SECONDS",
     "WT_WEB_THREADS": "WEB_THREADS",
+    "WT_WEB_PROCESSES": "WEB_PROCESSES",
     "SECRET_KEY": "SECRET_KEY",
     "WT_JWT_EXPIRES_SECONDS": "JWT_EXPIRES_SECONDS",
     "WT_ADMIN_USERNAME": "ADMIN_USERNAME",
@@ -58,6 +59,7 @@ ENV_NAMES = {
     "WT_QUEUE_URL": "QUEUE_URL",
     "WT_BREAKER_STORAGE_URL": "BREAKER_STORAGE_URL",
     "WT_WORKER_NAME": "WORKER_NAME",
+    "WT_LOG_DIR": "LOG_DIR",
     "WT_LEASE_SECONDS": "LEASE_SECONDS",
     "WT_RATELIMIT_STORAGE_URI": "RATELIMIT_STORAGE_URI",
     "WT_RATELIMIT_ENABLED": "RATELIMIT_ENABLED",
@@ -143,6 +145,11 @@ def _shared_storage(settings: dict[str, Any]) -> None:
     settings["WORKER_NAME"] = str(settings.get("WORKER_NAME") or "") or socket.gethostname()
     if not settings.get("RATELIMIT_STORAGE_URI"):
         settings["RATELIMIT_STORAGE_URI"] = queue or "memory://"
+    if int(settings.get("WEB_PROCESSES") or 1) > 1 and str(settings["RATELIMIT_STORAGE_URI"]).startswith("memory"):
+        raise RuntimeError(
+            "WT_WEB_PROCESSES above 1 needs rate limits all processes share: WT_QUEUE_URL=redis://... "
+            "(or WT_RATELIMIT_STORAGE_URI)"
+        )
     breaker = str(settings.get("BREAKER_STORAGE_URL") or "")
     if breaker and breaker != "database" and not breaker.startswith(("redis://", "rediss://")):
         raise RuntimeError("WT_BREAKER_STORAGE_URL must be empty, database or redis://host:6379/0")

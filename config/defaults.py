@@ -15,6 +15,8 @@ CLIENT_IDLE_SECONDS = 30.0
 # Gunicorn threads that answer requests (WebSockets and long polls hold one each); a quarter as many
 # more (at least 4) stream large request bodies.
 WEB_THREADS = 64
+# Gunicorn processes; more than 1 needs shared rate limits (Redis: QUEUE_URL or RATELIMIT_STORAGE_URI).
+WEB_PROCESSES = 1
 
 SECRET_KEY = None  # generated and kept in $DATA_DIR/secret_key when unset
 JWT_EXPIRES_SECONDS = 3600
@@ -58,6 +60,10 @@ DATABASE_URL = ""
 QUEUE_URL = ""
 # Each worker's name, shown on the admin page; unique per box. Empty: the host name.
 WORKER_NAME = ""
+# The system logs (app, access, processing). Empty: $DATA_DIR/logs. On a box whose data dir is a share of
+# another box (docs/scale-out.md), a local folder, so two boxes never append to and rotate the same file.
+# Job logs stay in $DATA_DIR/logs/jobs, where every web server reads them.
+LOG_DIR = ""
 # A worker holds its running job under a lease it renews every third of this; a job whose lease ran out (its
 # worker died, or lost the network) goes back to the queue, counting an attempt. Workers of the same box
 # are checked by their pid at once.

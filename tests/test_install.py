@@ -259,6 +259,7 @@ def test_worker_only_installs_the_worker_unit_alone_with_the_shared_database_and
     assert written["WT_QUEUE_URL"] == "redis://web-box:6379/0" and written["WT_WORKER_NAME"] == "nas"
     assert written["WT_DATA_DIR"] == f"/{DATA_DIR}" and not written["WT_MODELS_DIR"].startswith(f"/{DATA_DIR}")
     assert "SECRET_KEY" not in written and "WT_ADMIN_PASSWORD" not in written
+    assert written["WT_LOG_DIR"] == "/var/log/whisper-transcriber"  # not the share: the unit's LogsDirectory=
     assert (tmp_path / written["WT_MODELS_DIR"].lstrip("/") / "ggml-tiny.en.bin").stat().st_size > 1_000_000
     assert "worker is installed" in done.stdout and "nas" in done.stdout
 

@@ -1,4 +1,4 @@
-"""More than one box, end to end on real PostgreSQL and Redis: two web processes and two named workers that
+"""More than one box, end to end on real PostgreSQL and Redis: two web servers and two named workers that
 share one data folder (the NFS share of docs/scale-out.md), each worker with its own local models folder.
 
 The processes all run on this machine; the workers' names make them two boxes to each other: neither can see
@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -33,6 +34,7 @@ class Cluster:
     webs: list[LiveServer]
     workers: dict[str, subprocess.Popen]
     database_url: str
+    root: Path
     logs: list = field(default_factory=list)
 
     def sql(self, query: str, *params) -> list[tuple]:
@@ -96,18 +98,19 @@ def cluster(tmp_path_factory, postgres_server, redis_server) -> Iterator[Cluster
         models = root / f"{name}-models"  # each box has its own local models folder
         models.mkdir()
         (models / "ggml-tiny.en.bin").symlink_to(MODELS_DIR / "ggml-tiny.en.bin")
-        env = {**common, "WT_WORKER_NAME": name, "WT_MODELS_DIR": str(models)}
+        env = {**common, "WT_WORKER_NAME": name, "WT_MODELS_DIR": str(models), "WT_LOG_DIR": str(root / f"{name}-logs")}
         workers[name] = _start([sys.executable, "-m", "app.cli", "worker"], env, f"scale-out-{name}.log", logs)
     webs, urls = [], []
     for n in (1, 2):
         port = free_port()
         env = {**common, "WT_PORT": str(port), "WT_HOST": "127.0.0.1", "WT_MODELS_DIR": str(MODELS_DIR)}
+        env["WT_WEB_PROCESSES"] = str(3 - n)  # the first server runs two Gunicorn processes, the second one
         cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "config" / "gunicorn.conf.py")]
         # Two web servers on one data folder: each its own pid file and control socket (one web box each).
         cmd += ["--pid", str(root / f"web{n}.pid"), "--control-socket", str(root / f"web{n}.ctl"), "app:create_app()"]
         webs.append(_start(cmd, env, f"scale-out-web{n}.log", logs))
         urls.append(f"http://127.0.0.1:{port}")
-    result = Cluster([], workers, database_url, logs)
+    result = Cluster([], workers, database_url, root, logs)
     try:
         for url, process in zip(urls, webs, strict=True):
 
@@ -140,6 +143,10 @@ def test_jobs_from_both_web_servers_complete_on_both_workers(cluster):
         assert wer(reference("jfk.flac"), job["transcript"]["text"]) <= 0.10
     names = cluster.sql("SELECT worker_name, COUNT(*) FROM job WHERE id = ANY(%s) GROUP BY worker_name", ids)
     assert {name for name, _ in names} == {"box-a", "box-b"}, names
+    for name, _ in names:  # each box's system log on its own disk, never appended to by another box
+        processing = (cluster.root / f"{name}-logs" / "processing.log").read_text()
+        ran = {job_id for (job_id,) in cluster.sql("SELECT id FROM job WHERE worker_name = %s", name)}
+        assert ran and all(job_id in processing for job_id in ran)
     workers = cluster.webs[0].get("/admin/stats").json()["processes"]["workers"]
     assert {w["name"] for w in workers} == {"box-a", "box-b"} and not any(w["local"] for w in workers)
 
@@ -166,6 +173,21 @@ def test_the_rate_limit_is_one_budget_across_both_web_servers(cluster):
     answers = [anonymous(cluster.webs[i % 2]) for i in range(ANON_LIMIT)]
     assert answers == [401] * ANON_LIMIT, answers
     assert [anonymous(web) for web in cluster.webs] == [429, 429]
+
+
+def test_metrics_count_the_requests_of_every_web_process(cluster):
+    """The first server has two Gunicorn processes: every scrape, whichever process answers, counts all requests."""
+    web = cluster.webs[0]
+    for _ in range(20):
+        assert requests.get(web.url + "/health", timeout=10).status_code == 200  # a new connection each time
+
+    def health_count(text: str) -> float:
+        labels = ('endpoint="/health"', 'method="GET"', 'status_code="200"')
+        rows = [row for row in text.splitlines() if row.startswith("whisper_http_requests_total{")]
+        return sum(float(row.split()[-1]) for row in rows if all(label in row for label in labels))
+
+    counts = [health_count(requests.get(web.url + "/metrics", timeout=10).text) for _ in range(6)]
+    assert min(counts) >= 20, counts
 
 
 def test_a_drained_worker_takes_no_jobs_until_resumed(cluster):
