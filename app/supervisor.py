@@ -306,7 +306,8 @@ class Supervisor:
     def _busy(self) -> set[int]:
         """Pids of workers that are running a job now."""
         try:
-            rows = _in_connection(lambda: list(Job.select(Job.worker_id).where(Job.status == "processing")))
+            mine = Job.worker_name.is_null() | (Job.worker_name == _box["name"])  # pids of this box only
+            rows = _in_connection(lambda: list(Job.select(Job.worker_id).where((Job.status == "processing") & mine)))
             return {int(str(row.worker_id).split(":")[0]) for row in rows if row.worker_id}
         except Exception:
             return set()
