@@ -41,6 +41,16 @@ class PostgresqlAppDatabase(PostgresqlDatabase):
         self.cursor().execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
 
 
+def on_postgresql() -> bool:
+    """True when the bound database is PostgreSQL (hand-written SQL differs there)."""
+    return isinstance(db.obj, PostgresqlDatabase)
+
+
+def portable_sql(sql: str) -> str:
+    """Hand-written SQL with ``?`` placeholders, in the bound database's parameter style."""
+    return sql.replace("?", "%s") if on_postgresql() else sql
+
+
 def default_url(data_dir: Path | str) -> str:
     """The default database: ``whisper.db`` in the data dir."""
     return f"sqlite:///{Path(data_dir) / 'whisper.db'}"

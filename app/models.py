@@ -19,7 +19,6 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
-    PostgresqlDatabase,
     TextField,
     fn,
 )
@@ -27,16 +26,6 @@ from peewee import (
 from workers.timestamps import utc_iso
 
 db = DatabaseProxy()  # bound to the SQLite file or PostgreSQL by app.db.open_database
-
-
-def on_postgresql() -> bool:
-    """True when the bound database is PostgreSQL (hand-written SQL differs there)."""
-    return isinstance(db.obj, PostgresqlDatabase)
-
-
-def portable_sql(sql: str) -> str:
-    """Hand-written SQL with ``?`` placeholders, in the bound database's parameter style."""
-    return sql.replace("?", "%s") if on_postgresql() else sql
 
 
 JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")

@@ -141,10 +141,10 @@ def test_segments_written_before_the_index_existed_are_indexed(app, client, admi
     from pathlib import Path
 
     from app import models
-    from app.db import open_database
+    from app.db import on_postgresql, open_database
 
     with app.app_context():
-        if models.on_postgresql():
+        if on_postgresql():
             models.db.execute_sql("ALTER TABLE segment DROP COLUMN tsv")  # drops its GIN index with it
         else:
             for name in ("segment_fts_ai", "segment_fts_ad", "segment_fts_au"):

@@ -19,8 +19,9 @@ from typing import Any
 import peewee
 from flask import current_app, request
 
+from app.db import on_postgresql
 from app.errors import AppError
-from app.models import db, on_postgresql
+from app.models import db
 
 log = logging.getLogger(__name__)
 

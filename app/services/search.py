@@ -15,8 +15,9 @@ from typing import Any
 
 from peewee import OperationalError, ProgrammingError
 
+from app.db import on_postgresql, portable_sql
 from app.errors import bad_request
-from app.models import Job, User, db, isoformat, on_postgresql, portable_sql
+from app.models import Job, User, db, isoformat
 
 MAX_TERMS = 32
 MATCHES_PER_JOB = 5  # the best segments shown per job; match_count says how many matched
