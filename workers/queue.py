@@ -137,13 +137,21 @@ def bind(data_dir: Path | str, poll: float = 1.0, url: str = "") -> None:
     """Use ``url`` (redis://) or ``<data dir>/queue.db`` for the queue; idle workers wait at most ``poll`` seconds."""
     if url:
         if getattr(huey.storage, "url", None) != url:
+            _close(huey.storage)
             huey.storage = StoppableRedisStorage(huey.name, url=url, poll=poll)
         huey.storage.poll = poll
         return
     path = Path(data_dir) / "queue.db"
     if getattr(huey.storage, "filename", None) != str(path):
+        _close(huey.storage)
         huey.storage = WakingSqliteStorage(huey.name, filename=str(path), poll=poll, timeout=15)
     huey.storage.poll = poll
+
+
+def _close(storage: object) -> None:
+    """Let go of a Redis storage's connections when the queue is bound elsewhere (tests, a second boot)."""
+    if isinstance(storage, StoppableRedisStorage):
+        storage.pool.disconnect()
 
 
 def pending_job_ids() -> set[str]:

@@ -126,11 +126,14 @@ def configure_breaker(settings: dict) -> None:
     engine_breaker.fail_max = int(settings["BREAKER_FAIL_MAX"])
     engine_breaker.reset_timeout = float(settings["BREAKER_RESET_SECONDS"])
     url = str(settings.get("BREAKER_STORAGE_URL") or "")
+    previous = engine_breaker._state_storage
+    if isinstance(previous, pybreaker.CircuitRedisStorage):
+        previous._redis.close()  # replaced below either way; its connections are not left to the collector
     if url.startswith(("redis://", "rediss://")):
         import redis  # late: only a Redis setup loads the client
 
         engine_breaker._state_storage = pybreaker.CircuitRedisStorage(
             pybreaker.STATE_CLOSED, redis.Redis.from_url(url), namespace="whisper-transcriber:engine"
         )
-    elif not isinstance(engine_breaker._state_storage, SettingStorage):
+    elif not isinstance(previous, SettingStorage):
         engine_breaker._state_storage = SettingStorage("engine")
