@@ -170,10 +170,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def stop(self) -> None:
-        """Stop the server."""
+        """Stop the server and remove its folder."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextlib.contextmanager
