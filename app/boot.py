@@ -4,8 +4,8 @@
 
 - the data dir's folders;
 - logging: JSON lines in ``$DATA_DIR/logs`` at ``LOG_LEVEL``, tagged with the role;
-- the database (opened, tables and migrations applied), the queue (bound to ``queue.db``, with the
-  job task handed to ``app/services/queueing.py``)
+- the database (``DATABASE_URL`` or ``whisper.db``: opened, tables and migrations applied), the queue
+  (``QUEUE_URL`` or ``queue.db``, with the job task handed to ``app/services/queueing.py``)
   and the engine breaker (``BREAKER_FAIL_MAX``, ``BREAKER_RESET_SECONDS``).
 
 What each role gets besides:
@@ -24,7 +24,6 @@ What each role gets besides:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from app import db, logging_setup
@@ -48,10 +47,14 @@ def boot(settings: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
         if role == "worker":
             lifecycle.lower_priority(int(loaded["WORKER_NICE"]))
         logging_setup.console_logging(loaded["LOG_LEVEL"])
+    # late: app.supervisor imports workers.lifecycle, which may be what is importing this package now
+    from app.supervisor import name_this_box
+
+    name_this_box(loaded["WORKER_NAME"])
     Layout(loaded["DATA_DIR"]).ensure()
     logging_setup.configure_logging(loaded, role)
-    db.open_database(Path(loaded["DATA_DIR"]) / "whisper.db")
-    queue.bind(loaded["DATA_DIR"], float(loaded["QUEUE_POLL_SECONDS"]))
+    db.open_database(db.database_url(loaded), loaded["DATA_DIR"])
+    queue.bind(loaded["DATA_DIR"], float(loaded["QUEUE_POLL_SECONDS"]), loaded["QUEUE_URL"])
     queueing.bind(tasks.process_job)  # services queue jobs through this; they never import the tasks
     configure_breaker(loaded)
     return loaded

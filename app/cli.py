@@ -52,6 +52,35 @@ def _heartbeat(interval: float = 30.0) -> None:
         time.sleep(interval)
 
 
+def _leases(seconds: float, name: str) -> None:
+    """Renew the running job's lease three times per lease; once per lease, give back jobs whose lease ran out.
+
+    Each tick also reads whether an admin drained this worker (by name, from any box): then it finishes
+    its job and takes no more until resumed.
+    """
+    from app.services import draining
+    from workers import pipeline, queue
+
+    tick, ticks, drained = max(0.5, seconds / 3), 0, False
+    log = logging.getLogger(__name__)
+    while True:
+        time.sleep(tick)
+        ticks += 1
+        try:
+            pipeline.renew_leases()
+            if ticks % 3 == 0:
+                pipeline.reconcile()  # a worker on another box died: its job must not wait for the minute task
+            if draining.is_drained(name) != drained:
+                drained = not drained
+                log.warning("worker %s %s", name, "drained: no new jobs" if drained else "resumed")
+                if drained:
+                    queue.huey.storage.interrupt()  # the running job goes on; dequeue answers nothing
+                else:
+                    queue.huey.storage.resume()
+        except Exception:  # a busy or unreachable database must not kill the thread; the next tick tries again
+            log.exception("lease renewal failed")
+
+
 @main.command()
 def worker() -> None:
     """Run one Huey consumer: one process, one model, one job at a time."""
@@ -67,6 +96,8 @@ def worker() -> None:
     pipeline.reconcile()
     recycler = lifecycle.install_recycling(queue.huey, settings, supervised)  # memory or job limit reached
     threading.Thread(target=_heartbeat, daemon=True, name="heartbeat").start()
+    lease = (float(settings["LEASE_SECONDS"]), settings["WORKER_NAME"])
+    threading.Thread(target=_leases, args=lease, daemon=True, name="leases").start()
     consumer = queue.huey.create_consumer(
         workers=1, worker_type="thread", periodic=True, initial_delay=poll, max_delay=poll, backoff=1.0
     )

@@ -51,8 +51,8 @@ _installed: list[tuple[logging.Logger, logging.Handler]] = []
 
 
 def logs_dir(settings: Mapping[str, Any]) -> Path:
-    """The logs folder of a data dir."""
-    return Path(settings["DATA_DIR"]) / "logs"
+    """The system logs' folder: ``LOG_DIR``, or the data dir's ``logs`` (job logs always stay in the data dir)."""
+    return Path(settings.get("LOG_DIR") or Path(settings["DATA_DIR"]) / "logs")
 
 
 # ------------------------------------------------------------------ format

@@ -1,4 +1,4 @@
-"""Database models (Peewee on SQLite in WAL mode) and their named queries.
+"""Database models (Peewee on SQLite in WAL mode, or PostgreSQL) and their named queries.
 
 The job table is the source of truth; the Huey queue only carries job ids.
 """
@@ -25,7 +25,7 @@ from peewee import (
 
 from workers.timestamps import utc_iso
 
-db = DatabaseProxy()  # bound to the SQLite file by app.db.open_database
+db = DatabaseProxy()  # bound to the SQLite file or PostgreSQL by app.db.open_database
 
 
 JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
@@ -192,7 +192,9 @@ class Job(BaseModel):
     stages = JSONField(default=dict)
     error = TextField(null=True)
     attempts = IntegerField(default=0)
-    worker_id = CharField(null=True)
+    worker_id = CharField(null=True)  # "<pid>:<process start time>" of the worker running it, on its own box
+    worker_name = CharField(null=True)  # that worker's WT_WORKER_NAME (its box); NULL on rows from before names
+    lease_expires_at = DateTimeField(null=True)  # the running worker renews it; past it, the job is given back
     cancel_requested = BooleanField(default=False)
     created_at = DateTimeField(default=utcnow, index=True)
     updated_at = DateTimeField(default=utcnow)
@@ -221,8 +223,8 @@ class Job(BaseModel):
         return cls.owned_by(user)
 
     @classmethod
-    def claim(cls, job_id: str, worker_id: str) -> bool:
-        """Atomically move a queued job to processing for this worker; False if someone else has it."""
+    def claim(cls, job_id: str, worker_id: str, worker_name: str | None = None, lease_seconds: float = 60) -> bool:
+        """Atomically move a queued job to processing for this worker, under a lease; False if someone else has it."""
         with db.atomic("IMMEDIATE"):
             now = utcnow()
             changed = (
@@ -230,6 +232,8 @@ class Job(BaseModel):
                     status="processing",
                     stage="decoding",
                     worker_id=worker_id,
+                    worker_name=worker_name,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
                     attempts=cls.attempts + 1,
                     started_at=now,
                     updated_at=now,
@@ -238,6 +242,16 @@ class Job(BaseModel):
                 .execute()
             )
         return changed == 1
+
+    @classmethod
+    def renew_leases(cls, worker_id: str, worker_name: str | None, lease_seconds: float) -> int:
+        """Extend the leases of the jobs this worker runs (its heartbeat); how many it holds."""
+        with db.atomic("IMMEDIATE"):
+            return (
+                cls.update(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+                .where((cls.worker_id == worker_id) & (cls.worker_name == worker_name) & (cls.status == "processing"))
+                .execute()
+            )
 
     @classmethod
     def in_status(cls, *statuses: str):
@@ -351,7 +365,8 @@ class Setting(BaseModel):
     def write(cls, key: str, value: Any) -> None:
         """Store a value, replacing the old one."""
         with db.atomic("IMMEDIATE"):
-            cls.replace(key=key, value=value).execute()
+            # INSERT ... ON CONFLICT: SQLite's REPLACE has no PostgreSQL form
+            cls.insert(key=key, value=value).on_conflict(conflict_target=[cls.key], update={cls.value: value}).execute()
 
 
 class UploadSession(BaseModel):

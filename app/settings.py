@@ -11,6 +11,7 @@ import os
 import re
 import runpy
 import secrets
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ ENV_NAMES = {
     "WT_PORT": "PORT",
     "WT_CLIENT_IDLE_SECONDS": "CLIENT_IDLE_SECONDS",
     "WT_WEB_THREADS": "WEB_THREADS",
+    "WT_WEB_PROCESSES": "WEB_PROCESSES",
     "SECRET_KEY": "SECRET_KEY",
     "WT_JWT_EXPIRES_SECONDS": "JWT_EXPIRES_SECONDS",
     "WT_ADMIN_USERNAME": "ADMIN_USERNAME",
@@ -53,6 +55,12 @@ ENV_NAMES = {
     "WT_WORKER_INDEX": "WORKER_INDEX",
     "WT_MAX_ATTEMPTS": "MAX_ATTEMPTS",
     "WT_QUEUE_POLL_SECONDS": "QUEUE_POLL_SECONDS",
+    "WT_DATABASE_URL": "DATABASE_URL",
+    "WT_QUEUE_URL": "QUEUE_URL",
+    "WT_BREAKER_STORAGE_URL": "BREAKER_STORAGE_URL",
+    "WT_WORKER_NAME": "WORKER_NAME",
+    "WT_LOG_DIR": "LOG_DIR",
+    "WT_LEASE_SECONDS": "LEASE_SECONDS",
     "WT_RATELIMIT_STORAGE_URI": "RATELIMIT_STORAGE_URI",
     "WT_RATELIMIT_ENABLED": "RATELIMIT_ENABLED",
     "WT_RATELIMIT_ANON": "RATELIMIT_ANON",
@@ -128,9 +136,33 @@ def load_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         raise RuntimeError(f"WT_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {settings['LOG_LEVEL']!r}")
     if settings.get("ENGINE") not in ENGINES:
         raise RuntimeError(f"WT_ENGINE must be one of {', '.join(ENGINES)}, not {settings.get('ENGINE')!r}")
+    _shared_storage(settings)
     settings["MODEL_ALIASES"] = parse_model_aliases(settings.get("MODEL_ALIASES"), "WT_MODEL_ALIASES")
     settings["ANONYMOUS_NETWORKS"] = parse_networks(settings.get("ANONYMOUS_NETWORKS"), "WT_ANONYMOUS_NETWORKS")
     return settings
+
+
+def _shared_storage(settings: dict[str, Any]) -> None:
+    """Check the database and queue URLs; with a Redis queue, rate limits default to the same Redis."""
+    database = str(settings.get("DATABASE_URL") or "")
+    if database and not database.startswith(("sqlite:///", "postgres://", "postgresql://")):
+        raise RuntimeError("WT_DATABASE_URL must be sqlite:///<path> or postgresql://user:password@host/name")
+    queue = str(settings.get("QUEUE_URL") or "")
+    if queue and not queue.startswith(("redis://", "rediss://")):
+        raise RuntimeError("WT_QUEUE_URL must be empty (the SQLite queue in the data dir) or redis://host:6379/0")
+    settings["DATABASE_URL"], settings["QUEUE_URL"] = database, queue
+    settings["WORKER_NAME"] = str(settings.get("WORKER_NAME") or "") or socket.gethostname()
+    if not settings.get("RATELIMIT_STORAGE_URI"):
+        settings["RATELIMIT_STORAGE_URI"] = queue or "memory://"
+    if int(settings.get("WEB_PROCESSES") or 1) > 1 and str(settings["RATELIMIT_STORAGE_URI"]).startswith("memory"):
+        raise RuntimeError(
+            "WT_WEB_PROCESSES above 1 needs rate limits all processes share: WT_QUEUE_URL=redis://... "
+            "(or WT_RATELIMIT_STORAGE_URI)"
+        )
+    breaker = str(settings.get("BREAKER_STORAGE_URL") or "")
+    if breaker and breaker != "database" and not breaker.startswith(("redis://", "rediss://")):
+        raise RuntimeError("WT_BREAKER_STORAGE_URL must be empty, database or redis://host:6379/0")
+    settings["BREAKER_STORAGE_URL"] = "" if breaker == "database" else (breaker or queue)
 
 
 def parse_networks(value: str | Iterable[str | Network] | None, name: str) -> tuple[Network, ...]:

@@ -25,10 +25,12 @@ replaced at once, without the delay that follows a crash.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +41,7 @@ from typing import Any
 
 import psutil
 
-from app.db import open_database
+from app.db import database_url, open_database
 from app.models import Job, Setting, db
 from workers import tuning
 from workers.lifecycle import RECYCLE_EXIT_CODE, SUPERVISOR_ENV
@@ -50,11 +52,13 @@ log = logging.getLogger("supervisor")
 CONCURRENCY_KEY = "concurrency"
 WORKER_KEY_PREFIX = "worker:"
 WORKER_MAX_AGE = 90.0  # seconds without a heartbeat before a registry entry is ignored
+REMOTE_FORGET_AFTER = 3600.0  # ... and before another box's entry is removed
 SUPERVISOR_PIDFILE = "supervisor.pid"
 GUNICORN_PIDFILE = "gunicorn.pid"
 POLL_SECONDS = 2.0  # how often the supervisor and the workers read the saved concurrency
 
 _threads: int = 0  # whisper.cpp threads of this worker process, reported in its heartbeat
+_box = {"name": socket.gethostname()}  # WT_WORKER_NAME, set by boot
 
 
 # ------------------------------------------------------------------ concurrency
@@ -87,23 +91,39 @@ def read_concurrency(settings: dict[str, Any]) -> dict[str, int]:
 # ------------------------------------------------------------------ worker registry
 
 
+def name_this_box(name: str) -> None:
+    """This box's WT_WORKER_NAME: registry entries under it are checked by pid, others only by their beat."""
+    _box["name"] = name or socket.gethostname()
+
+
 def record_worker(proc: psutil.Process | None = None) -> None:
-    """Write a worker's registry entry (this process by default): pid, start time, threads, time of this beat."""
+    """Write a worker's registry entry (this process by default): name, host, pid, start time, threads, beat."""
     proc = proc or psutil.Process()
-    entry = {"pid": proc.pid, "created": round(proc.create_time(), 2), "beat": time.time(), "threads": _threads}
-    huey.storage.put_data(f"{WORKER_KEY_PREFIX}{proc.pid}", json.dumps(entry).encode())
+    entry = {
+        "pid": proc.pid,
+        "created": round(proc.create_time(), 2),
+        "beat": time.time(),
+        "threads": _threads,
+        "name": _box["name"],
+        "host": socket.gethostname(),
+    }
+    huey.storage.put_data(f"{WORKER_KEY_PREFIX}{_box['name']}:{proc.pid}", json.dumps(entry).encode())
 
 
-def forget_worker(pid: int | None = None) -> None:
+def forget_worker(pid: int | None = None, name: str | None = None) -> None:
     """Remove a worker's registry entry (this process by default)."""
     try:
-        huey.storage.pop_data(f"{WORKER_KEY_PREFIX}{pid or os.getpid()}")
+        huey.storage.pop_data(f"{WORKER_KEY_PREFIX}{name or _box['name']}:{pid or os.getpid()}")
     except Exception:
         log.debug("could not remove the registry entry of %s", pid, exc_info=True)
 
 
-def live_workers() -> list[dict[str, Any]]:
-    """Registered workers whose process still runs and beat recently; stale entries are removed."""
+def live_workers(local_only: bool = True) -> list[dict[str, Any]]:
+    """Registered workers that beat recently: of this box (whose process still runs), or of every box.
+
+    Each entry says whether it is ``local``. Stale entries are removed: this box's once the process is gone,
+    another box's once it stopped beating long ago (a worker on another box cannot be looked up here).
+    """
     try:
         items = huey.storage.result_items()
     except Exception:
@@ -112,16 +132,23 @@ def live_workers() -> list[dict[str, Any]]:
     for key, raw in items.items():
         if not str(key).startswith(WORKER_KEY_PREFIX):
             continue
+        name, _, pid = str(key)[len(WORKER_KEY_PREFIX) :].rpartition(":")
+        local = name in ("", _box["name"])  # an entry without a name was written before names, on this box
         try:
             entry = json.loads(bytes(raw))
-            alive = f"{psutil.Process(int(entry['pid'])).create_time():.2f}" == f"{float(entry['created']):.2f}"
+            age = time.time() - float(entry["beat"])
+            if local:
+                alive = f"{psutil.Process(int(entry['pid'])).create_time():.2f}" == f"{float(entry['created']):.2f}"
+            else:
+                alive = age < REMOTE_FORGET_AFTER
         except (ValueError, KeyError, TypeError, psutil.Error):
-            alive, entry = False, {"pid": str(key)[len(WORKER_KEY_PREFIX) :]}
+            alive, entry, age = False, {"pid": pid}, 0.0
         if not alive:
-            forget_worker(entry["pid"])
-        elif time.time() - float(entry["beat"]) < WORKER_MAX_AGE:
-            found.append(entry)
-    return sorted(found, key=lambda e: e["pid"])
+            with contextlib.suppress(Exception):
+                huey.storage.pop_data(str(key))
+        elif age < WORKER_MAX_AGE and (local or not local_only):
+            found.append({**entry, "name": entry.get("name") or _box["name"], "local": local})
+    return sorted(found, key=lambda e: (not e["local"], e["name"], e["pid"]))
 
 
 # ------------------------------------------------------------------ pid files
@@ -212,7 +239,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until stopped; 0 after a clean stop, 1 when the web server died."""
-        open_database(Path(self.settings["DATA_DIR"]) / "whisper.db")
+        open_database(database_url(self.settings), self.settings["DATA_DIR"])
         proc = psutil.Process()
         self.pidfile.write_text(f"{proc.pid} {proc.create_time():.2f}\n")
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -281,7 +308,8 @@ class Supervisor:
     def _busy(self) -> set[int]:
         """Pids of workers that are running a job now."""
         try:
-            rows = _in_connection(lambda: list(Job.select(Job.worker_id).where(Job.status == "processing")))
+            mine = Job.worker_name.is_null() | (Job.worker_name == _box["name"])  # pids of this box only
+            rows = _in_connection(lambda: list(Job.select(Job.worker_id).where((Job.status == "processing") & mine)))
             return {int(str(row.worker_id).split(":")[0]) for row in rows if row.worker_id}
         except Exception:
             return set()

@@ -15,6 +15,8 @@ CLIENT_IDLE_SECONDS = 30.0
 # Gunicorn threads that answer requests (WebSockets and long polls hold one each); a quarter as many
 # more (at least 4) stream large request bodies.
 WEB_THREADS = 64
+# Gunicorn processes; more than 1 needs shared rate limits (Redis: QUEUE_URL or RATELIMIT_STORAGE_URI).
+WEB_PROCESSES = 1
 
 SECRET_KEY = None  # generated and kept in $DATA_DIR/secret_key when unset
 JWT_EXPIRES_SECONDS = 3600
@@ -52,9 +54,27 @@ WORKER_INDEX = 0
 MAX_ATTEMPTS = 3
 QUEUE_POLL_SECONDS = 1.0  # idle workers look at the queue this often; an enqueue wakes them at once
 
+# More than one box (docs/scale-out.md). Empty: the single box's SQLite file $DATA_DIR/whisper.db, and the
+# SQLite queue $DATA_DIR/queue.db. postgresql://user:password@host/name and redis://host:6379/0 share them.
+DATABASE_URL = ""
+QUEUE_URL = ""
+# Each worker's name, shown on the admin page; unique per box. Empty: the host name.
+WORKER_NAME = ""
+# The system logs (app, access, processing). Empty: $DATA_DIR/logs. On a box whose data dir is a share of
+# another box (docs/scale-out.md), a local folder, so two boxes never append to and rotate the same file.
+# Job logs stay in $DATA_DIR/logs/jobs, where every web server reads them.
+LOG_DIR = ""
+# A worker holds its running job under a lease it renews every third of this; a job whose lease ran out (its
+# worker died, or lost the network) goes back to the queue, counting an attempt. Workers of the same box
+# are checked by their pid at once.
+LEASE_SECONDS = 60
+# The engine breaker's state: empty: the Redis of QUEUE_URL when there is one, else the database; "database".
+BREAKER_STORAGE_URL = ""
+
 # Rate limits (flask-limiter strings, "N per minute;M per day"). memory:// suits the single Gunicorn
 # process; with more processes point RATELIMIT_STORAGE_URI at shared storage such as redis://host:6379.
-RATELIMIT_STORAGE_URI = "memory://"
+# Empty: QUEUE_URL when that is redis://, else memory://.
+RATELIMIT_STORAGE_URI = ""
 RATELIMIT_ENABLED = True
 RATELIMIT_ANON = "60 per minute"  # per client address
 RATELIMIT_USER = "300 per minute"  # per user; also API keys without their own limit

@@ -1,10 +1,11 @@
 """Gunicorn settings for ``whisper-transcriber serve``.
 
-One process keeps rate-limit counters and circuit-breaker state in one place; gthread
+One process by default (WT_WEB_PROCESSES); gthread
 with many threads lets WebSockets (one thread each) and HTTP share it.
 """
 
 import os
+import tempfile
 
 from app.settings import load_settings
 
@@ -14,7 +15,11 @@ bind = f"{_settings['HOST']}:{_settings['PORT']}"
 # gthread, except that a request reaches a thread only once it has arrived: slow or stalled clients
 # (WT_CLIENT_IDLE_SECONDS bounds them) cannot hold the threads that answer everyone else.
 worker_class = "app.slowclients.GuardedThreadWorker"
-workers = 1
+# More than one process only with shared rate-limit storage (Redis; app/settings.py checks it): the breaker,
+# long polls, log sockets and metrics totals live in the database, Redis or files already.
+workers = int(_settings["WEB_PROCESSES"])
+if workers > 1:  # prometheus_client's multiprocess mode: each process counts requests in files summed at scrape
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="wt-metrics-"))
 threads = int(_settings["WEB_THREADS"])
 timeout = 120
 graceful_timeout = 30
@@ -44,3 +49,11 @@ def post_worker_init(worker):
         graceful_exit(signum, frame)
 
     signal.signal(signal.SIGTERM, handle_term)
+
+
+def child_exit(server, worker):
+    """A web process ended: prometheus_client drops its live series (its counts stay in the sums)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

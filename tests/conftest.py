@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from flask.testing import FlaskClient
 
 from app import security
 from tests.helpers import MODELS_DIR, OUTPUT, ROOT, post_clip, wait_for
+from tests.servers import PostgresServer, RedisServer, running
 from workers import engine
 
 ADMIN_PASSWORD = "admin-password-123"
@@ -75,9 +77,44 @@ def _close_responses() -> Iterator[None]:
         ClosingClient.unclosed.pop(0).close()
 
 
+# WT_TEST_DATABASE=postgresql: the app fixture runs on a throwaway PostgreSQL server (one database per test)
+# instead of a SQLite file; scripts/test runs the tests marked `database` that way a second time.
+TEST_DATABASE = os.environ.get("WT_TEST_DATABASE", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session, in its own temp dir (its user must own it), on a free port."""
+    with running(PostgresServer(Path(tempfile.mkdtemp(prefix="wt-pg-")))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server for the whole session: free port, temp dir, nothing saved."""
+    with running(RedisServer(Path(tempfile.mkdtemp(prefix="wt-redis-")))) as server:
+        yield server
+
+
 @pytest.fixture
-def app(tmp_path):
-    """A fresh app: temp data dir, its own SQLite and queue files, the shared models."""
+def database_url(request) -> Iterator[str]:
+    """The test's database: empty (the SQLite file in its data dir) or a fresh PostgreSQL database."""
+    if TEST_DATABASE != "postgresql":
+        yield ""
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    yield server.url(name)
+    from app import models
+
+    if not models.db.is_closed():
+        models.db.close()
+    server.drop_database(name)
+
+
+@pytest.fixture
+def app(tmp_path, database_url):
+    """A fresh app: temp data dir, its own database (SQLite file or PostgreSQL) and queue file, the shared models."""
     from app import create_app
 
     app = create_app(
@@ -87,6 +124,7 @@ def app(tmp_path):
             "MODELS_DIR": str(MODELS_DIR),
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
             "RATELIMIT_STORAGE_URI": "memory://",
+            "DATABASE_URL": database_url,
         }
     )
     yield app

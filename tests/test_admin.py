@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import zipfile
 from pathlib import Path
 
@@ -123,11 +124,18 @@ def test_stats_carry_the_full_api_shape_and_real_figures(app, client, admin_head
     assert processes["web_pid"] == os.getpid() and processes["web_rss_mb"] > 0
     assert processes["workers"] == [
         {
+            "name": app.config["WORKER_NAME"],
+            "host": socket.gethostname(),
+            "local": True,
             "pid": os.getpid(),
             "rss_mb": processes["workers"][0]["rss_mb"],
             "threads": 0,
             "uptime_seconds": processes["workers"][0]["uptime_seconds"],
+            "last_heartbeat": processes["workers"][0]["last_heartbeat"],
             "job_id": None,
+            "model": None,
+            "engine": None,
+            "drained": False,
         }
     ]
 

@@ -15,6 +15,8 @@ from app.models import AuditLog, Job, utcnow
 from app.services import cleanup
 from tests.helpers import assert_error
 
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
+
 DAY = 86400
 NOW = time.time()
 

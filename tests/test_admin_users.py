@@ -7,6 +7,8 @@ import pytest
 from tests.conftest import login
 from tests.helpers import assert_error
 
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
+
 PASSWORD = "correct-horse-battery"
 
 

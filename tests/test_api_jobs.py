@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import AUDIO, assert_error, post_clip
 
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
+
 
 def leftovers(app) -> list[Path]:
     """Files in tmp/ and uploads/ of the test's data dir."""

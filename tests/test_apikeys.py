@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import ADMIN_PASSWORD
 from tests.helpers import assert_error, post_clip
 
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
+
 LIST_FIELDS = {
     "key_id",
     "name",

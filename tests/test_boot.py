@@ -118,3 +118,49 @@ def test_the_systemd_worker_unit_numbers_its_worker_through_a_setting(monkeypatc
     assert load_settings()["WORKER_INDEX"] == 3
     monkeypatch.delenv("WT_WORKER_INDEX")
     assert load_settings()["WORKER_INDEX"] == 0
+
+
+def test_the_database_and_the_queue_default_to_the_data_dirs_files(tmp_path, monkeypatch):
+    """Unset URLs: the single box's SQLite file and queue, memory rate limits, the breaker in the database."""
+    from app.db import database_url
+
+    monkeypatch.setenv("WT_DATA_DIR", str(tmp_path / "data"))
+    settings = load_settings()
+    assert (settings["DATABASE_URL"], settings["QUEUE_URL"], settings["BREAKER_STORAGE_URL"]) == ("", "", "")
+    assert database_url(settings) == f"sqlite:///{tmp_path / 'data' / 'whisper.db'}"
+    assert settings["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
+def test_a_redis_queue_carries_the_rate_limits_and_the_breaker_unless_told_otherwise(monkeypatch):
+    """WT_QUEUE_URL=redis://... is the default of the two other shared stores; each can be set apart."""
+    monkeypatch.setenv("WT_QUEUE_URL", "redis://box-a:6379/0")
+    settings = load_settings()
+    assert settings["RATELIMIT_STORAGE_URI"] == settings["BREAKER_STORAGE_URL"] == "redis://box-a:6379/0"
+    monkeypatch.setenv("WT_RATELIMIT_STORAGE_URI", "memory://")
+    monkeypatch.setenv("WT_BREAKER_STORAGE_URL", "database")
+    settings = load_settings()
+    assert (settings["RATELIMIT_STORAGE_URI"], settings["BREAKER_STORAGE_URL"]) == ("memory://", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("WT_DATABASE_URL", "mysql://box-a/whisper"), ("WT_QUEUE_URL", "amqp://box-a"), ("WT_BREAKER_STORAGE_URL", "x")],
+)
+def test_an_unsupported_url_stops_the_start(monkeypatch, name, value):
+    """Only SQLite or PostgreSQL, and Redis: a typo is named at start, not at the first query."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=name):
+        load_settings()
+
+
+def test_several_web_processes_need_shared_rate_limits_and_sum_their_metrics(tmp_path, monkeypatch):
+    """WT_WEB_PROCESSES=2 without Redis is refused (each process would count its own budget); with Redis,
+    Gunicorn runs two processes and prometheus_client's multiprocess mode sums their request counters."""
+    monkeypatch.setenv("WT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WT_WEB_PROCESSES", "2")
+    with pytest.raises(RuntimeError, match="WT_WEB_PROCESSES"):
+        load_settings()
+    monkeypatch.setenv("WT_QUEUE_URL", "redis://box-a:6379/0")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))  # restored after the test
+    gunicorn = runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+    assert gunicorn["workers"] == 2 and callable(gunicorn["child_exit"])

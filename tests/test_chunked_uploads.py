@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import AUDIO, assert_error
 
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
+
 BASE = "/api/chunked-uploads"
 CHUNK = 20_000  # jfk.flac (~200 kB) in about ten chunks
 AUDIO_BYTES = (AUDIO / "jfk.flac").read_bytes()

@@ -241,3 +241,32 @@ def test_every_shell_script_passes_shellcheck() -> None:
     ]
     result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stdout
+
+
+def test_worker_only_installs_the_worker_unit_alone_with_the_shared_database_and_queue(tmp_path: Path) -> None:
+    """A worker box: the worker unit and the target, no web server; its env file names PostgreSQL, Redis,
+    its worker name and its own models folder (outside the shared data folder), and holds no secret."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WT_") and k != "SECRET_KEY"}
+    env.update(DESTDIR=str(tmp_path), WT_INSTALL_SKIP_SYSTEM="1", WT_INSTALL_VENV_FROM=str(VENV))
+    env.update(WT_DATABASE_URL="postgresql://wt:pw@web-box/whisper", WT_QUEUE_URL="redis://web-box:6379/0")
+    env.update(WT_WORKER_NAME="nas")
+    done = subprocess.run(["bash", str(INSTALL), "--worker-only"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    units = sorted(p.name for p in (tmp_path / UNIT_DIR.lstrip("/")).iterdir() if p.is_file())
+    assert units == ["whisper-transcriber-worker@.service", "whisper-transcriber.target"]
+    written = read_env(tmp_path / ENV_FILE.lstrip("/"))
+    assert written["WT_DATABASE_URL"] == "postgresql://wt:pw@web-box/whisper"
+    assert written["WT_QUEUE_URL"] == "redis://web-box:6379/0" and written["WT_WORKER_NAME"] == "nas"
+    assert written["WT_DATA_DIR"] == f"/{DATA_DIR}" and not written["WT_MODELS_DIR"].startswith(f"/{DATA_DIR}")
+    assert "SECRET_KEY" not in written and "WT_ADMIN_PASSWORD" not in written
+    assert written["WT_LOG_DIR"] == "/var/log/whisper-transcriber"  # not the share: the unit's LogsDirectory=
+    assert (tmp_path / written["WT_MODELS_DIR"].lstrip("/") / "ggml-tiny.en.bin").stat().st_size > 1_000_000
+    assert "worker is installed" in done.stdout and "nas" in done.stdout
+
+
+def test_worker_only_refuses_without_the_shared_database(tmp_path: Path) -> None:
+    """A worker box with SQLite would be a box of its own: the installer says what it needs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WT_") and k != "SECRET_KEY"}
+    env.update(DESTDIR=str(tmp_path), WT_INSTALL_SKIP_SYSTEM="1", WT_INSTALL_VENV_FROM=str(VENV))
+    done = subprocess.run(["bash", str(INSTALL), "--worker-only"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "WT_DATABASE_URL" in done.stderr

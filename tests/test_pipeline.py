@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from app.models import Job
 from workers import pipeline
+
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
 
 
 class Clock:

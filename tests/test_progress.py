@@ -15,6 +15,8 @@ from tests.helpers import AUDIO, make_long_audio
 from workers import engine, pipeline
 from workers.stages import AudioProgress
 
+pytestmark = pytest.mark.database  # scripts/test runs these on PostgreSQL too
+
 
 class Clock:
     """A clock the test moves by hand."""

@@ -224,7 +224,7 @@ def _relative(cfg: dict[str, Any], output: Path | None) -> str | None:
 def run(job_id: str) -> None:
     """Process one job if it is still queued and this worker wins the claim."""
     cfg = _settings
-    if not Job.claim(job_id, worker_id()):
+    if not Job.claim(job_id, worker_id(), cfg.get("WORKER_NAME"), float(cfg.get("LEASE_SECONDS", 60))):
         return
     job = Job.get_by_id(job_id)
     joblog = JobLog(Layout(cfg["DATA_DIR"]).job_log(job_id), job_id)
@@ -318,6 +318,11 @@ def reconcile() -> list[str]:
     for job_id in requeued:
         log.warning("job=%s re-queued: its worker died", job_id)
     return requeued
+
+
+def renew_leases() -> int:
+    """Extend the lease of the job this worker runs (the lease thread calls it a few times per lease)."""
+    return Job.renew_leases(worker_id(), _settings.get("WORKER_NAME"), float(_settings.get("LEASE_SECONDS", 60)))
 
 
 def scan_watch_dirs() -> list[str]:

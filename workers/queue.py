@@ -1,4 +1,5 @@
-"""The Huey queue: SQLite storage in its own file under the data dir, with a wake-up pipe beside it.
+"""The Huey queue: SQLite storage in its own file under the data dir, with a wake-up pipe beside it;
+or Redis (``QUEUE_URL=redis://...``), which workers on other boxes share (Huey's ``RedisStorage``, as ``RedisHuey``).
 
 The instance exists at import so tasks can be declared; ``bind`` points it at a data
 dir once settings are known (the app factory and the worker command both call it).
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from huey import SqliteHuey
 from huey.constants import EmptyData
-from huey.storage import SqliteStorage
+from huey.storage import RedisStorage, SqliteStorage
 
 huey = SqliteHuey("whisper-transcriber", filename=":memory:", results=False)
 STOPPING_PAUSE = 0.05  # seconds an interrupted dequeue waits before answering "nothing"
@@ -75,6 +76,10 @@ class WakingSqliteStorage(SqliteStorage):
             with contextlib.suppress(BlockingIOError):
                 os.write(self._fds[1], b"\0")
 
+    def resume(self) -> None:
+        """Take tasks again (a drained worker was resumed)."""
+        self._stopping = False
+
     def _wait(self) -> bool:
         fds = self._open()
         if fds is None:  # no FIFOs on this file system: plain polling
@@ -101,12 +106,52 @@ class WakingSqliteStorage(SqliteStorage):
         return self._fds
 
 
-def bind(data_dir: Path | str, poll: float = 1.0) -> None:
-    """Use ``<data dir>/queue.db`` for the queue; idle workers look at it at least every ``poll`` seconds."""
+class StoppableRedisStorage(RedisStorage):
+    """Huey's Redis storage (blocking pops of at most ``poll`` seconds) that a stopping worker can interrupt."""
+
+    def __init__(self, name: str, url: str, poll: float = 1.0):
+        super().__init__(name, blocking=True, read_timeout=max(1, round(poll)), url=url)
+        self.url, self.poll = url, poll
+        self._stopping = False
+
+    def dequeue(self) -> bytes | None:
+        """The next task, waiting up to ``poll`` seconds for one; nothing once the worker is stopping."""
+        if self._stopping:
+            time.sleep(STOPPING_PAUSE)
+            return None
+        return super().dequeue()
+
+    def interrupt(self) -> None:
+        """Take no more tasks (the worker is stopping); a pop under way ends within ``poll`` seconds."""
+        self._stopping = True
+
+    def resume(self) -> None:
+        """Take tasks again (a drained worker was resumed)."""
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Nothing to do: a blocking pop wakes when a task arrives."""
+
+
+def bind(data_dir: Path | str, poll: float = 1.0, url: str = "") -> None:
+    """Use ``url`` (redis://) or ``<data dir>/queue.db`` for the queue; idle workers wait at most ``poll`` seconds."""
+    if url:
+        if getattr(huey.storage, "url", None) != url:
+            _close(huey.storage)
+            huey.storage = StoppableRedisStorage(huey.name, url=url, poll=poll)
+        huey.storage.poll = poll
+        return
     path = Path(data_dir) / "queue.db"
     if getattr(huey.storage, "filename", None) != str(path):
+        _close(huey.storage)
         huey.storage = WakingSqliteStorage(huey.name, filename=str(path), poll=poll, timeout=15)
     huey.storage.poll = poll
+
+
+def _close(storage: object) -> None:
+    """Let go of a Redis storage's connections when the queue is bound elsewhere (tests, a second boot)."""
+    if isinstance(storage, StoppableRedisStorage):
+        storage.pool.disconnect()
 
 
 def pending_job_ids() -> set[str]:

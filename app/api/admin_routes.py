@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.models import AuditLog
 from app.security import admin_required
-from app.services import admin_settings, admin_stats, files, server_control
+from app.services import admin_settings, admin_stats, draining, files, server_control
 from app.validation import json_body, string_field
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -119,6 +119,27 @@ def set_concurrency():
     return jsonify(
         admin_settings.set_concurrency(current_app.config, json_body(), actor=g.user, ip=request.remote_addr)
     )
+
+
+@bp.get("/workers")
+@admin_required
+def list_workers():
+    """Every box's workers (name, host, pid, last heartbeat), and which are drained."""
+    return jsonify(draining.workers())
+
+
+@bp.post("/workers/<name>/drain")
+@admin_required
+def drain_worker(name: str):
+    """A worker on any box finishes its running job and takes no more, until resumed."""
+    return jsonify(draining.set_drained(name, True, actor=g.user, ip=request.remote_addr))
+
+
+@bp.post("/workers/<name>/resume")
+@admin_required
+def resume_worker(name: str):
+    """A drained worker takes jobs again."""
+    return jsonify(draining.set_drained(name, False, actor=g.user, ip=request.remote_addr))
 
 
 @bp.get("/settings")

@@ -9,6 +9,7 @@ the worker process needs no metrics server of its own.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from app.models import Job
@@ -147,9 +149,26 @@ def install(app: Flask) -> None:
     app.after_request(_count_request)
 
 
+def _registry() -> CollectorRegistry:
+    """This module's registry; under several web processes (WEB_PROCESSES, PROMETHEUS_MULTIPROC_DIR set by
+    config/gunicorn.conf.py) one that sums every process's request counters from prometheus_client's files."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    if not _shared:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(JobCollector())
+        registry.register(WyomingCollector())
+        _shared.append(registry)
+    return _shared[0]
+
+
+_shared: list[CollectorRegistry] = []
+
+
 @bp.get("/metrics")
 @bp.get("/metrics/")
 def metrics():
     """Prometheus metrics in the text exposition format (or OpenMetrics when asked for)."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(REGISTRY), content_type=content_type)
+    return Response(encoder(_registry()), content_type=content_type)

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from limits.storage import storage_from_string
 from peewee import fn
 
 from app.models import ApiKey, AuditLog, Job, User, db, utcnow
-from app.services import files
+from app.services import draining, files
 from app.services.storage import FOLDERS
 from app.supervisor import gunicorn_master, live_workers
 from workers import modelstore, tuning
@@ -159,21 +159,31 @@ def _system(data_dir: str) -> dict[str, Any]:
 def _processes(data_dir: str) -> dict[str, Any]:
     web = psutil.Process()
     master = gunicorn_master(data_dir)
-    workers = []
-    for entry in live_workers():
+    workers, drained = [], set(draining.drained())
+    for entry in live_workers(local_only=False):  # every box's: a worker elsewhere shows its name and beat
         wid = f"{entry['pid']}:{float(entry['created']):.2f}"
-        job = Job.select(Job.id).where((Job.worker_id == wid) & (Job.status == "processing")).first()
-        try:
-            proc = psutil.Process(entry["pid"])
-        except psutil.Error:
-            continue
+        mine = (Job.worker_id == wid) & ((Job.worker_name == entry["name"]) | Job.worker_name.is_null())
+        job = Job.select(Job.id, Job.model, Job.engine).where(mine & (Job.status == "processing")).first()
+        proc = None
+        if entry["local"]:
+            try:
+                proc = psutil.Process(entry["pid"])
+            except psutil.Error:
+                continue
         workers.append(
             {
+                "name": entry["name"],
+                "host": entry.get("host") or entry["name"],
+                "local": entry["local"],
                 "pid": entry["pid"],
-                "rss_mb": _rss(proc),
+                "rss_mb": _rss(proc) if proc else None,
                 "threads": entry.get("threads"),
                 "uptime_seconds": round(time.time() - float(entry["created"])),
+                "last_heartbeat": utc_iso(datetime.fromtimestamp(float(entry["beat"]), UTC)),
                 "job_id": job.id if job else None,
+                "model": job.model if job else None,
+                "engine": job.engine if job else None,
+                "drained": entry["name"] in drained,
             }
         )
     return {

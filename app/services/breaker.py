@@ -1,4 +1,5 @@
-"""The engine circuit breaker's state, kept in SQLite so the web process sees what the workers' engine did.
+"""The engine circuit breaker's state, kept in the database (or Redis) so the web process sees what the workers'
+engine did.
 
 pybreaker keeps state in memory per process by default; a worker's failures would then never
 reach the web process that must refuse new work with 503.
@@ -117,6 +118,22 @@ engine_breaker = pybreaker.CircuitBreaker(
 
 
 def configure_breaker(settings: dict) -> None:
-    """Apply the configured failure count and pause to the engine breaker."""
+    """Apply the configured failure count and pause, and the storage, to the engine breaker.
+
+    ``BREAKER_STORAGE_URL`` redis://... (by default the Redis of ``QUEUE_URL``) keeps the state in Redis with
+    pybreaker's own ``CircuitRedisStorage``; otherwise it stays in the database, which every process shares too.
+    """
     engine_breaker.fail_max = int(settings["BREAKER_FAIL_MAX"])
     engine_breaker.reset_timeout = float(settings["BREAKER_RESET_SECONDS"])
+    url = str(settings.get("BREAKER_STORAGE_URL") or "")
+    previous = engine_breaker._state_storage
+    if isinstance(previous, pybreaker.CircuitRedisStorage):
+        previous._redis.close()  # replaced below either way; its connections are not left to the collector
+    if url.startswith(("redis://", "rediss://")):
+        import redis  # late: only a Redis setup loads the client
+
+        engine_breaker._state_storage = pybreaker.CircuitRedisStorage(
+            pybreaker.STATE_CLOSED, redis.Redis.from_url(url), namespace="whisper-transcriber:engine"
+        )
+    elif not isinstance(previous, SettingStorage):
+        engine_breaker._state_storage = SettingStorage("engine")

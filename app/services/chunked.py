@@ -237,7 +237,10 @@ def receive_chunk(
                 raise not_found("Upload session")
             _require_open(current)
             part.commit()
-            UploadChunk.replace(session=session.id, number=number, size=size, checksum=checksum).execute()
+            UploadChunk.insert(session=session.id, number=number, size=size, checksum=checksum).on_conflict(
+                conflict_target=[UploadChunk.session, UploadChunk.number],
+                update={UploadChunk.size: size, UploadChunk.checksum: checksum},
+            ).execute()  # portable: SQLite's REPLACE has no PostgreSQL form
             UploadSession.update(expires_at=utcnow() + _ttl(cfg)).where(UploadSession.id == session.id).execute()
             received = UploadChunk.select().where(UploadChunk.session == session.id)
             received_count, received_bytes = received.count(), sum(c.size for c in received)

@@ -19,6 +19,7 @@ from typing import Any
 import peewee
 from flask import current_app, request
 
+from app.db import on_postgresql
 from app.errors import AppError
 from app.models import db
 
@@ -76,6 +77,8 @@ def ensure_room(cfg: Mapping[str, Any], incoming: int = 0) -> None:
 
 def reuse_wal() -> None:
     """Checkpoint the database's WAL without waiting, so the next write reuses the file's space."""
+    if on_postgresql():
+        return  # PostgreSQL's files are on its own box and disk
     try:
         db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
     except (peewee.DatabaseError, OSError) as exc:  # busy, or the main file cannot grow: the write will tell

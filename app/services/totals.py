@@ -16,10 +16,10 @@ RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)  # upper boun
 
 _FROM_JOBS_SQL = (
     "SELECT COUNT(*), SUM(duration), COUNT(rtf), SUM(rtf), "
-    + ", ".join(f"SUM(rtf <= {le})" for le in RTF_BUCKETS)
+    + ", ".join(f"SUM(CASE WHEN rtf <= {le} THEN 1 ELSE 0 END)" for le in RTF_BUCKETS)
     + " FROM (SELECT duration, CASE WHEN duration > 0 AND processing_seconds IS NOT NULL "
-    "THEN processing_seconds / duration END AS rtf FROM job WHERE status = 'completed')"
-)
+    "THEN processing_seconds / duration END AS rtf FROM job WHERE status = 'completed') AS completed"
+)  # portable: PostgreSQL neither sums booleans nor takes a subquery without a name
 
 
 def _from_jobs() -> dict[str, Any]:

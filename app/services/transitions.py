@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.db import opened_data_dir
 from app.models import Job, Segment, db, isoformat, utcnow
 from app.services import totals
 from app.services.jobs import transcript
@@ -44,9 +45,8 @@ def public_reason(reason: str, data_dir: str | Path | None = None) -> str:
 
 
 def _data_dir() -> Path | None:
-    # The database is always $DATA_DIR/whisper.db (app.db.open_database), in the web process and the workers.
-    database = getattr(db.obj, "database", None)
-    return Path(database).parent if database and database != ":memory:" else None
+    # The data dir that app.db.open_database was given (boot passes it, whichever database the URL names).
+    return opened_data_dir()
 
 
 def update_stage(job_id: str, name: str, **fields: Any) -> dict[str, Any]:

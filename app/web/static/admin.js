@@ -59,15 +59,35 @@
       .flatMap(([k, v]) => [WT.el("dt", {}, k), WT.el("dd", {}, String(v))]));
   }
 
+  /* A worker on another box: drain it (it finishes its job and takes no more) or resume it, by its name. */
+  function drainButton(w) {
+    const action = w.drained ? "resume" : "drain";
+    const button = WT.el("button", { type: "button", class: "small" }, w.drained ? "Resume" : "Drain");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await WT.api("/admin/workers/" + encodeURIComponent(w.name) + "/" + action, { method: "POST" });
+        WT.toast(w.name + (action === "drain" ? " takes no more jobs after its running one." : " takes jobs again."), "ok");
+      } catch (err) {
+        WT.fail(err);
+        button.disabled = false;
+      }
+    });
+    return button;
+  }
+
   function workers(stats) {
     const list = (stats.processes || {}).workers || [];
     const body = document.getElementById("workers-body");
     body.replaceChildren(...list.map((w) => WT.el("tr", {},
-      WT.el("td", { "data-label": "PID" }, String(w.pid)),
+      WT.el("td", { "data-label": "Worker" }, (w.name || "") + " · " + String(w.pid) + (w.local === false ? " (" + (w.host || "") + ")" : "")),
       WT.el("td", { "data-label": "Memory" }, w.rss_mb ? w.rss_mb + " MB" : "–"),
       WT.el("td", { "data-label": "Uptime" }, WT.clock(w.uptime_seconds)),
-      WT.el("td", { "data-label": "Job" }, w.job_id ? WT.el("a", { href: "/ui/jobs/" + w.job_id }, w.job_id.slice(0, 8)) : "idle"))));
-    if (!list.length) body.appendChild(WT.el("tr", {}, WT.el("td", { colspan: 4, class: "muted" }, "No worker is running.")));
+      WT.el("td", { "data-label": "Job" }, w.job_id ? WT.el("a", { href: "/ui/jobs/" + w.job_id }, w.job_id.slice(0, 8)) : "idle"),
+      WT.el("td", { "data-label": "Model" }, w.model ? w.model + (w.engine ? " · " + w.engine.split(":")[0] : "") : "–"),
+      WT.el("td", { "data-label": "Heartbeat" }, w.last_heartbeat ? w.last_heartbeat.slice(11, 19) : "–"),
+      WT.el("td", {}, w.local === false ? drainButton(w) : ""))));
+    if (!list.length) body.appendChild(WT.el("tr", {}, WT.el("td", { colspan: 7, class: "muted" }, "No worker is running.")));
     document.getElementById("queue-line").textContent = "Jobs waiting in the queue: " + (stats.queue_depth || 0);
   }
 
