@@ -213,7 +213,7 @@ class PacedEngine(StubEngine):
 def paced(stub_engine, monkeypatch):
     """Run jobs on :class:`PacedEngine` with the pipeline on its clock; record every progress write."""
     PacedEngine.clock, PacedEngine.probe = Clock(), None
-    monkeypatch.setattr(engine, "_build", PacedEngine)
+    monkeypatch.setattr(engine, "build", PacedEngine)
     monkeypatch.setattr(pipeline, "monotonic", PacedEngine.clock)
     writes: list[tuple[str, float, float | None]] = []
     original = transitions.set_progress

@@ -45,10 +45,12 @@ def _close_views():
 def test_a_task_queued_by_one_process_is_taken_by_another_within_a_blocking_pop(redis_url):
     """Two views of one Redis queue, as the web box and a worker box have: the idle worker gets it at once."""
     worker, web = view(redis_url, poll=30), view(redis_url)
-    threading.Timer(0.2, web.enqueue, args=(b"job",)).start()
+    pusher = threading.Timer(0.2, web.enqueue, args=(b"job",))
+    pusher.start()
     started = time.monotonic()
     assert worker.dequeue() == b"job"
     assert time.monotonic() - started < 10  # a blocking pop, not the 30 s poll
+    pusher.join()  # the pusher may still read Redis's answer: its connection is closed after the test
 
 
 def test_a_drained_or_stopping_worker_takes_nothing_until_resumed(redis_url):

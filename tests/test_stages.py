@@ -163,7 +163,7 @@ def test_transcribe_progress_never_goes_back_and_stays_below_100(
         pipeline.Progress, "report", lambda self, *args: (reported.append((self, args)), original(self, *args))
     )
     monkeypatch.setattr(pipeline, "monotonic", lambda: 0.0)  # no time passes: nothing is extrapolated
-    monkeypatch.setattr(engine, "_build", InterleavingEngine)
+    monkeypatch.setattr(engine, "build", InterleavingEngine)
     engine._cache.clear()
     try:
         job_id = uploaded_job(client, admin_headers)["job_id"]

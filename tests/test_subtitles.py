@@ -397,7 +397,7 @@ class TalkStub(StubEngine):
 @pytest.fixture
 def talk(monkeypatch, stub_engine):
     """The engine is :class:`TalkStub`."""
-    monkeypatch.setattr(engine, "_build", TalkStub)
+    monkeypatch.setattr(engine, "build", TalkStub)
     engine._cache.clear()
     yield TalkStub
     engine._cache.clear()
