@@ -112,22 +112,29 @@ def database_url(request) -> Iterator[str]:
     server.drop_database(name)
 
 
-@pytest.fixture
-def app(tmp_path, database_url):
-    """A fresh app: temp data dir, its own database (SQLite file or PostgreSQL) and queue file, the shared models."""
+def build_app(data_dir: Path, **config):
+    """An app as the tests build it: ``data_dir``, the shared models, the admin password, in-memory rate limits.
+
+    ``config`` adds or overrides settings (``MODELS_DIR``, ``TESTING``, limits ...).
+    """
     from app import create_app
 
-    app = create_app(
+    return create_app(
         {
             "TESTING": True,
-            "DATA_DIR": str(tmp_path / "data"),
+            "DATA_DIR": str(data_dir),
             "MODELS_DIR": str(MODELS_DIR),
             "ADMIN_PASSWORD": ADMIN_PASSWORD,
             "RATELIMIT_STORAGE_URI": "memory://",
-            "DATABASE_URL": database_url,
+            **config,
         }
     )
-    yield app
+
+
+@pytest.fixture
+def app(tmp_path, database_url):
+    """A fresh app: temp data dir, its own database (SQLite file or PostgreSQL) and queue file, the shared models."""
+    yield build_app(tmp_path / "data", DATABASE_URL=database_url)
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ADMIN_PASSWORD, launch_appliance
-from tests.helpers import AUDIO, MODELS_DIR, reference, wait_for, wer
+from tests.conftest import build_app, launch_appliance
+from tests.helpers import AUDIO, reference, wait_for, wer
 
 NETWORKS = "10.1.0.0/16, fd00::/8"
 INSIDE = {"REMOTE_ADDR": "10.1.2.3"}
@@ -22,26 +21,10 @@ CLIP = AUDIO / "jfk.flac"
 SERVICE = "anonymous-network"
 
 
-def build(data_dir: Path, **config):
-    """An app as the ``app`` fixture builds it, with extra settings."""
-    from app import create_app
-
-    return create_app(
-        {
-            "TESTING": True,
-            "DATA_DIR": str(data_dir),
-            "MODELS_DIR": str(MODELS_DIR),
-            "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "RATELIMIT_STORAGE_URI": "memory://",
-            **config,
-        }
-    )
-
-
 @pytest.fixture
 def app(tmp_path):
     """The shared fixtures' app, trusting 10.1.0.0/16 and fd00::/8 (overrides conftest's ``app``)."""
-    return build(tmp_path / "data", ANONYMOUS_NETWORKS=NETWORKS)
+    return build_app(tmp_path / "data", ANONYMOUS_NETWORKS=NETWORKS)
 
 
 @pytest.fixture
@@ -103,7 +86,7 @@ def test_outside_address_needs_credentials(anon):
 
 def test_default_is_closed(tmp_path):
     """No WT_ANONYMOUS_NETWORKS: even loopback needs credentials."""
-    app = build(tmp_path / "data")
+    app = build_app(tmp_path / "data")
     assert app.config["ANONYMOUS_NETWORKS"] == ()
     http = app.test_client(use_cookies=False)
     assert upload(http, {}).status_code == 401
@@ -146,7 +129,7 @@ def test_x_forwarded_for_cannot_claim_a_trusted_address_without_trusted_proxies(
 
 def test_behind_a_trusted_proxy_the_forwarded_client_address_decides(tmp_path):
     """WT_TRUSTED_PROXIES=1 with the proxy inside the network: only clients the proxy forwards from inside get in."""
-    app = build(tmp_path / "data", ANONYMOUS_NETWORKS="10.1.0.0/16", TRUSTED_PROXIES=1)
+    app = build_app(tmp_path / "data", ANONYMOUS_NETWORKS="10.1.0.0/16", TRUSTED_PROXIES=1)
     http = app.test_client(use_cookies=False)
     proxy = {"REMOTE_ADDR": "10.1.0.1"}
     assert http.get("/api/jobs", headers={"X-Forwarded-For": "203.0.113.5"}, environ_base=proxy).status_code == 401
@@ -255,7 +238,7 @@ def test_writes_are_audited_with_address_and_path_but_polls_are_not(anon, client
 def test_invalid_network_refuses_to_start(tmp_path, value):
     """A typo fails at start with the setting's name and the bad entry, not silently on every request."""
     with pytest.raises(RuntimeError, match=r"WT_ANONYMOUS_NETWORKS: '.*' is not a network"):
-        build(tmp_path / "data", ANONYMOUS_NETWORKS=value)
+        build_app(tmp_path / "data", ANONYMOUS_NETWORKS=value)
 
 
 def test_networks_come_from_the_environment_and_are_parsed_once(monkeypatch):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, build_app
 from tests.helpers import AUDIO, MODELS_DIR, assert_error, reference, wer
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()}
@@ -342,20 +342,10 @@ def test_detect_language_cuts_encoded_media_to_30_seconds(client, stub_engine, b
 @pytest.fixture
 def english_only_app(tmp_path):
     """An app whose models folder holds tiny.en only."""
-    from app import create_app
-
     models = tmp_path / "models"
     models.mkdir()
     (models / "ggml-tiny.en.bin").symlink_to(MODELS_DIR / "ggml-tiny.en.bin")
-    return create_app(
-        {
-            "TESTING": True,
-            "DATA_DIR": str(tmp_path / "data"),
-            "MODELS_DIR": str(models),
-            "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "RATELIMIT_STORAGE_URI": "memory://",
-        }
-    )
+    return build_app(tmp_path / "data", MODELS_DIR=str(models))
 
 
 def test_english_only_install_names_the_model_to_install(english_only_app):
@@ -395,19 +385,7 @@ def test_credentials_are_required_outside_trusted_networks(app, admin_headers):
 @pytest.fixture
 def trusted_app(tmp_path):
     """An app that trusts 10.1.0.0/16 and allows 3 anonymous requests a minute per address."""
-    from app import create_app
-
-    return create_app(
-        {
-            "TESTING": True,
-            "DATA_DIR": str(tmp_path / "data"),
-            "MODELS_DIR": str(MODELS_DIR),
-            "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "RATELIMIT_STORAGE_URI": "memory://",
-            "ANONYMOUS_NETWORKS": "10.1.0.0/16",
-            "RATELIMIT_ANON": "3 per minute",
-        }
-    )
+    return build_app(tmp_path / "data", ANONYMOUS_NETWORKS="10.1.0.0/16", RATELIMIT_ANON="3 per minute")
 
 
 def test_trusted_network_needs_no_credentials_and_is_limited_per_address(trusted_app, stub_engine):

@@ -21,8 +21,8 @@ import requests
 
 from app.logging_setup import JsonFormatter, SharedRotatingFileHandler
 from app.services import disk
-from tests.conftest import ADMIN_PASSWORD, launch_appliance
-from tests.helpers import AUDIO, MODELS_DIR, assert_error, post_clip, reference, wer
+from tests.conftest import ADMIN_PASSWORD, build_app, launch_appliance
+from tests.helpers import AUDIO, assert_error, post_clip, reference, wer
 
 JFK = (AUDIO / "jfk.flac").read_bytes()
 MB = 1024**2
@@ -58,22 +58,6 @@ def fill(folder: Path) -> Path:
                 assert exc.errno == errno.ENOSPC
     assert shutil.disk_usage(folder).free == 0
     return filler
-
-
-def make_app(data_dir: Path, **config):
-    """An app as the ``app`` fixture builds it, on a data dir of the test's choosing."""
-    from app import create_app
-
-    return create_app(
-        {
-            "TESTING": True,
-            "DATA_DIR": str(data_dir),
-            "MODELS_DIR": str(MODELS_DIR),
-            "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "RATELIMIT_STORAGE_URI": "memory://",
-            **config,
-        }
-    )
 
 
 def temp_files(app) -> list[Path]:
@@ -200,7 +184,7 @@ def test_health_says_the_disk_is_low_and_degraded_but_still_answers_200(client, 
 
 def test_an_upload_that_runs_out_of_disk_midway_is_507_and_leaves_nothing(small_disk, monkeypatch):
     """Another program filled the disk after the check: the stream fails with ENOSPC, the answer is a 507."""
-    app = make_app(small_disk / "data")
+    app = build_app(small_disk / "data")
     client = app.test_client()
     token = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).get_json()
     headers = {"Authorization": f"Bearer {token['access_token']}"}
@@ -213,7 +197,7 @@ def test_an_upload_that_runs_out_of_disk_midway_is_507_and_leaves_nothing(small_
 
 def test_a_database_that_cannot_even_open_on_a_full_disk_is_507_and_health_still_answers(small_disk):
     """With no other process holding it open, SQLite cannot create its -shm file: requests are 507, /health 200."""
-    app = make_app(small_disk / "data", MIN_FREE_MB=2)
+    app = build_app(small_disk / "data", MIN_FREE_MB=2)
     client = app.test_client()
     token = client.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).get_json()
     fill(small_disk)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD
-from tests.helpers import MODELS_DIR
+from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, build_app
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
@@ -17,19 +16,9 @@ RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset
 @pytest.fixture
 def make_app(tmp_path):
     """Build apps with extra settings (all on the same data dir), as the ``app`` fixture does."""
-    from app import create_app
 
     def make(**config):
-        return create_app(
-            {
-                "TESTING": True,
-                "DATA_DIR": str(tmp_path / "data"),
-                "MODELS_DIR": str(MODELS_DIR),
-                "ADMIN_PASSWORD": ADMIN_PASSWORD,
-                "RATELIMIT_STORAGE_URI": "memory://",
-                **config,
-            }
-        )
+        return build_app(tmp_path / "data", **config)
 
     return make
 

@@ -20,8 +20,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from app.services.credentials import SCOPES
-from tests.conftest import ADMIN_PASSWORD, login
-from tests.helpers import AUDIO, MODELS_DIR
+from tests.conftest import build_app, login
+from tests.helpers import AUDIO
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +32,7 @@ SERVER_CONTROL = r"^/admin/(shutdown|restart|reset|download-all)$"
 @pytest.fixture
 def fuzz_app(tmp_path):
     """The app as served: errors rendered by the handler, not raised; no rate limits."""
-    from app import create_app
-
-    return create_app(
-        {
-            "TESTING": False,
-            "DATA_DIR": str(tmp_path / "data"),
-            "MODELS_DIR": str(MODELS_DIR),
-            "ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "RATELIMIT_ENABLED": False,
-            "RATELIMIT_STORAGE_URI": "memory://",
-            "ENABLE_SERVER_CONTROL": False,
-        }
-    )
+    return build_app(tmp_path / "data", TESTING=False, RATELIMIT_ENABLED=False, ENABLE_SERVER_CONTROL=False)
 
 
 def credentials(client) -> tuple[dict[str, str], dict[str, str]]:
