@@ -57,6 +57,14 @@ def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", *args], check=True, timeout=120)
 
 
+def ffprobe_streams(path: Path | str) -> list[dict]:
+    """The streams of a media file, by ffprobe."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True
+    ).stdout
+    return json.loads(out)["streams"]
+
+
 def make_video(source: Path, out: Path) -> Path:
     """A small mp4: a colour source with ``source`` as its audio track."""
     ffmpeg(

@@ -6,10 +6,8 @@ and shared. Screenshots land in ``test-output/screenshots`` as artifacts.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, OUTPUT, make_german_video, make_video, reference, wer
+from tests.helpers import AUDIO, OUTPUT, ffprobe_streams, make_german_video, make_video, reference, wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install .[test])")
@@ -403,10 +401,7 @@ def test_admin_pages_show_stats_settings_users_keys_and_the_system_log(chromium,
 
 def subtitle_streams(path: Path) -> list[dict]:
     """The subtitle streams of a media file, by ffprobe."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True
-    ).stdout
-    return [s for s in json.loads(out)["streams"] if s["codec_type"] == "subtitle"]
+    return [s for s in ffprobe_streams(path) if s["codec_type"] == "subtitle"]
 
 
 def test_api_user_signs_in_downloads_the_subtitled_video_and_purges_and_retries(chromium, tmp_path):
@@ -505,9 +500,4 @@ def test_dub_option_on_upload_and_the_dub_plays_and_downloads_on_the_job_page(ch
         with page.expect_download() as download:
             page.click("#dub-download")
         assert download.value.suggested_filename == "german.en.dub.m4a"
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", download.value.path()],
-            capture_output=True,
-            check=True,
-        )
-        assert [s["codec_type"] for s in json.loads(probe.stdout)["streams"]] == ["audio"]
+        assert [s["codec_type"] for s in ffprobe_streams(download.value.path())] == ["audio"]

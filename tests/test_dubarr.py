@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.services import media
-from tests.helpers import AUDIO, make_video, reference, wer
+from tests.helpers import AUDIO, ffprobe_streams, make_video, reference, wer
 
 
 @pytest.fixture
@@ -29,14 +29,6 @@ def library(app, tmp_path) -> Path:
 def webhook(client, headers, payload) -> object:
     """POST a JSON webhook."""
     return client.post("/webhook", headers=headers, data=json.dumps(payload), content_type="application/json")
-
-
-def ffprobe_streams(path: Path) -> list[dict]:
-    """The streams of a media file."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True
-    ).stdout
-    return json.loads(out)["streams"]
 
 
 def stream_md5(path: Path, selector: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 from app.models import Job
 from app.services import analysis, dubs, plans
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, MODELS_DIR, assert_error, make_german_video, make_video
+from tests.helpers import AUDIO, MODELS_DIR, assert_error, ffprobe_streams, make_german_video, make_video
 from workers import dubbing
 
 
@@ -23,14 +23,6 @@ from workers import dubbing
 def german_video(tmp_path_factory) -> Path:
     """The German clip with a tone under it, built once."""
     return make_german_video(tmp_path_factory.mktemp("german"))
-
-
-def streams(path: Path) -> list[dict]:
-    """ffprobe's streams of a file."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)], capture_output=True, check=True
-    ).stdout
-    return json.loads(out)["streams"]
 
 
 def upload(client, headers, path: Path, **form):
@@ -54,7 +46,7 @@ def test_dub_job_adds_an_english_track_beside_the_original(client, admin_headers
     job = Job.get_by_id(job.id)
     assert job.status == "completed", job.error
     out = Path(app.config["DATA_DIR"]) / job.stages["mux"]["output"]
-    found = streams(out)
+    found = ffprobe_streams(out)
     audio = [s for s in found if s["codec_type"] == "audio"]
     assert [s["codec_type"] for s in found].count("video") == 1 and len(audio) == 2
     tags = audio[1]["tags"]
@@ -234,7 +226,7 @@ def test_unreachable_chat_model_fails_the_translate_stage_and_a_retry_works_once
     assert [c["translate"] for c in stub_engine.calls] == [False]  # the transcript was reused from the cache
     assert job.stages["fit"]["skipped"] == 1 and job.stages["fit"]["segments"] == len(server.requests) - 1
     out = Path(app.config["DATA_DIR"]) / job.stages["mux"]["output"]
-    assert [s["tags"].get("language") for s in streams(out) if s["codec_type"] == "audio"][-1] == "deu"
+    assert [s["tags"].get("language") for s in ffprobe_streams(out) if s["codec_type"] == "audio"][-1] == "deu"
     analysis.reset_breaker()
 
 
@@ -285,7 +277,7 @@ def test_library_dub_is_a_sidecar_next_to_the_untouched_media(app, client, admin
     job = Job.get_by_id(response.get_json()["task_id"])
     assert job.status == "completed", job.error
     sidecar = root / "Movie (2020).en.dub.m4a"
-    assert [s["codec_type"] for s in streams(sidecar)] == ["audio"]
+    assert [s["codec_type"] for s in ffprobe_streams(sidecar)] == ["audio"]
     assert (root / "Movie (2020).en.srt").exists() and video.read_bytes() == before
 
 
@@ -334,7 +326,7 @@ def test_a_dub_with_nothing_to_say_completes_with_the_original_sound(app, client
     assert job.stages["fit"]["segments"] == 0 and job.stages["fit"]["skipped"] == len(server.requests)
     out = Path(app.config["DATA_DIR"]) / job.stages["mux"]["output"]
     assert out.suffix == ".mkv"
-    audio = [s for s in streams(out) if s["codec_type"] == "audio"]
+    audio = [s for s in ffprobe_streams(out) if s["codec_type"] == "audio"]
     assert len(audio) == 2 and audio[1]["tags"]["title"] == "German (dub)"
 
 
@@ -355,7 +347,7 @@ def test_library_dub_with_mux_library_is_a_muxed_copy(app, client, admin_headers
     assert download.status_code == 200
     copy = tmp_path / "copy.mp4"
     copy.write_bytes(download.data)
-    assert [s["codec_type"] for s in streams(copy)].count("audio") == 2
+    assert [s["codec_type"] for s in ffprobe_streams(copy)].count("audio") == 2
 
 
 def test_purged_dub_is_made_again_by_a_retry(app, client, admin_headers, drain, stub_engine, tmp_path):

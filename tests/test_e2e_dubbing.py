@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import DUB_TONE_HZ, make_german_video, wer
+from tests.helpers import DUB_TONE_HZ, ffprobe_streams, make_german_video, wer
 
 pytestmark = pytest.mark.e2e
 
@@ -69,13 +69,7 @@ def test_german_video_gains_an_english_dub_inside_the_segments_with_the_tone_kep
     download = live_server.get(f"/download/{job['job_id']}")
     assert download.status_code == 200, download.text
     out.write_bytes(download.content)
-    streams = json.loads(
-        subprocess.run(
-            ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(out)],
-            capture_output=True,
-            check=True,
-        ).stdout
-    )["streams"]
+    streams = ffprobe_streams(out)
     kinds = [s["codec_type"] for s in streams]
     assert kinds.count("video") == 1 and kinds.count("audio") == 2 and "subtitle" in kinds
     assert [s["tags"]["language"] for s in streams if s["codec_type"] == "audio"][1] == "eng"

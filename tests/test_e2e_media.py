@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 
 import pytest
 
-from tests.helpers import AUDIO, make_video, reference, wait_for, wer
+from tests.helpers import AUDIO, ffprobe_streams, make_video, reference, wait_for, wer
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +45,7 @@ def downloaded_streams(live_server, task_id: str, out) -> list[dict]:
     download = live_server.get(f"/download/{task_id}")
     assert download.status_code == 200, download.text
     out.write_bytes(download.content)
-    return json.loads(
-        subprocess.run(
-            ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(out)],
-            capture_output=True,
-            check=True,
-        ).stdout
-    )["streams"]
+    return ffprobe_streams(out)
 
 
 def test_video_upload_through_the_running_appliance_gains_a_subtitle_track(live_server, tmp_path):
