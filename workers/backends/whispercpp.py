@@ -104,28 +104,20 @@ class WhisperCppEngine:
                         on_progress(100.0 * (start + percent / 100.0 * (end - start)) / total)
 
                 piece = to_float32(samples[start:end])
+                # Per piece: the language is detected on the first one and kept for the rest.
+                options = {
+                    "language": language,
+                    "translate": translate,
+                    "prompt": prompt,
+                    "words": words,
+                    "should_abort": should_abort,
+                }
                 segments, detected = self._piece(
-                    piece,
-                    start / SAMPLE_RATE,
-                    language=language,
-                    translate=translate,
-                    prompt=prompt,
-                    words=words,
-                    on_segment=on_segment,
-                    on_progress=piece_progress,
-                    should_abort=should_abort,
+                    piece, start / SAMPLE_RATE, on_segment=on_segment, on_progress=piece_progress, **options
                 )
                 if looping(segments):
-                    segments, detected = self._retry(
-                        piece,
-                        start / SAMPLE_RATE,
-                        language=language,
-                        translate=translate,
-                        prompt=prompt,
-                        words=words,
-                        should_abort=should_abort,
-                        first=segments,
-                    )
+                    # The retry decodes the piece silently: only the attempt kept is reported, by the result.
+                    segments, detected = self._retry(piece, start / SAMPLE_RATE, first=segments, **options)
                     result.loops_suppressed += 1
                 if language is None and detected:
                     language = result.language = detected  # detect once, then keep it for every piece
