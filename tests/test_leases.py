@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from app.models import Job, utcnow
+from tests.helpers import assert_error
 from workers import pipeline
 
 pytestmark = pytest.mark.database
@@ -134,5 +135,5 @@ def test_an_admin_drains_a_worker_of_any_box_by_name_and_resumes_it(app, client,
         assert AuditLog.search(action="worker_drain").first().target == "nas"
     assert client.post("/admin/workers/nas/resume", headers=admin_headers).get_json()["drained"] is False
     assert client.get("/admin/workers", headers=admin_headers).get_json()["drained"] == []
-    assert client.post("/admin/workers/-bad name/drain", headers=admin_headers).status_code == 422
-    assert client.post("/admin/workers/nas/drain", headers=user_headers("bob")).status_code == 403
+    assert_error(client.post("/admin/workers/-bad name/drain", headers=admin_headers), 422)
+    assert_error(client.post("/admin/workers/nas/drain", headers=user_headers("bob")), 403)
