@@ -6,6 +6,11 @@ what only that backend does (pieces, sized audio_ctx, the loop guard).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.helpers import AUDIO, MODELS_DIR, ffmpeg, reference, wer
@@ -195,3 +200,25 @@ def test_a_closed_engine_refuses_to_transcribe_instead_of_crashing():
     engine.unload()
     with pytest.raises(RuntimeError, match="closed"):
         loaded.transcribe(audio.decode(AUDIO / "jfk.flac")[:16000])
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, engine.OPENMP_DEFAULTS),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}),
+        ({"GOMP_SPINCOUNT": "0"}, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "0"}),
+    ],
+)
+def test_openmp_waits_are_set_at_boot_unless_the_user_chose_them(given, expected):
+    """Booting the app sets libgomp's wait policy before any engine loads it, and keeps a user's own."""
+    probe = (
+        "import json, os, app.boot; "
+        "loaded = any('libgomp' in line for line in open('/proc/self/maps')); "
+        "print(json.dumps([loaded, {k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in engine.OPENMP_DEFAULTS} | given
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    libgomp_loaded, seen = json.loads(out.stdout)
+    assert not libgomp_loaded  # nothing read the environment before it was set
+    assert seen == expected
