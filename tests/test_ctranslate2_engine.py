@@ -95,10 +95,16 @@ def test_jfk_is_decoded_in_one_sequential_window_within_ten_percent_wer(tiny_en,
     assert all(0 < s.confidence <= 1 for s in result.segments)
 
 
+@pytest.mark.parametrize(("threads", "batch"), [(1, 2), (2, 2), (4, 2), (8, 4), (32, 4)])
+def test_the_batch_grows_with_the_threads_up_to_four_pieces(models_dir, threads, batch):
+    """Memory grows with the batch; on two cores two pieces decode as fast as four."""
+    assert CTranslate2Engine(modelstore.ct2_dir(models_dir, "tiny.en"), threads).batch_size == batch
+
+
 def test_audio_longer_than_a_window_is_batched_within_fifteen_percent_wer(tiny_en, long_osr, monkeypatch):
     batched = spy(monkeypatch, tiny_en._batched, "transcribe")
     result = tiny_en.transcribe(long_osr, language="en")
-    assert len(batched) == 1 and batched[0]["batch_size"] == 4 and batched[0]["beam_size"] == 1
+    assert len(batched) == 1 and batched[0]["batch_size"] == tiny_en.batch_size and batched[0]["beam_size"] == 1
     assert wer(OSR_TWICE, result.text) <= 0.15
     assert_in_file_time(result.segments, 2 * OSR_SECONDS)
     assert result.segments[-1].end > 65, "the last piece is reported in file time, not piece time"
