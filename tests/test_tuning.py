@@ -165,3 +165,12 @@ def test_a_forced_ctranslate2_engine_serves_jobs_end_to_end(tmp_path):
             assert wer(reference(name), job["transcript"]["text"]) <= limit
             srt = server.get(f"/api/export/download/{job['job_id']}/srt")
             assert srt.status_code == 200 and "-->" in srt.text
+
+
+def test_the_benchmark_runs_the_anchor_with_libgomps_defaults_not_the_appliances(monkeypatch):
+    from workers import compare, engine
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    shipped = compare.child_env(compare.AS_SHIPPED)
+    assert "OMP_WAIT_POLICY" not in shipped and shipped["GOMP_SPINCOUNT"] == "300000"
+    assert compare.child_env(engine.OPENMP_DEFAULTS)["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -7,7 +7,9 @@ rate and the peak memory beside each time.
 - faster-whisper int8, sequential and batched: the engine most peers serve, and the anchor (×1.00);
 - bare whisper.cpp on each model file, one call over the whole file: the engine as it comes;
 - the running appliance, once per engine setting, timed from HTTP submit to the job reading
-  completed, submitted as a user does (no model, no language).
+  completed, submitted as a user does (no model, no language);
+- faster-whisper int8 once more with the appliance's OpenMP setting (``engine.OPENMP_DEFAULTS``), so
+  the table shows what that setting alone is worth: the other bare engines run as they come.
 
 Bare systems each run in a child process of their own (``--serve``), so their memory is their own.
 """
@@ -28,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers import modelstore, tuning
+from workers import engine, modelstore, tuning
 from workers.bench import Appliance, PeakRss
 
 ANCHOR = "faster-whisper int8"
+TUNED_ANCHOR = "faster-whisper int8, appliance's OpenMP setting"
+# libgomp's own defaults, spelled out: with one of its variables set, the appliance's setting stays away.
+AS_SHIPPED = {"GOMP_SPINCOUNT": "300000"}
 BATCH_JOBS = 8
 LONG_REPEATS = 17  # OSR ×17: about 10 minutes
 FW_BATCH_SIZE = 4
@@ -138,13 +143,19 @@ def serve(system: str, model_dir: str, threads: int) -> None:
         print(json.dumps({"seconds": elapsed, "text": " ".join(texts), "rss": rss}), flush=True)
 
 
+def child_env(openmp: dict[str, str]) -> dict[str, str]:
+    """This process's environment with ``openmp`` in place of the OpenMP variables it holds."""
+    return {k: v for k, v in os.environ.items() if k not in engine.OPENMP_DEFAULTS} | openmp
+
+
 class Bare:
     """A bare engine in a child process."""
 
-    def __init__(self, label: str, system: str, model_dir: Path, threads: int):
+    def __init__(self, label: str, system: str, model_dir: Path, threads: int, openmp: dict[str, str] = AS_SHIPPED):
         self.label = label
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workers.compare", system, str(model_dir), str(threads)],
+            env=child_env(openmp),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -222,6 +233,7 @@ def run_compare(model: str, runs: int, names: list[str], echo: Callable[[str], N
     systems: list[Any] = [
         Bare(ANCHOR, "fw", ct2, threads),
         Bare(f"faster-whisper int8 batched ({FW_BATCH_SIZE})", "fw-batched", ct2, threads),
+        Bare(TUNED_ANCHOR, "fw", ct2, threads, engine.OPENMP_DEFAULTS),
     ]
     for choice in tuning.candidates(models_dir, model):
         if choice.backend == "whispercpp":
