@@ -122,6 +122,23 @@ def test_batched_pieces_are_cut_at_pauses_of_the_speech_and_cover_it(tiny_en, lo
     assert all(0 < c["end"] - c["start"] <= 30 for c in clips)
 
 
+def test_the_vad_reads_long_audio_a_minute_at_a_time_and_joins_spans_across_its_cuts(monkeypatch):
+    import faster_whisper.vad
+
+    blocks: list[int] = []
+
+    def all_speech(block, options):
+        blocks.append(len(block))
+        return [{"start": 0, "end": len(block)}]
+
+    monkeypatch.setattr(faster_whisper.vad, "get_speech_timestamps", all_speech)
+    samples = np.zeros(150 * 16000, dtype=np.float32)
+    assert ctranslate2._speech_spans(samples) == [(0, len(samples))]
+    assert (
+        len(blocks) >= 2 and max(blocks) <= 1.5 * ctranslate2.VAD_BLOCK_SECONDS * 16000 and sum(blocks) == len(samples)
+    )
+
+
 def test_speech_after_a_long_silence_keeps_its_file_time(tiny_en, jfk):
     silence = np.zeros(20 * 16000, dtype=jfk.dtype)
     result = tiny_en.transcribe(np.concatenate([jfk, silence, jfk]), language="en", words=True)
