@@ -111,6 +111,15 @@ def test_audio_longer_than_a_window_is_batched_within_fifteen_percent_wer(tiny_e
     assert all(0 < s.confidence <= 1 for s in result.segments)
 
 
+def test_speech_just_over_a_window_fills_the_batch_with_pieces(tiny_en, osr, monkeypatch):
+    batched = spy(monkeypatch, tiny_en._batched, "transcribe")
+    result = tiny_en.transcribe(osr, language="en")
+    clips = batched[0]["clip_timestamps"]
+    assert len(clips) == tiny_en.batch_size
+    assert all(ctranslate2.MIN_PIECE_SECONDS <= c["end"] - c["start"] <= 30 for c in clips)
+    assert wer(reference("OSR_us_000_0034_8k.flac"), result.text) <= 0.05
+
+
 def test_batched_pieces_are_cut_at_pauses_of_the_speech_and_cover_it(tiny_en, long_osr, monkeypatch):
     batched = spy(monkeypatch, tiny_en._batched, "transcribe")
     tiny_en.transcribe(long_osr, language="en")
