@@ -71,8 +71,9 @@ def fake_ffmpeg(folder: Path, *, then: str = "exec sleep 30") -> Path:
 
 
 def use_fake_ffmpeg(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """Put the fake first on PATH (uploads are probed in-process by PyAV; only decoding runs ffmpeg)."""
+    """Put the fake first on PATH, and decode even small files with it (they are decoded in-process otherwise)."""
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(audio, "IN_PROCESS_BYTES", 0)
 
 
 def gone(pid_file: Path) -> bool:
@@ -89,6 +90,13 @@ def leftovers(cache: Path) -> list[tuple[str, int]]:
     return sorted((p.name, p.stat().st_size) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
 
+@pytest.fixture(params=["in_process", "ffmpeg"])
+def decoder(request, monkeypatch) -> str:
+    """Each way a job's media is decoded: PyAV in the worker (small files) and an ffmpeg process."""
+    monkeypatch.setattr(audio, "IN_PROCESS_BYTES", 2**40 if request.param == "in_process" else 0)
+    return request.param
+
+
 # ------------------------------------------------------------------ the length limit
 
 
@@ -97,7 +105,7 @@ def test_the_lying_flac_claims_one_second(tmp_path):
     assert info.duration == pytest.approx(1.0)
 
 
-def test_decoding_stops_at_the_limit_and_fails_as_media_too_long(tmp_path):
+def test_decoding_stops_at_the_limit_and_fails_as_media_too_long(tmp_path, decoder):
     source = lying_flac(tmp_path / "lying.flac")
     out = tmp_path / "cache" / "audio.s16"
     out.parent.mkdir()
@@ -109,11 +117,57 @@ def test_decoding_stops_at_the_limit_and_fails_as_media_too_long(tmp_path):
     assert leftovers(out.parent) == []
 
 
-def test_audio_as_long_as_the_limit_still_decodes(tmp_path):
+def test_audio_as_long_as_the_limit_still_decodes(tmp_path, decoder):
     source = tmp_path / "minute.flac"
     ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", str(LIMIT), str(source))
     seconds = audio.decode_to_file(source, tmp_path / "audio.s16", expected_seconds=LIMIT, max_seconds=LIMIT)
     assert seconds == pytest.approx(LIMIT, abs=0.05)
+
+
+@pytest.mark.parametrize("clip", ["jfk.flac", "OSR_us_000_0034_8k.flac", "hotwords.mp3", "stereo_diarization.flac"])
+def test_both_decoders_give_the_same_samples(tmp_path, monkeypatch, clip):
+    decoded = {}
+    for name, size in (("in_process", 2**40), ("ffmpeg", 0)):
+        monkeypatch.setattr(audio, "IN_PROCESS_BYTES", size)
+        out = tmp_path / f"{name}.s16"
+        audio.decode_to_file(AUDIO / clip, out, max_seconds=LIMIT)
+        decoded[name] = np.fromfile(out, dtype="<i2").astype(np.int32)
+    assert decoded["in_process"].size == decoded["ffmpeg"].size
+    assert np.abs(decoded["in_process"] - decoded["ffmpeg"]).max() <= 4  # the same resampler, a rounding apart
+
+
+def test_a_damaged_file_keeps_what_decodes_or_fails_as_truncated(tmp_path, decoder):
+    source = tmp_path / "cut.mp3"
+    ffmpeg("-i", str(AUDIO / "jfk.flac"), str(source))
+    data = bytearray(source.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 4000] = bytes(4000)  # a hole of zeros in the middle
+    source.write_bytes(bytes(data[: 2 * len(data) // 3]))  # and the last third gone
+    out = tmp_path / "audio.s16"
+    with pytest.raises(audio.MediaError, match="truncated or damaged"):
+        audio.decode_to_file(source, out, expected_seconds=11.0, max_seconds=LIMIT)
+    assert not out.exists() and not out.with_name("audio.s16.part").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not media at all" * 100])
+def test_what_is_not_media_fails_with_a_media_error_and_leaves_nothing(tmp_path, decoder, content):
+    source = tmp_path / "fake.wav"
+    source.write_bytes(content)
+    out = tmp_path / "audio.s16"
+    with pytest.raises(audio.MediaError):
+        audio.decode_to_file(source, out, max_seconds=LIMIT)
+    assert not out.exists() and not out.with_name("audio.s16.part").exists()
+
+
+def test_a_cancel_stops_an_in_process_decode_and_removes_its_partial_output(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "IN_PROCESS_BYTES", 2**40)
+    monkeypatch.setattr(audio, "POLL_SECONDS", 0.0)  # ten minutes of silence decode in a blink: check every packet
+    source = lying_flac(tmp_path / "lying.flac", seconds=600)
+    out = tmp_path / "audio.s16"
+    seen: list[float] = []
+    with pytest.raises(engine.Aborted):
+        audio.decode_to_file(source, out, max_seconds=3600, on_progress=seen.append, should_abort=lambda: bool(seen))
+    assert seen and 0 < seen[-1] < 600
+    assert not out.exists() and not out.with_name("audio.s16.part").exists()
 
 
 def test_a_lying_upload_is_accepted_then_fails_its_job_without_filling_cache_or_memory(
@@ -332,3 +386,13 @@ def test_an_audio_cleanup_job_on_a_lying_file_stops_at_the_limit(app, client, ad
     assert job["status"] == "failed" and "MEDIA_TOO_LONG" in job["error"], job
     cache = Path(app.config["DATA_DIR"]) / "cache" / job_id
     assert not list(cache.glob("*.wav")), "the over-long ingest output was removed"
+
+
+def test_an_in_process_decode_past_its_timeout_fails_as_media_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio, "IN_PROCESS_BYTES", 2**40)
+    monkeypatch.setattr(audio, "POLL_SECONDS", 0.0)
+    out = tmp_path / "audio.s16"
+    with pytest.raises(audio.MediaError) as caught:
+        audio.decode_to_file(lying_flac(tmp_path / "lying.flac"), out, timeout=1e-6, max_seconds=3600)
+    assert caught.value.error_code == "MEDIA_TIMEOUT"
+    assert not out.exists() and not out.with_name("audio.s16.part").exists()
