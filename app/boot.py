@@ -14,8 +14,9 @@ What each role gets besides:
   and ``access.log``. ``create_app`` then adds only the Flask parts (limiter, sockets, error
   handlers, hooks, routes).
 - ``"worker"``: its lower CPU priority (``WORKER_NICE``) first, so every thread it starts inherits it,
-  and a console that shows every line at ``LOG_LEVEL``. The ``worker`` command then adds only the
-  consumer. Nothing here loads the web stack (flask_limiter, flask_sock, jwt, argon2).
+  libgomp's wait policy for the engines (``workers.engine.openmp_defaults``), and a console that shows
+  every line at ``LOG_LEVEL``. The ``worker`` command then adds only the consumer. Nothing here loads
+  the web stack (flask_limiter, flask_sock, jwt, argon2).
 - ``"wyoming"``: the console like a worker, but the normal CPU priority: its voice commands are interactive
   and must get the cores before a worker's file job. The ``wyoming`` command then loads its own engine.
   No web stack either.
@@ -31,7 +32,7 @@ from app.services import queueing
 from app.services.breaker import configure_breaker
 from app.services.storage import Layout
 from app.settings import MIN_SECRET_LENGTH, ensure_secret_key, load_settings
-from workers import lifecycle, queue, tasks
+from workers import engine, lifecycle, queue, tasks
 
 ROLES = ("web", "worker", "wyoming")
 
@@ -46,6 +47,7 @@ def boot(settings: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
     else:
         if role == "worker":
             lifecycle.lower_priority(int(loaded["WORKER_NICE"]))
+            engine.openmp_defaults()  # libgomp reads it once, when the first engine loads it
         logging_setup.console_logging(loaded["LOG_LEVEL"])
     # late: app.supervisor imports workers.lifecycle, which may be what is importing this package now
     from app.supervisor import name_this_box

@@ -369,11 +369,12 @@ def bench(model: str, runs: int, audio_dir: str | None, compare: bool, workloads
 @click.option("--runs", default=2, show_default=True, help="Timed runs per clip and candidate.")
 def tune(models: tuple[str, ...], runs: int) -> None:
     """Measure each engine and model file on this box and record the fastest accurate one (WT_ENGINE=auto)."""
-    from workers import lifecycle, tuning
+    from workers import engine, lifecycle, tuning
 
     settings = load_settings()
     if lifecycle.follow_supervisor(signal.SIGTERM):  # started by `run`: background work, like a worker's
         lifecycle.lower_priority(int(settings["WORKER_NICE"]))
+    engine.openmp_defaults()  # the engines are measured as a worker runs them
     names = list(models) or [settings["DEFAULT_MODEL"]]
     record = tuning.calibrate(settings, names, runs=runs, echo=click.echo)
     for name, entry in record["models"].items():

@@ -210,15 +210,19 @@ def test_a_closed_engine_refuses_to_transcribe_instead_of_crashing():
         ({"GOMP_SPINCOUNT": "0"}, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "0"}),
     ],
 )
-def test_openmp_waits_are_set_at_boot_unless_the_user_chose_them(given, expected):
-    """Booting the app sets libgomp's wait policy before any engine loads it, and keeps a user's own."""
+def test_a_worker_boot_sets_openmp_waits_before_any_engine_loads_unless_the_user_chose(tmp_path, given, expected):
+    """libgomp reads its wait policy once: the worker's boot sets it first; other processes leave it alone."""
     probe = (
-        "import json, os, app.boot; "
+        "import json, os, app.cli; from app.boot import boot; "
+        "untouched = {k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}; "
+        "boot(None, 'worker'); "
         "loaded = any('libgomp' in line for line in open('/proc/self/maps')); "
-        "print(json.dumps([loaded, {k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}]))"
+        "print(json.dumps([untouched, loaded, {k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}]))"
     )
     env = {k: v for k, v in os.environ.items() if k not in engine.OPENMP_DEFAULTS} | given
+    env["WT_DATA_DIR"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    libgomp_loaded, seen = json.loads(out.stdout)
+    untouched, libgomp_loaded, seen = json.loads(out.stdout.splitlines()[-1])
+    assert untouched == {k: given.get(k) for k in engine.OPENMP_DEFAULTS}  # the Wyoming command sets its own
     assert not libgomp_loaded  # nothing read the environment before it was set
     assert seen == expected

@@ -222,6 +222,7 @@ def run_compare(model: str, runs: int, names: list[str], echo: Callable[[str], N
     from app.settings import load_settings  # late: the child processes need no settings
 
     settings = load_settings()
+    engine.openmp_defaults()  # the calibration below runs here: as a worker runs its engines
     models_dir = settings["MODELS_DIR"]
     threads = int(settings["ENGINE_THREADS"]) or os.cpu_count() or 1
     ct2 = modelstore.ct2_dir(models_dir, model)

@@ -29,12 +29,12 @@ OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"}
 
 
 def openmp_defaults() -> None:
-    """Set libgomp's wait policy before either engine loads it, unless the user set one of their own."""
+    """Set libgomp's wait policy before either engine loads it, unless the process already has one.
+
+    A worker's boot calls it, and ``tune``; the Wyoming process sets its own (PASSIVE) instead.
+    """
     if not any(name in os.environ for name in OPENMP_DEFAULTS):
         os.environ.update(OPENMP_DEFAULTS)
-
-
-openmp_defaults()  # at import: the backends import libgomp lazily, always through this module
 
 
 @dataclass
