@@ -153,9 +153,11 @@ def test_what_is_not_media_fails_with_a_media_error_and_leaves_nothing(tmp_path,
     source = tmp_path / "fake.wav"
     source.write_bytes(content)
     out = tmp_path / "audio.s16"
-    with pytest.raises(audio.MediaError):
+    with pytest.raises(audio.MediaError) as caught:
         audio.decode_to_file(source, out, max_seconds=LIMIT)
     assert not out.exists() and not out.with_name("audio.s16.part").exists()
+    if decoder == "in_process":
+        assert str(tmp_path) not in str(caught.value), "the server's paths stay out of what users read"
 
 
 def test_a_cancel_stops_an_in_process_decode_and_removes_its_partial_output(tmp_path, monkeypatch):

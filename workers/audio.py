@@ -321,7 +321,7 @@ def _decode_in_process(
                 try:
                     frames = packet.decode()
                 except av.FFmpegError as exc:  # a damaged packet: skipped, as ffmpeg does
-                    complaints.append(str(exc))
+                    complaints.append(_reason(exc))
                     continue
                 if not all(write(frame) for frame in frames):
                     break
@@ -341,9 +341,14 @@ def _decode_in_process(
         ) from exc
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         if not written:
-            raise MediaError(f"The media could not be decoded: {exc}") from exc
-        complaints.append(str(exc))  # the rest of the file is unreadable: keep what came before, as ffmpeg does
+            raise MediaError(f"The media could not be decoded: {_reason(exc)}") from exc
+        complaints.append(_reason(exc))  # the rest of the file is unreadable: keep what came before, as ffmpeg does
     return "\n".join(complaints)[-STDERR_TAIL:]
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's words for an error, without the server's file path that PyAV appends."""
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 class PcmFile:
