@@ -52,6 +52,12 @@ def wer(ref: str, hyp: str) -> float:
     return jiwer.wer(_normalise(ref), _normalise(hyp) or "<empty>")
 
 
+def word_recall(ref: str, hyp: str) -> float:
+    """The share of the reference's words found, in order, in ``hyp``: words ``hyp`` adds cost nothing."""
+    words = jiwer.process_words(_normalise(ref), _normalise(hyp) or "<empty>")
+    return words.hits / max(1, len(_normalise(ref).split()))
+
+
 def ffmpeg(*args: str) -> None:
     """Run ffmpeg quietly; raise on failure."""
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", *args], check=True, timeout=120)

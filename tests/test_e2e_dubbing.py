@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import DUB_TONE_HZ, ffprobe_streams, make_german_video, wer
+from tests.helpers import DUB_TONE_HZ, ffprobe_streams, make_german_video, wer, word_recall
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +102,12 @@ def test_german_video_gains_an_english_dub_inside_the_segments_with_the_tone_kep
     assert 0.7 < ratio < 1.4, f"the tone outside speech is at {ratio:.2f} of the original"
     assert np.median(tone_dub[spoken]) > 0.04 * np.median(tone_orig[spoken]), "the tone vanished under the dub"
 
-    # The dub says what whisper's own translation of the German says.
+    # The dub says what whisper's own translation of the German says: its voice, word for word ...
     reference = appliance_text(live_server, video, task="translate", model="base", language="de")
-    heard = appliance_text(live_server, tmp_path / "dub.wav", model="base", language="en")
+    voice = live_server.data_dir / "cache" / job["job_id"] / "voice.wav"
+    heard = appliance_text(live_server, voice, model="base", language="en")
     assert wer(reference, heard) <= 0.35, (reference, heard)
+    # ... and most of its words come through the mix. Not word for word: where the translation is one long
+    # segment, the original goes on 20 dB down after the dub's words end, and base may transcribe it too.
+    in_mix = appliance_text(live_server, tmp_path / "dub.wav", model="base", language="en")
+    assert word_recall(reference, in_mix) >= 0.6, (reference, in_mix)
