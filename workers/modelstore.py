@@ -11,13 +11,14 @@ import importlib.util
 import logging
 import re
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
 import requests
 
 from workers.atomicfile import AtomicFile
-from workers.convert import convert_ct2_dir, quantize_ggml
+from workers.convert import GGML_MAGIC, convert_ct2_dir, quantize_ggml
 
 _NAME = re.compile(
     r"^(?:(?:tiny|base|small|medium)(?:\.en)?|large(?:-v1|-v2|-v3|-v3-turbo)?|turbo)"
@@ -56,6 +57,21 @@ def model_path(models_dir: Path | str, name: str) -> Path:
     if not _SAFE_NAME.fullmatch(name or "") or ".." in name:
         raise ModelError(f"{name!r} is not a usable model name (letters, digits, '.', '-', '_')")
     return Path(models_dir) / f"ggml-{name}.bin"
+
+
+ENGLISH_ONLY_VOCAB = 51864  # n_vocab of the .en models; multilingual ones have 51865 or more
+
+
+def is_multilingual(models_dir: Path | str, name: str) -> bool:
+    """True when a ggml model knows more than English: its header's vocabulary size, else its name."""
+    try:
+        with open(model_path(models_dir, name), "rb") as f:
+            magic, vocabulary = struct.unpack("<Ii", f.read(8))
+    except (OSError, struct.error, ModelError):
+        magic = vocabulary = None
+    if magic != GGML_MAGIC:  # unreadable or another format: trust the name (tiny.en, base.en-q8_0 ...)
+        return not name.split("-")[0].endswith(".en")
+    return vocabulary > ENGLISH_ONLY_VOCAB
 
 
 def ct2_dir(models_dir: Path | str, name: str) -> Path:

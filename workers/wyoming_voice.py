@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 
 PROGRAM = "whisper-transcriber"
 WARMUP_SECONDS = 2.0  # the first call of a context allocates its buffers: done at start, not on a command
-ENGLISH_ONLY_VOCAB = 51864  # n_vocab of the .en models; multilingual ones have 51865 or more
 QUANTIZED_SUFFIX = "-q8_0"
 
 
@@ -64,18 +62,6 @@ def appliance_version() -> str:
         return "0"
 
 
-def model_is_english_only(models_dir: Path | str, name: str) -> bool:
-    """True for an English-only model, read from the ggml header's vocabulary size (else from its name)."""
-    try:
-        with open(modelstore.model_path(models_dir, name), "rb") as f:
-            header = f.read(8)
-        if len(header) == 8 and header[:4] == b"lmgg":  # 0x67676d6c, little-endian
-            return int.from_bytes(header[4:8], "little", signed=True) <= ENGLISH_ONLY_VOCAB
-    except (OSError, modelstore.ModelError):
-        pass
-    return name.removesuffix(QUANTIZED_SUFFIX).endswith(".en")
-
-
 def repeats_itself(text: str) -> bool:
     """True when a sentence of two words or more comes twice: in a voice command, whisper's loop, not speech."""
     sentences = [" ".join(re.sub(r"[^\w\s']", " ", part.lower()).split()) for part in re.split(r"[.!?]+", text)]
@@ -104,7 +90,7 @@ class Voice:
         names = set(modelstore.installed(self.models_dir)) | set(modelstore.ct2_installed(self.models_dir))
         names = {n.removesuffix(QUANTIZED_SUFFIX) if n.removesuffix(QUANTIZED_SUFFIX) in names else n for n in names}
         every = sorted(languages.table()) or ["en"]
-        return {n: ["en"] if model_is_english_only(self.models_dir, n) else every for n in sorted(names)}
+        return {n: ["en"] if not modelstore.is_multilingual(self.models_dir, n) else every for n in sorted(names)}
 
     def info(self) -> Info:
         """The ``info`` answer: one ASR program with every installed model."""
@@ -156,7 +142,7 @@ class Voice:
                 )
             if code and code not in offered[model]:  # e.g. German on tiny.en: a multilingual model if any
                 model = next((m for m in offered if code in offered[m]), model)
-        if code and code != "en" and model_is_english_only(self.models_dir, model):
+        if code and code != "en" and not modelstore.is_multilingual(self.models_dir, model):
             raise RequestError(
                 "language-not-supported",
                 f"{model} knows English only; for {language!r} install a multilingual model: "

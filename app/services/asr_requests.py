@@ -37,8 +37,6 @@ OUTPUTS = ("txt", "vtt", "srt", "tsv", "json")
 PCM_BYTES_PER_SECOND = audio.SAMPLE_RATE * 2  # 16-bit mono
 DETECT_SECONDS = 30  # one whisper window: what language detection looks at
 PREFERRED_MULTILINGUAL = "base"  # built offline by `models install base`, so the one the 422 names
-MULTILINGUAL_VOCAB = 51865  # whisper.cpp: a model is multilingual when its vocabulary has this many tokens or more
-GGML_MAGIC = 0x67676D6C
 WAV_HEADER_BYTES = 44
 COPY_CHUNK = 1 << 20
 _join_lock = threading.Lock()  # find-or-create is one step, so two identical requests never make two jobs
@@ -179,18 +177,6 @@ def file_sha256(path: Path) -> str:
 # ------------------------------------------------------------------------- models
 
 
-def is_multilingual(models_dir: str | Path, name: str) -> bool:
-    """True when an installed ggml model knows more than English, read from its header (its vocabulary size)."""
-    try:
-        with open(modelstore.model_path(models_dir, name), "rb") as f:
-            magic, vocabulary = struct.unpack("<Ii", f.read(8))
-    except (OSError, struct.error, modelstore.ModelError):
-        magic = vocabulary = None
-    if magic != GGML_MAGIC:  # unreadable or another format: trust the name (tiny.en, base.en-q8_0 ...)
-        return not name.split("-")[0].endswith(".en")
-    return vocabulary >= MULTILINGUAL_VOCAB
-
-
 def needs_multilingual(task: str, language: str | None) -> bool:
     """True for requests an English-only model cannot serve: translation, another language, or detection."""
     return task == "translate" or language != "en"
@@ -204,7 +190,7 @@ def multilingual_model(cfg: Mapping[str, Any], purpose: str) -> str:
     folder = cfg["MODELS_DIR"]
     default = model_aliases.resolve(cfg, cfg["DEFAULT_MODEL"])
     installed = modelstore.installed(folder)
-    candidates = [name for name in installed if is_multilingual(folder, name)]
+    candidates = [name for name in installed if modelstore.is_multilingual(folder, name)]
     if default in candidates:
         return default
     if PREFERRED_MULTILINGUAL in candidates:
@@ -227,7 +213,7 @@ def model_for(cfg: Mapping[str, Any], task: str, language: str | None) -> str | 
     English-only default, as whisper-asr-webservice does with an ``.en`` model.
     """
     default = model_aliases.resolve(cfg, cfg["DEFAULT_MODEL"])
-    if not needs_multilingual(task, language) or is_multilingual(cfg["MODELS_DIR"], default):
+    if not needs_multilingual(task, language) or modelstore.is_multilingual(cfg["MODELS_DIR"], default):
         return None
     if language is None and task == "transcribe":
         try:

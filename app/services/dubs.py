@@ -35,19 +35,14 @@ def llm_configured(cfg: Mapping[str, Any]) -> bool:
     return bool(cfg.get("OPENAI_API_KEY")) or base != OPENAI_DEFAULT_URL
 
 
-def english_only(model: str) -> bool:
-    """True for whisper's English-only models (``tiny.en``, ``base.en-q8_0``, ...)."""
-    return ".en" in model
-
-
 def installed_multilingual(cfg: Mapping[str, Any]) -> list[str]:
     """The installed models that can translate (not English-only)."""
-    return [m for m in modelstore.installed(cfg["MODELS_DIR"]) if not english_only(m)]
+    return [m for m in modelstore.installed(cfg["MODELS_DIR"]) if modelstore.is_multilingual(cfg["MODELS_DIR"], m)]
 
 
 def multilingual_model(cfg: Mapping[str, Any], model: str) -> str:
     """``model`` when it is multilingual, else an installed multilingual one (same size first); 400 if none."""
-    if not english_only(model):
+    if modelstore.is_multilingual(cfg["MODELS_DIR"], model):
         return model
     installed = installed_multilingual(cfg)
     size = model.split(".en")[0]
