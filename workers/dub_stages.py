@@ -188,15 +188,10 @@ def mix(ctx: stages.StageContext) -> Path:
     return out
 
 
-def dub_sidecar_name(video: str, language: str) -> str:
-    """``Show S01E01.mkv`` + ``en`` → ``Show S01E01.en.dub.m4a``."""
-    return f"{Path(video).stem}.{language}.dub.m4a"
-
-
 def dub_export(ctx: stages.StageContext) -> Path:
     """Write the dub next to library media as ``<basename>.<lang>.dub.m4a``; the media file itself is never touched."""
     source = ctx.source()
-    target = source.with_name(dub_sidecar_name(source.name, _target(ctx)))
+    target = source.with_name(dubbing.dub_file_name(source.name, _target(ctx)))
     if target.exists() and not ctx.cfg.get("SIDECAR_OVERWRITE"):
         ctx.log("WARNING", f"{target.name} exists; kept (set WT_SIDECAR_OVERWRITE=true to replace it)")
         return target

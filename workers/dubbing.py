@@ -59,6 +59,22 @@ def _ffmpeg(args: list[str], timeout: float, what: str) -> None:
         raise MediaError(f"{what} failed: {result.stderr.decode(errors='replace')[-300:]}")
 
 
+def bearer(key: str | None) -> dict[str, str]:
+    """The Authorization header that sends an API key to a server; none without a key."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def tts_url(base: str, path: str) -> str:
+    """``path`` on the speech server, whether ``TTS_BASE_URL`` ends in ``/v1`` or not."""
+    base = base.rstrip("/")
+    return f"{base}/{path}" if base.endswith("/v1") else f"{base}/v1/{path}"
+
+
+def dub_file_name(video: str, language: str) -> str:
+    """``Show S01E01.mkv`` + ``en`` → ``Show S01E01.en.dub.m4a``: the dub's name beside its video, or to download."""
+    return f"{Path(video).stem}.{language}.dub.m4a"
+
+
 def speakable(text: str) -> bool:
     """True when a segment has something to say (letters or digits, not only punctuation or a [music] tag)."""
     stripped = text.strip()
@@ -102,9 +118,8 @@ def espeak(text: str, language: str, out: Path, timeout: float) -> Path:
 
 def remote_speech(cfg: dict[str, Any], text: str, out: Path, timeout: float) -> Path:
     """Speak ``text`` through an OpenAI-compatible ``/v1/audio/speech`` server (``TTS_BASE_URL``)."""
-    url = str(cfg["TTS_BASE_URL"]).rstrip("/")
-    url += "/audio/speech" if url.endswith("/v1") else "/v1/audio/speech"
-    headers = {"Authorization": f"Bearer {cfg['TTS_API_KEY']}"} if cfg.get("TTS_API_KEY") else {}
+    url = tts_url(str(cfg["TTS_BASE_URL"]), "audio/speech")
+    headers = bearer(cfg.get("TTS_API_KEY"))
     payload = {"model": cfg["TTS_MODEL"], "voice": cfg["TTS_VOICE"], "input": text, "response_format": "wav"}
     try:
         response = requests.post(url, json=payload, headers=headers, timeout=timeout)
@@ -125,7 +140,7 @@ def remote_speech(cfg: dict[str, Any], text: str, out: Path, timeout: float) -> 
 def chat_translate(cfg: dict[str, Any], text: str, target: str, timeout: float) -> str:
     """One segment's text in ``target`` (a language name) from an OpenAI-compatible chat-completions server."""
     url = str(cfg["OPENAI_BASE_URL"]).rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {cfg['OPENAI_API_KEY']}"} if cfg.get("OPENAI_API_KEY") else {}
+    headers = bearer(cfg.get("OPENAI_API_KEY"))
     payload = {
         "model": cfg["OPENAI_MODEL"],
         "messages": [

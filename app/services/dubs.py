@@ -17,7 +17,7 @@ import requests
 
 from app.errors import AppError
 from app.services import languages
-from workers import modelstore
+from workers import dubbing, modelstore
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 PROBE_SECONDS = 2.0  # /health answers quickly even when a server hangs
@@ -121,9 +121,8 @@ def forget_probes() -> None:
 def tts_state(cfg: Mapping[str, Any]) -> str:
     """The speech engine: the TTS server answering, or espeak-ng installed."""
     if cfg.get("TTS_BASE_URL"):
-        headers = {"Authorization": f"Bearer {cfg['TTS_API_KEY']}"} if cfg.get("TTS_API_KEY") else {}
-        base = str(cfg["TTS_BASE_URL"]).rstrip("/")
-        return _probe("tts", base + ("/models" if base.endswith("/v1") else "/v1/models"), headers)
+        url = dubbing.tts_url(str(cfg["TTS_BASE_URL"]), "models")
+        return _probe("tts", url, dubbing.bearer(cfg.get("TTS_API_KEY")))
     return "READY" if shutil.which("espeak-ng") else "ERROR"
 
 
@@ -133,8 +132,8 @@ def llm_state(cfg: Mapping[str, Any], breaker_open: bool) -> str:
         return "NOT_CONFIGURED"
     if breaker_open:
         return "ERROR"
-    headers = {"Authorization": f"Bearer {cfg['OPENAI_API_KEY']}"} if cfg.get("OPENAI_API_KEY") else {}
-    return _probe("llm", str(cfg.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL).rstrip("/") + "/models", headers)
+    url = str(cfg.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL).rstrip("/") + "/models"
+    return _probe("llm", url, dubbing.bearer(cfg.get("OPENAI_API_KEY")))
 
 
 def apply(

@@ -34,7 +34,7 @@ from app.models import User
 from app.security import SESSION_COOKIE, decode_token
 from app.services import dubs, jobs
 from app.services.credentials import SCOPES, USER_SCOPES
-from workers import modelstore
+from workers import dubbing, modelstore
 
 bp = Blueprint("dashboard", __name__)
 
@@ -252,7 +252,7 @@ def job_dub(job_id: str):
     path = dubs.dub_audio(current_app.config, job)
     if path is None:
         raise not_found("Dub")
-    name = f"{Path(job.original_filename).stem}.{job.options['dub']}.dub.m4a"
+    name = dubbing.dub_file_name(job.original_filename, job.options["dub"])
     response = send_file(
         path,
         mimetype="audio/mp4",
