@@ -73,7 +73,7 @@ def _whisper_translation(ctx: stages.StageContext, language: str | None) -> list
 
 def _chat_translation(ctx: stages.StageContext, segments: list[dict[str, Any]], target: str) -> list[dict[str, Any]]:
     """The chat model, segment by segment, so each keeps its time slot; its breaker is the analysis one."""
-    name = languages.table().get(target, target)
+    name = languages.name_of(target)
     out = []
     for i, segment in enumerate(segments):
         text = segment["text"].strip()

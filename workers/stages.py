@@ -337,7 +337,7 @@ def _dub_args(ctx: StageContext, ext: str) -> tuple[list[str], list[str]]:
     if not language or not dub.exists():
         return [], []
     index = len((ctx.job.media_info or {}).get("audio_streams") or [None])  # the original tracks come first
-    title = f"{languages.table().get(language, language).title()} (dub)"
+    title = f"{languages.name_of(language).title()} (dub)"
     return ["-i", str(dub)], dubbing.track_args(index, _LANG3.get(language, language), title, webm=ext == ".webm")
 
 

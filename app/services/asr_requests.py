@@ -220,7 +220,7 @@ def model_for(cfg: Mapping[str, Any], task: str, language: str | None) -> str | 
             return multilingual_model(cfg, "Detecting the language")
         except AppError:
             return None
-    what = "Translation" if task == "translate" else f"Transcribing {languages.table().get(language, language)}"
+    what = "Translation" if task == "translate" else f"Transcribing {languages.name_of(language)}"
     return multilingual_model(cfg, what)
 
 
@@ -334,7 +334,7 @@ def detection(job: Job) -> dict[str, Any]:
     if not code:
         raise AppError(422, "LANGUAGE_NOT_DETECTED", f"No language could be detected in job {job.id}")
     return {
-        "detected_language": languages.table().get(code, code),
+        "detected_language": languages.name_of(code),
         "language_code": code,
         "confidence": round(float(job.confidence or 0.0), 4),
     }

@@ -45,6 +45,11 @@ def _full_names(count: int) -> list[str] | None:
     return [name.decode().lower() for name in names] if all(names) else None
 
 
+def name_of(code: str) -> str:
+    """The lower-case English name of a language code ("de" → "german"); the code itself when unknown."""
+    return table().get(code, code)
+
+
 @functools.cache
 def _by_name() -> dict[str, str]:
     return {name: code for code, name in table().items()}
