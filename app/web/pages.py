@@ -227,39 +227,40 @@ def job_page(job_id: str):
 @bp.get("/ui/jobs/<job_id>/media")
 def job_media(job_id: str):
     """The job's input file for the audio player, with Range support (owner or admin; 404 otherwise)."""
-    user = session_user()
-    if user is None:
-        raise AppError(401, "UNAUTHORIZED", "Sign in to play this file")
-    job = jobs.get_job(user, job_id)
+    job = _player_job(job_id)
     path = _media_path(job)
     if path is None:
         raise not_found("Media file")
     mimetype = mimetypes.guess_type(job.original_filename)[0] or mimetypes.guess_type(path.name)[0]
-    response = send_file(
-        path, mimetype=mimetype or "application/octet-stream", conditional=True, download_name=path.name
-    )
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
+    return _player_file(path, mimetype=mimetype or "application/octet-stream", download_name=path.name)
 
 
 @bp.get("/ui/jobs/<job_id>/dub")
 def job_dub(job_id: str):
     """The job's dubbed audio track for the player (Range support), or as a download with ``?download=1``."""
-    user = session_user()
-    if user is None:
-        raise AppError(401, "UNAUTHORIZED", "Sign in to play this file")
-    job = jobs.get_job(user, job_id)
+    job = _player_job(job_id)
     path = dubs.dub_audio(current_app.config, job)
     if path is None:
         raise not_found("Dub")
-    name = dubbing.dub_file_name(job.original_filename, job.options["dub"])
-    response = send_file(
+    return _player_file(
         path,
         mimetype="audio/mp4",
-        conditional=True,
         as_attachment=bool(request.args.get("download")),
-        download_name=name,
+        download_name=dubbing.dub_file_name(job.original_filename, job.options["dub"]),
     )
+
+
+def _player_job(job_id: str) -> Any:
+    """The job whose file a player asks for: the signed-in user's own, or any for an admin (401 signed out)."""
+    user = session_user()
+    if user is None:
+        raise AppError(401, "UNAUTHORIZED", "Sign in to play this file")
+    return jobs.get_job(user, job_id)
+
+
+def _player_file(path: Path, **send: Any) -> Response:
+    """A file for the page's players: Range requests answered, and kept out of shared caches."""
+    response = send_file(path, conditional=True, **send)
     response.headers["Cache-Control"] = "private, no-cache"
     return response
 
