@@ -34,11 +34,16 @@ def _done(job_id: str, message: str, **extra) -> Response | tuple:
     return jsonify({"task_id": job_id, "message": message, **extra})
 
 
+def _default_dub() -> str | None:
+    """What a Dubarr request without ``dub`` asks for: a dub of the video it can make (WT_DUBARR_DUB), else none."""
+    return dubs.IF_VIDEO if current_app.config.get("DUBARR_DUB") else None
+
+
 @bp.post("/upload")
 @login_required("jobs:create")
 def upload():
     """Upload a video (mp4, mkv, webm, mov, avi) or audio file; 303 to the dashboard."""
-    dub = request.form.get("dub", dubs.IF_VIDEO if current_app.config.get("DUBARR_DUB") else None)
+    dub = request.form.get("dub", _default_dub())
     job = create_from_request(kind="auto", dub=dub)
     response = redirect(f"/?job={job.id}", code=303)
     response.headers["X-Job-ID"] = job.id
@@ -60,7 +65,7 @@ def webhook():
             "No media path in the payload (expected 'path', an arr import, or a Jellyfin template with ItemPath)",
         )
     path = media.resolve_library_file(current_app.config, raw)
-    dub = data.get("dub", dubs.IF_VIDEO if current_app.config.get("DUBARR_DUB") else None)
+    dub = data.get("dub", _default_dub())
     job = media.queue_library_file(
         current_app.config, g.user, path, model=data.get("model"), language=data.get("language"), dub=dub
     )
