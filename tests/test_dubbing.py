@@ -15,7 +15,7 @@ import pytest
 from app.models import Job
 from app.services import analysis, dubs, plans
 from tests.conftest import ADMIN_PASSWORD
-from tests.helpers import AUDIO, MODELS_DIR, assert_error, ffprobe_streams, make_german_video, make_video
+from tests.helpers import AUDIO, MODELS_DIR, assert_error, ffprobe_streams, make_german_video, make_video, post_clip
 from workers import dubbing
 
 
@@ -23,12 +23,6 @@ from workers import dubbing
 def german_video(tmp_path_factory) -> Path:
     """The German clip with a tone under it, built once."""
     return make_german_video(tmp_path_factory.mktemp("german"))
-
-
-def upload(client, headers, path: Path, **form):
-    """POST a file to /api/jobs/ with form fields."""
-    with open(path, "rb") as f:
-        return client.post("/api/jobs/", headers=headers, data={"file": (f, path.name), **form})
 
 
 def job_of(response) -> Job:
@@ -39,7 +33,7 @@ def job_of(response) -> Job:
 
 def test_dub_job_adds_an_english_track_beside_the_original(client, admin_headers, drain, german_video, app):
     """A German video with dub=en ends with video, the original audio, an ``eng`` dub and the subtitles."""
-    job = job_of(upload(client, admin_headers, german_video, dub="en", model="tiny.en", language="de"))
+    job = job_of(post_clip(client, admin_headers, german_video, dub="en", model="tiny.en", language="de"))
     assert job.model == "base" and job.kind == "video"  # English-only models cannot translate
     assert plans.plan_for(job)[-5:] == ("translate", "synthesize", "fit", "mix", "mux")
     drain()
@@ -66,14 +60,14 @@ def test_dub_of_a_video_without_audio_is_refused_clearly(client, admin_headers, 
         ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:s=64x64:r=5:d=2", "-c:v", "libx264", str(silent)],
         check=True,
     )
-    body = assert_error(upload(client, admin_headers, silent, dub="en"), 415, "NO_AUDIO")
+    body = assert_error(post_clip(client, admin_headers, silent, dub="en"), 415, "NO_AUDIO")
     assert "audio" in body["detail"]
     assert Job.select().count() == 0
 
 
 def test_dub_of_audio_only_is_refused(client, admin_headers):
     """dub needs a video stream."""
-    assert_error(upload(client, admin_headers, AUDIO / "jfk.flac", dub="en"), 400, "DUB_NEEDS_VIDEO")
+    assert_error(post_clip(client, admin_headers, AUDIO / "jfk.flac", dub="en"), 400, "DUB_NEEDS_VIDEO")
 
 
 def test_dub_with_only_english_models_names_the_missing_multilingual_model(app, client, admin_headers, tmp_path):
@@ -83,21 +77,21 @@ def test_dub_with_only_english_models_names_the_missing_multilingual_model(app, 
     (models / "ggml-tiny.en.bin").symlink_to(MODELS_DIR / "ggml-tiny.en.bin")
     app.config.update(MODELS_DIR=str(models), DEFAULT_MODEL="tiny.en")
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    body = assert_error(upload(client, admin_headers, video, dub="true"), 400, "DUB_NEEDS_MULTILINGUAL_MODEL")
+    body = assert_error(post_clip(client, admin_headers, video, dub="true"), 400, "DUB_NEEDS_MULTILINGUAL_MODEL")
     assert "models install base" in body["detail"]
 
 
 def test_dub_into_another_language_offline_is_refused(client, admin_headers, tmp_path):
     """Without a chat model only English dubs can be made."""
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    assert_error(upload(client, admin_headers, video, dub="fr"), 400, "DUB_LANGUAGE_UNAVAILABLE")
-    assert_error(upload(client, admin_headers, video, dub="klingon"), 400, "INVALID_DUB_LANGUAGE")
+    assert_error(post_clip(client, admin_headers, video, dub="fr"), 400, "DUB_LANGUAGE_UNAVAILABLE")
+    assert_error(post_clip(client, admin_headers, video, dub="klingon"), 400, "INVALID_DUB_LANGUAGE")
 
 
 def test_jobs_without_dub_keep_their_plans_and_dubarr_tasks_dub_by_default(client, admin_headers, tmp_path):
     """No dub field: a job runs its plan as before; a Dubarr video task dubs unless it opts out."""
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    assert "synthesize" not in plans.plan_for(job_of(upload(client, admin_headers, video)))
+    assert "synthesize" not in plans.plan_for(job_of(post_clip(client, admin_headers, video)))
     for form, dubbed in (({}, True), ({"dub": "false"}, False)):
         with open(video, "rb") as f:
             response = client.post("/upload", headers=admin_headers, data={"file": (f, "jfk.mp4"), **form})
@@ -211,7 +205,7 @@ def test_unreachable_chat_model_fails_the_translate_stage_and_a_retry_works_once
     analysis.reset_breaker()
     app.config.update(OPENAI_BASE_URL=unused_url(), OPENAI_MODEL="local")
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    job = job_of(upload(client, admin_headers, video, dub="de"))
+    job = job_of(post_clip(client, admin_headers, video, dub="de"))
     drain()
     job = Job.get_by_id(job.id)
     assert job.status == "failed" and "translation server" in job.error and "could not be reached" in job.error
@@ -236,7 +230,7 @@ def test_unreachable_speech_server_fails_synthesize_and_a_retry_works_once_it_is
     """WT_TTS_BASE_URL down: synthesize fails with the reason; back up, the retry speaks through it."""
     app.config["TTS_BASE_URL"] = unused_url()
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    job = job_of(upload(client, admin_headers, video, dub="en"))
+    job = job_of(post_clip(client, admin_headers, video, dub="en"))
     drain()
     job = Job.get_by_id(job.id)
     assert job.status == "failed" and "speech server" in job.error and "could not be reached" in job.error
@@ -300,8 +294,8 @@ def test_job_page_plays_and_downloads_the_dub(app, client, admin_headers, drain,
     page = app.test_client()
     assert page.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).status_code == 200
     video = make_video(AUDIO / "jfk.flac", tmp_path / "talk.mp4")
-    dubbed = job_of(upload(client, admin_headers, video, dub="en"))
-    plain = job_of(upload(client, admin_headers, video))
+    dubbed = job_of(post_clip(client, admin_headers, video, dub="en"))
+    plain = job_of(post_clip(client, admin_headers, video))
     drain()
     html = page.get(f"/ui/jobs/{dubbed.id}").get_data(as_text=True)
     assert f'src="/ui/jobs/{dubbed.id}/dub"' in html and 'id="dub-download"' in html
@@ -319,7 +313,7 @@ def test_a_dub_with_nothing_to_say_completes_with_the_original_sound(app, client
     with FakeServer(default="") as server:
         app.config["OPENAI_BASE_URL"] = server.url
         video = make_video(AUDIO / "jfk.flac", Path(app.config["DATA_DIR"]) / "quiet.mkv")
-        job = job_of(upload(client, admin_headers, video, dub="de"))
+        job = job_of(post_clip(client, admin_headers, video, dub="de"))
         drain()
     job = Job.get_by_id(job.id)
     assert job.status == "completed", job.error
@@ -353,7 +347,7 @@ def test_library_dub_with_mux_library_is_a_muxed_copy(app, client, admin_headers
 def test_purged_dub_is_made_again_by_a_retry(app, client, admin_headers, drain, stub_engine, tmp_path):
     """Purge clears every dub stage (clips, stem, mix); Retry runs them all again and the dub is back."""
     video = make_video(AUDIO / "jfk.flac", tmp_path / "talk.mkv")
-    job = job_of(upload(client, admin_headers, video, dub="en"))
+    job = job_of(post_clip(client, admin_headers, video, dub="en"))
     drain()
     assert client.post(f"/purge/{job.id}", headers=admin_headers).status_code == 200
     cache = Path(app.config["DATA_DIR"]) / "cache" / job.id
@@ -371,7 +365,7 @@ def test_repeated_chat_model_outages_open_the_breaker(app, client, admin_headers
     analysis.reset_breaker()
     app.config.update(OPENAI_BASE_URL=unused_url(), OPENAI_MODEL="local")
     video = make_video(AUDIO / "jfk.flac", tmp_path / "jfk.mp4")
-    job = job_of(upload(client, admin_headers, video, dub="de"))
+    job = job_of(post_clip(client, admin_headers, video, dub="de"))
     errors = []
     for _ in range(analysis.BREAKER_FAIL_MAX + 1):
         drain()
