@@ -56,11 +56,24 @@ class MediaInfo:
         return asdict(self)
 
 
+def _too_slow(what: str, timeout: float) -> MediaError:
+    """The error for media work stopped by its timeout."""
+    return MediaError(f"{what} took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT")
+
+
+def _check_running(should_abort: Callable[[], bool] | None, deadline: float, timeout: float, what: str) -> None:
+    """A running decode's regular check: Aborted on a cancel, MEDIA_TIMEOUT once past its deadline."""
+    if should_abort is not None and should_abort():
+        raise Aborted()
+    if time.monotonic() >= deadline:
+        raise _too_slow(what, timeout)
+
+
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise MediaError(f"ffmpeg took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT") from exc
+        raise _too_slow("ffmpeg", timeout) from exc
     except FileNotFoundError as exc:
         raise MediaError(f"{cmd[0]} is not installed", "FFMPEG_MISSING") from exc
 
@@ -80,9 +93,7 @@ def probe(path: Path | str, timeout: float = 60) -> MediaInfo:
         with av.open(str(path), timeout=timeout) as container:
             return _media_info(container)
     except av.ExitError as exc:
-        raise MediaError(
-            f"Reading the media took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT"
-        ) from exc
+        raise _too_slow("Reading the media", timeout) from exc
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise MediaError("The file is not audio or video that ffmpeg can read", "UNSUPPORTED_MEDIA") from exc
 
@@ -213,10 +224,7 @@ def _run_polled(
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if should_abort is not None and should_abort():
-                    raise Aborted()
-                if time.monotonic() >= deadline:
-                    raise MediaError(f"ffmpeg took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT")
+                _check_running(should_abort, deadline, timeout, "ffmpeg")
                 if on_tick is not None:
                     on_tick()
         finally:
@@ -327,18 +335,13 @@ def _decode_in_process(
                     break
                 if time.monotonic() - polled >= POLL_SECONDS:
                     polled = time.monotonic()
-                    if should_abort is not None and should_abort():
-                        raise Aborted()
-                    if polled >= deadline:
-                        raise MediaError(f"Decoding took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT")
+                    _check_running(should_abort, deadline, timeout, "Decoding")
                     sink.flush()
                     on_tick()
             else:
                 write(None)  # what the resampler still holds
     except av.ExitError as exc:
-        raise MediaError(
-            f"Reading the media took longer than {timeout:.0f} s and was stopped", "MEDIA_TIMEOUT"
-        ) from exc
+        raise _too_slow("Reading the media", timeout) from exc
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         if not written:
             raise MediaError(f"The media could not be decoded: {_reason(exc)}") from exc
