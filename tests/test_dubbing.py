@@ -304,7 +304,8 @@ def test_job_page_plays_and_downloads_the_dub(app, client, admin_headers, drain,
     saved = page.get(f"/ui/jobs/{dubbed.id}/dub?download=1")
     assert saved.status_code == 200 and "talk.en.dub.m4a" in saved.headers["Content-Disposition"]
     assert "dub-player" not in page.get(f"/ui/jobs/{plain.id}").get_data(as_text=True)
-    assert page.get(f"/ui/jobs/{plain.id}/dub").status_code == 404
+    assert_error(page.get(f"/ui/jobs/{plain.id}/dub"), 404)
+    assert_error(app.test_client().get(f"/ui/jobs/{dubbed.id}/dub"), 401, "UNAUTHORIZED")  # signed out
 
 
 def test_a_dub_with_nothing_to_say_completes_with_the_original_sound(app, client, admin_headers, drain, stub_engine):
